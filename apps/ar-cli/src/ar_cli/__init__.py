@@ -1,0 +1,3 @@
+"""The ``ar`` command."""
+
+__version__ = "0.1.0"

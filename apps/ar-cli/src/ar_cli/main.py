@@ -1,0 +1,206 @@
+"""The ``ar`` command: plugins, train, sample, bench, demo (and plugins' own subcommands)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from typer.exceptions import TyperException
+
+from ar_cli import bench as bench_mod
+from ar_cli.report import print_result, print_table, write_html
+from ar_core import plugins, registry
+from ar_core.errors import ArError
+from ar_core.recipes import (
+    Table,
+    build_config,
+    parse_overrides,
+    read_recipe_file,
+    write_recipe_file,
+)
+
+app = typer.Typer(
+    name="ar",
+    help="Autoregressive generation over steps, in every modality.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def _progress(message: str) -> None:
+    err_console.print(f"[dim]{message}[/dim]")
+
+
+def plugins_table() -> Table:
+    rows = []
+    for info in plugins.plugin_infos():
+        registered = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(info.registered.items()))
+        rows.append(
+            [
+                info.name,
+                info.distribution or "-",
+                info.version or "-",
+                info.status,
+                registered or (info.error or "-"),
+            ]
+        )
+    return Table("Plugins", ["plugin", "distribution", "version", "status", "registered"], rows)
+
+
+@app.command("plugins")
+def plugins_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List every plugin, its distribution and version, and what it registered."""
+    infos = plugins.plugin_infos()
+    if as_json:
+        print(json.dumps([i.as_dict() for i in infos], indent=2))
+    else:
+        print_table(console, plugins_table())
+
+
+@app.command("train")
+def train_cmd(
+    recipe: Annotated[str, typer.Argument(help="Recipe name (see `ar plugins`).")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config field: key=value.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Start from the small demo settings.")
+    ] = False,
+) -> None:
+    """Run a recipe: data, training, sampling, evaluation; results under --out."""
+    r = registry.recipes.get(recipe)
+    base = r.demo_config() if demo else r.config_class()
+    config = build_config(r.config_class, base, parse_overrides(set_ or []))
+    out_dir = out or Path("ar-out") / recipe
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_recipe_file(out_dir, recipe, config)
+    start = time.perf_counter()
+    result = r.run(config, out_dir, _progress)
+    seconds = time.perf_counter() - start
+    print_result(console, result)
+    index = write_html(out_dir, f"ar train {recipe}", [(result, seconds)], [])
+    console.print(f"wrote {out_dir} (report: {index})")
+
+
+@app.command("sample")
+def sample_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="A folder written by `ar train`.")],
+    n: Annotated[int, typer.Option("-n", help="How many samples.", min=1)] = 8,
+) -> None:
+    """Sample from a checkpoint written by `ar train`."""
+    if not checkpoint.is_dir():
+        raise ArError(f"{checkpoint} is not a folder; pass the --out folder of `ar train`")
+    name, _ = read_recipe_file(checkpoint)
+    r = registry.recipes.get(name)
+    result = r.sample(checkpoint, n, _progress)
+    print_result(console, result)
+
+
+@app.command("bench")
+def bench_cmd(
+    name: Annotated[str | None, typer.Argument(help="Benchmark name; omit to list them.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    args: Annotated[
+        list[str] | None, typer.Argument(help="Arguments passed to the benchmark (after --).")
+    ] = None,
+) -> None:
+    """Run a benchmark (prints a table, writes JSON); without NAME, list them."""
+    if name is None:
+        rows = [[k, v] for k, v in sorted(bench_mod.available().items())]
+        if as_json:
+            print(json.dumps(dict(rows), indent=2))
+        else:
+            print_table(console, Table("Benchmarks", ["name", "source"], rows))
+        return
+    fn = bench_mod.load(name)
+    result = fn(list(args or []))
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("ar-demo"),
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Run only these recipes.")
+    ] = None,
+) -> None:
+    """Run the small default recipes end to end; write OUT/index.html."""
+    names = [
+        n for n in registry.recipes.names() if getattr(registry.recipes.get(n), "in_demo", True)
+    ]
+    if only:
+        for n in only:
+            registry.recipes.get(n)  # unknown names fail here, with the list
+        names = [n for n in names if n in only] or list(only)
+    if not names:
+        raise ArError("no recipe is installed; install ar-core (and ar-text, ar-vision, ...)")
+    sections = []
+    total = time.perf_counter()
+    for i, name in enumerate(names, 1):
+        r = registry.recipes.get(name)
+        console.rule(f"[{i}/{len(names)}] {name}: {r.description}")
+        config = r.demo_config()
+        run_dir = out / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_recipe_file(run_dir, name, config)
+        start = time.perf_counter()
+        result = r.run(config, run_dir, _progress)
+        seconds = time.perf_counter() - start
+        print_result(console, result)
+        sections.append((result, seconds))
+    timing = Table(
+        "Demo timings",
+        ["recipe", "seconds"],
+        [[n, round(s, 1)] for n, (_, s) in zip(names, sections)]
+        + [["total", round(time.perf_counter() - total, 1)]],
+    )
+    index = write_html(out, "ar demo", sections, [plugins_table(), timing])
+    console.print(f"[bold]wrote {index}[/bold]")
+
+
+def _add_plugin_commands() -> None:
+    try:
+        plugins.add_commands(app)
+    except ArError as exc:  # a duplicate or broken plugin: report, keep the core commands
+        err_console.print(f"error: {exc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user mistakes end with a one-line error and exit code 2."""
+    warnings.simplefilter("default", plugins.PluginLoadWarning)
+    _add_plugin_commands()
+    try:
+        result: Any = app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        return 1
+    except TyperException as exc:  # usage errors (bad option, missing argument, ...)
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            err_console.print(f"error: {exc}", markup=False)
+        return 2
+    except ArError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        return 2
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""ar-core: autoregressive generation over steps.
+
+``import ar_core as ar`` gives the public API; heavy modules load on first use so that
+``import ar_core`` (and plugin discovery) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ar_core import registry
+from ar_core.errors import (
+    ArError,
+    CheckpointError,
+    ConfigError,
+    DuplicateRegistrationError,
+    InputError,
+    PluginError,
+    UnknownNameError,
+)
+from ar_core.hookspecs import hookimpl, hookspec
+from ar_core.ordering import Ordering, Plan, PlanError
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (loaded lazily)
+_LAZY: dict[str, str] = {
+    "masks": "ar_core.masks",
+    "MaskSpec": "ar_core.masks",
+    "StaticKVCache": "ar_core.cache",
+    "TransformerConfig": "ar_core.model",
+    "Transformer": "ar_core.model",
+    "ModelOutput": "ar_core.model",
+    "GenerationConfig": "ar_core.generation",
+    "GenerationResult": "ar_core.generation",
+    "GenerationStats": "ar_core.generation",
+    "generate": "ar_core.generation",
+    "TrainConfig": "ar_core.trainer",
+    "Trainer": "ar_core.trainer",
+    "sampling": "ar_core.sampling",
+    "attention": "ar_core.attention",
+    "plugins": "ar_core.plugins",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ar_core import attention, masks, plugins, sampling
+    from ar_core.cache import StaticKVCache
+    from ar_core.generation import GenerationConfig, GenerationResult, GenerationStats, generate
+    from ar_core.masks import MaskSpec
+    from ar_core.model import ModelOutput, Transformer, TransformerConfig
+    from ar_core.trainer import TrainConfig, Trainer
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'ar_core' has no attribute {name!r}")
+    module = importlib.import_module(module_name)
+    value = module if module_name.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "ArError",
+    "CheckpointError",
+    "ConfigError",
+    "DuplicateRegistrationError",
+    "GenerationConfig",
+    "GenerationResult",
+    "GenerationStats",
+    "InputError",
+    "MaskSpec",
+    "ModelOutput",
+    "Ordering",
+    "Plan",
+    "PlanError",
+    "PluginError",
+    "StaticKVCache",
+    "TrainConfig",
+    "Trainer",
+    "Transformer",
+    "TransformerConfig",
+    "UnknownNameError",
+    "attention",
+    "generate",
+    "hookimpl",
+    "hookspec",
+    "masks",
+    "plugins",
+    "registry",
+    "sampling",
+]

@@ -1,0 +1,149 @@
+"""Recipes: named, pydantic-configured pipelines (data -> train -> sample -> evaluate -> report).
+
+A package registers a recipe object through ``register_recipes``; ``ar train NAME --set
+k=v``, ``ar sample DIR`` and ``ar demo`` run it. A recipe is thin and linear: it wires
+the package's components together and returns a :class:`RecipeResult` of tables,
+images and curves that the CLI renders (terminal tables, ``index.html``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import pydantic
+
+from ar_core.errors import ConfigError
+
+RECIPE_FILE = "recipe.json"
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    note: str = ""
+
+
+@dataclass
+class RecipeResult:
+    """What a recipe run produced: shown in the terminal and in the demo's HTML page."""
+
+    title: str
+    summary: str = ""
+    tables: list[Table] = field(default_factory=list)
+    images: list[tuple[str, Path]] = field(default_factory=list)  # (caption, PNG path)
+    curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # name -> (x, y)
+    samples: list[str] = field(default_factory=list)  # text samples, shown verbatim
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Recipe(Protocol):
+    name: str
+    description: str
+    config_class: type[pydantic.BaseModel]
+
+    def demo_config(self) -> pydantic.BaseModel:
+        """Small settings that finish in about a minute on 2 CPU cores (used by ``ar demo``)."""
+        ...
+
+    def run(self, config: pydantic.BaseModel, out_dir: Path, progress: Progress) -> RecipeResult:
+        """Train, sample and evaluate; write checkpoints and pictures under ``out_dir``."""
+        ...
+
+    def sample(self, checkpoint_dir: Path, n: int, progress: Progress) -> RecipeResult:
+        """Sample ``n`` items from a checkpoint this recipe wrote."""
+        ...
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b": {"c": "x"}}``; values are JSON when they parse."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def build_config(
+    config_class: type[pydantic.BaseModel],
+    base: pydantic.BaseModel | None,
+    overrides: dict[str, Any],
+) -> pydantic.BaseModel:
+    """Validate ``base`` updated with ``overrides``; a bad field is a one-line ConfigError."""
+    data = _merge(base.model_dump() if base is not None else {}, overrides)
+    try:
+        return config_class.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            f" (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid {config_class.__name__}: {problems}") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_recipe_file(out_dir: Path, recipe_name: str, config: pydantic.BaseModel) -> None:
+    """Record which recipe and config wrote ``out_dir`` (``ar sample`` reads it back)."""
+    payload = {"recipe": recipe_name, "config": config.model_dump(mode="json")}
+    atomic_write_text(out_dir / RECIPE_FILE, json.dumps(payload, indent=2))
+
+
+def read_recipe_file(checkpoint_dir: Path) -> tuple[str, dict[str, Any]]:
+    path = checkpoint_dir / RECIPE_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"{checkpoint_dir} holds no {RECIPE_FILE}; pass a folder written by `ar train`"
+        )
+    try:
+        payload = json.loads(path.read_text())
+        return str(payload["recipe"]), dict(payload["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is corrupted ({exc}); re-run `ar train`") from None

@@ -1,0 +1,3 @@
+"""ar-kernels: attention backends beyond SDPA (FlexAttention, xformers, Triton)."""
+
+__version__ = "0.1.0"
