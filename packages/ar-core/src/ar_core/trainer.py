@@ -1,0 +1,563 @@
+"""The Trainer: one training loop for every step model, in one process or under ``torchrun``.
+
+AdamW (decoupled weight decay, Loshchilov & Hutter 2019, arXiv:1711.05101) with a linear
+warm-up and a cosine decay to ``min_lr_ratio * lr`` (SGDR, arXiv:1608.03983), gradient
+clipping and accumulation, optional bf16 autocast, periodic evaluation, a tqdm bar,
+metrics as JSON lines and atomic, exactly resumable training states.
+
+Data protocol (one, so that resume is exact)::
+
+    train_data(generator: torch.Generator, batch_size: int) -> batch
+
+returns the *global* batch of ``batch_size`` rows, drawing all of its randomness from
+``generator``. ``batch`` is a tensor, or a tuple / list / dict of tensors whose first
+dimension is the batch. The Trainer owns the generator (seeded with ``config.seed``) and
+saves its state with every checkpoint, so the data order after a resume is the one an
+uninterrupted run sees. Under DDP every rank draws the same global batch and keeps its
+own contiguous shard of rows; with ``grad_accum`` a shard is further split into
+micro-batches. Because the loss of each micro-batch is a mean and all shards are equally
+large, the update equals the single-process update on the full global batch.
+
+``loss_fn(model, batch) -> scalar loss`` (a mean over the rows of ``batch``); under DDP
+``model`` is the ``DistributedDataParallel`` wrapper.
+
+Files in ``out_dir`` (only rank 0 writes): ``metrics.jsonl`` (one JSON object per logged
+step: ``step, loss, lr, grad_norm, seconds``; eval lines carry ``eval_loss``) and
+``train_state.pt`` (model, optimizer, scheduler, RNG states of torch / CUDA / numpy /
+python, the data generator, the step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pydantic
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ar_core.errors import CheckpointError, ConfigError
+
+Batch = Any  # a tensor, or a tuple / list / dict of tensors with the batch first
+DataFn = Callable[[torch.Generator, int], Batch]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+
+STATE_FILE = "train_state.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainConfig(pydantic.BaseModel):
+    """Flat training settings; every default says why it is what it is."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    steps: int = pydantic.Field(1000, ge=1)  # optimizer updates; the schedule spans them
+    batch_size: int = pydantic.Field(32, ge=1)  # global rows per update, over all ranks
+    lr: float = pydantic.Field(3e-4, gt=0)  # the usual AdamW peak for small Transformers
+    weight_decay: float = pydantic.Field(0.1, ge=0)  # GPT-style; only on matrices (dim >= 2)
+    betas: tuple[float, float] = (0.9, 0.95)  # beta2 0.95 is stabler than 0.999 for LMs
+    warmup_steps: int = pydantic.Field(100, ge=0)  # linear warm-up keeps Adam's early steps small
+    min_lr_ratio: float = pydantic.Field(0.1, ge=0, le=1)  # cosine floor (Chinchilla uses 0.1)
+    grad_clip: float = pydantic.Field(1.0, ge=0)  # max global grad norm; 0 turns clipping off
+    grad_accum: int = pydantic.Field(1, ge=1)  # micro-batches per update (memory, not math)
+    eval_every: int = pydantic.Field(0, ge=0)  # 0: no periodic eval (needs eval_data)
+    eval_batches: int = pydantic.Field(4, ge=1)  # eval batches per eval, same ones every time
+    save_every: int = pydantic.Field(0, ge=0)  # 0: save only at the end
+    out_dir: Path | None = None  # None: write nothing (tests, notebooks)
+    seed: int = 0  # seeds the data generator and the global RNGs
+    autocast: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 on CUDA, float32 on CPU
+    device: str = "auto"  # auto: cuda (cuda:LOCAL_RANK under torchrun) if available, else cpu
+    log_every: int = pydantic.Field(10, ge=1)  # metrics.jsonl line every this many steps
+    progress: bool = True  # a tqdm bar on rank 0
+    resume: bool = False  # continue from out_dir/train_state.pt (an error if there is none)
+
+    @pydantic.field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"both betas must lie in [0, 1), got {v}")
+        return v
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.warmup_steps > self.steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps}); lower warmup_steps"
+            )
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})"
+            )
+        if self.resume and self.out_dir is None:
+            raise ValueError("resume=True needs out_dir, the folder that holds train_state.pt")
+        return self
+
+    @classmethod
+    def build(cls, **kwargs: Any) -> TrainConfig:
+        """Validate ``kwargs``; a bad value raises a one-line ConfigError naming the field."""
+        try:
+            return cls(**kwargs)
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigError(f"invalid TrainConfig: {problems}") from None
+
+
+def lr_factor(step: int, *, steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of ``lr`` for update ``step`` (0-based).
+
+    Warm-up: ``(step + 1) / warmup_steps`` for ``step < warmup_steps``; then a cosine from
+    1 down to ``min_lr_ratio`` at the last update ``steps - 1``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = steps - warmup_steps
+    if decay_steps <= 1:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / (decay_steps - 1))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# -- distributed --------------------------------------------------------------------
+
+
+class DistInfo(pydantic.BaseModel):
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info_from_env() -> DistInfo:
+    """Rank, world size and local rank as ``torchrun`` sets them (single process if unset)."""
+    try:
+        return DistInfo(
+            rank=int(os.environ.get("RANK", 0)),
+            world_size=int(os.environ.get("WORLD_SIZE", 1)),
+            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({exc})") from None
+
+
+def _resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", info.local_rank if info.enabled else 0)
+    return torch.device("cpu")
+
+
+def _init_distributed(info: DistInfo, device: torch.device) -> None:
+    if not info.enabled or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+
+
+# -- batches --------------------------------------------------------------------------
+
+
+def _map_batch(batch: Batch, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, Mapping):
+        return {k: _map_batch(v, fn) for k, v in batch.items()}
+    if isinstance(batch, Sequence) and not isinstance(batch, str):
+        return type(batch)(_map_batch(v, fn) for v in batch)
+    return batch  # non-tensor leaves (metadata) are shared by every shard
+
+
+def _tensors(batch: Batch) -> Iterator[torch.Tensor]:
+    if isinstance(batch, torch.Tensor):
+        yield batch
+    elif isinstance(batch, Mapping):
+        for v in batch.values():
+            yield from _tensors(v)
+    elif isinstance(batch, Sequence) and not isinstance(batch, str):
+        for v in batch:
+            yield from _tensors(v)
+
+
+def _batch_rows(batch: Batch) -> int:
+    rows = {int(t.shape[0]) for t in _tensors(batch)}
+    if not rows:
+        raise ConfigError(
+            "train_data returned a batch without tensors; return tensors, batch first"
+        )
+    if len(rows) > 1:
+        raise ConfigError(f"batch tensors disagree on the number of rows: {sorted(rows)}")
+    return rows.pop()
+
+
+def _shard(batch: Batch, index: int, parts: int) -> Batch:
+    """Rows ``[index * n / parts, (index + 1) * n / parts)`` of every tensor in ``batch``."""
+    rows = _batch_rows(batch)
+    if rows % parts:
+        raise ConfigError(
+            f"a batch of {rows} rows cannot be split into {parts} equal parts "
+            f"(world_size x grad_accum); make batch_size a multiple of {parts}"
+        )
+    size = rows // parts
+    return _map_batch(batch, lambda t: t[index * size : (index + 1) * size])
+
+
+# -- atomic files -----------------------------------------------------------------------
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -- the Trainer ---------------------------------------------------------------------------
+
+
+class Trainer:
+    """Trains ``model`` on ``loss_fn(model, train_data(generator, batch_size))``.
+
+    ``trainer.train()`` runs up to ``config.steps`` updates and returns the loss of every
+    update it ran (rank-averaged); ``trainer.resume(out_dir)`` loads a saved state first.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        train_data: DataFn,
+        config: TrainConfig,
+        eval_data: DataFn | None = None,
+    ) -> None:
+        if not callable(train_data):
+            raise ConfigError(
+                "train_data must be a callable train_data(generator, batch_size) -> batch; "
+                "wrap a dataset in a function that samples rows with the generator"
+            )
+        if config.eval_every and eval_data is None:
+            raise ConfigError("eval_every > 0 needs eval_data; pass eval_data or set eval_every=0")
+        self.config = config
+        self.loss_fn = loss_fn
+        self.train_data = train_data
+        self.eval_data = eval_data
+        self.dist = dist_info_from_env()
+        self.device = _resolve_device(config.device, self.dist)
+        _init_distributed(self.dist, self.device)
+        if config.batch_size % (self.dist.world_size * config.grad_accum):
+            raise ConfigError(
+                f"batch_size ({config.batch_size}) must be a multiple of world_size x grad_accum "
+                f"({self.dist.world_size} x {config.grad_accum})"
+            )
+        _seed_everything(config.seed)
+
+        self.model = model.to(self.device)  # the bare module (saved, evaluated)
+        self.train_model: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=config.lr,
+            betas=config.betas,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(
+                s,
+                steps=config.steps,
+                warmup_steps=config.warmup_steps,
+                min_lr_ratio=config.min_lr_ratio,
+            ),
+        )
+        self.data_generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0  # updates done
+        self.history: list[dict[str, Any]] = []  # records logged (also in metrics.jsonl)
+        self.autocast_dtype = self._autocast_dtype()
+        if config.resume:
+            self.resume()
+
+    # -- setup helpers --------------------------------------------------------------
+    def _autocast_dtype(self) -> torch.dtype | None:
+        mode = self.config.autocast
+        if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
+            return None
+        if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            if mode == "bf16":
+                raise ConfigError(f"{self.device} has no bf16 support; set autocast='off'")
+            return None
+        return torch.bfloat16
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return _map_batch(batch, lambda t: t.to(self.device, non_blocking=True))
+
+    def _mean_over_ranks(self, value: torch.Tensor) -> float:
+        if self.dist.enabled:
+            value = value.detach().clone()
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+            value /= self.dist.world_size
+        return float(value)
+
+    # -- the loop -----------------------------------------------------------------------
+    def train_step(self) -> tuple[float, float]:
+        """One update on the next global batch; returns (loss, grad norm before clipping)."""
+        cfg = self.config
+        self.train_model.train()
+        batch = self.train_data(self.data_generator, cfg.batch_size)
+        shard = _shard(batch, self.dist.rank, self.dist.world_size)  # (B / W, ...)
+        total = torch.zeros((), device=self.device)
+        for i in range(cfg.grad_accum):
+            micro = self._to_device(_shard(shard, i, cfg.grad_accum))  # (B / W / A, ...)
+            last = i == cfg.grad_accum - 1
+            sync = (
+                contextlib.nullcontext()
+                if last or not self.dist.enabled
+                else self.train_model.no_sync()  # type: ignore[operator]
+            )
+            with sync:
+                with self._autocast():
+                    loss = self.loss_fn(self.train_model, micro)
+                if loss.dim() != 0:
+                    raise ConfigError(
+                        f"loss_fn returned shape {tuple(loss.shape)}; it must return a scalar "
+                        f"(take .mean() over the batch)"
+                    )
+                (loss.float() / cfg.grad_accum).backward()
+            total += loss.detach().float()
+        if cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return self._mean_over_ranks(total / cfg.grad_accum), float(norm)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over ``eval_batches`` batches drawn from a fixed-seed generator."""
+        if self.eval_data is None:
+            raise ConfigError("evaluate() needs eval_data; pass it to Trainer(...)")
+        cfg = self.config
+        self.model.eval()
+        generator = torch.Generator().manual_seed(cfg.seed + 1)  # the same batches every eval
+        total = torch.zeros((), device=self.device)
+        for _ in range(cfg.eval_batches):
+            batch = self.eval_data(generator, cfg.batch_size)
+            shard = self._to_device(_shard(batch, self.dist.rank, self.dist.world_size))
+            with self._autocast():
+                total += self.loss_fn(self.model, shard).float()
+        self.model.train()
+        return self._mean_over_ranks(total / cfg.eval_batches)
+
+    def train(self, until: int | None = None) -> list[float]:
+        """Run updates up to ``until`` (default ``config.steps``); returns their losses.
+
+        ``until`` stops early without changing the schedule (a staged run); a later
+        ``train()`` or a resumed Trainer carries on from there.
+        """
+        cfg = self.config
+        end = cfg.steps if until is None else min(until, cfg.steps)
+        losses: list[float] = []
+        bar = self._progress_bar(end)
+        start = time.perf_counter()
+        while self.step < end:
+            loss, norm = self.train_step()
+            losses.append(loss)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss} at step {self.step}; lower lr or enable grad_clip"
+                )
+            record: dict[str, Any] = {}
+            if self.step % cfg.log_every == 0 or self.step == end:
+                record = {
+                    "step": self.step,
+                    "loss": loss,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "grad_norm": norm,
+                    "seconds": round(time.perf_counter() - start, 3),
+                }
+            if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                record = {"step": self.step, **record, "eval_loss": self.evaluate()}
+            if record:
+                self._log(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if cfg.save_every and self.step % cfg.save_every == 0:
+                self.save()
+        if bar is not None:
+            bar.close()
+        if cfg.out_dir is not None and losses:
+            self.save()
+        return losses
+
+    def _progress_bar(self, end: int) -> Any:
+        if not (self.config.progress and self.dist.is_main) or self.step >= end:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=end, initial=self.step, desc="train", dynamic_ncols=True)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        out = self.config.out_dir
+        if out is None or not self.dist.is_main:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / METRICS_FILE, "a") as f:  # one write of one line: an atomic append
+            f.write(json.dumps(record) + "\n")
+
+    # -- checkpoints ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data_generator": self.data_generator.get_state(),
+            "rng": _rng_state(),
+            "config": self.config.model_dump(mode="json"),
+        }
+
+    def save(self, out_dir: Path | None = None) -> Path | None:
+        """Write ``train_state.pt`` atomically (rank 0 only); returns its path there."""
+        folder = Path(out_dir) if out_dir is not None else self.config.out_dir
+        if folder is None:
+            raise ConfigError("save() needs a folder: set out_dir in TrainConfig or pass one")
+        path = folder / STATE_FILE
+        if self.dist.is_main:
+            _atomic_torch_save(self.state_dict(), path)
+        if self.dist.enabled:
+            dist.barrier()
+        return path if self.dist.is_main else None
+
+    def resume(self, out_dir: Path | None = None) -> int:
+        """Load ``out_dir/train_state.pt`` (default ``config.out_dir``); returns its step.
+
+        Restores the model, optimizer, scheduler, data position and RNG states, and drops
+        lines of ``metrics.jsonl`` logged after that step (they will be logged again).
+        """
+        folder = Path(out_dir) if out_dir is not None else self.config.out_dir
+        if folder is None:
+            raise ConfigError("resume() needs a folder: set out_dir in TrainConfig or pass one")
+        path = folder / STATE_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{path} does not exist; train once with out_dir={folder}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{path} cannot be read ({exc}); delete it and retrain") from None
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.data_generator.set_state(state["data_generator"])
+        _set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        if self.dist.is_main:
+            self._truncate_metrics(folder / METRICS_FILE, self.step)
+        if self.dist.enabled:
+            dist.barrier()
+        return self.step
+
+    @staticmethod
+    def _truncate_metrics(path: Path, step: int) -> None:
+        if not path.is_file():
+            return
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            from ar_core.recipes import atomic_write_text
+
+            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+    def close(self) -> None:
+        """Leave the process group this Trainer started (call at the end of a torchrun script)."""
+        if self.dist.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def read_metrics(out_dir: Path) -> Iterator[dict[str, Any]]:
+    """The records of ``out_dir/metrics.jsonl``, in order."""
+    path = Path(out_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)

@@ -1,0 +1,201 @@
+"""Tests of ar_core.trainer: exact resume in a fresh process, DDP == one process,
+the warm-up/cosine schedule, gradient accumulation, and config errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ar_core import ConfigError
+from ar_core.trainer import STATE_FILE, TrainConfig, Trainer, read_metrics
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _trainer_toy as toy
+
+SCRIPT = Path(__file__).parent / "_trainer_toy.py"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPT.parent), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _run_script(args: list[str], *, timeout: float = 120) -> None:
+    proc = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def _losses(out_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(out_dir) if "loss" in r]
+
+
+def _params(out_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out_dir / STATE_FILE, weights_only=True)["model"]
+
+
+def _config(out_dir: Path | None, **over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = dict(
+        steps=10,
+        batch_size=8,
+        lr=3e-2,
+        warmup_steps=3,
+        log_every=1,
+        progress=False,
+        eval_every=4,
+        eval_batches=2,
+        out_dir=None if out_dir is None else str(out_dir),
+    )
+    base.update(over)
+    return base
+
+
+def test_resume_in_fresh_process_is_exact(tmp_path: Path) -> None:
+    """10 updates straight == 4 updates, save, a new process resumes, 6 more (with dropout)."""
+    straight, staged = tmp_path / "straight", tmp_path / "staged"
+    fields = _config(straight, seed=7)
+    trainer = Trainer(
+        toy.make_model(dropout=0.3),
+        toy.loss_fn,
+        toy.train_data,
+        TrainConfig(**fields),
+        eval_data=toy.train_data,
+    )
+    trainer.train()
+
+    fields = _config(staged, seed=7)
+    first = Trainer(
+        toy.make_model(dropout=0.3),
+        toy.loss_fn,
+        toy.train_data,
+        TrainConfig(**fields),
+        eval_data=toy.train_data,
+    )
+    first.train(until=4)
+    assert (staged / STATE_FILE).is_file()
+    # an interrupted run may have logged past its last save: resume must drop those lines
+    with open(staged / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 5, "loss": 123.0}) + "\n")
+    _run_script(
+        [sys.executable, str(SCRIPT), json.dumps({**fields, "dropout": 0.3, "resume": True})]
+    )
+
+    assert _losses(staged) == _losses(straight)
+    assert len(_losses(straight)) == 10
+    evals = [r["eval_loss"] for r in read_metrics(straight) if "eval_loss" in r]
+    assert evals == [r["eval_loss"] for r in read_metrics(staged) if "eval_loss" in r]
+    a, b = _params(straight), _params(staged)
+    for k in a:
+        assert torch.equal(a[k], b[k]), (k, (a[k] - b[k]).abs().max())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_ddp_two_processes_equal_one_process(tmp_path: Path) -> None:
+    """torchrun --nproc_per_node 2 (gloo, each rank half the global batch, grad_accum 2)
+    gives the losses and parameters of one process on the whole batch."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    fields = _config(single, steps=6, eval_every=0, seed=3)
+    Trainer(toy.make_model(), toy.loss_fn, toy.train_data, TrainConfig(**fields)).train()
+
+    ddp_fields = _config(ddp, steps=6, eval_every=0, seed=3, grad_accum=2)
+    _run_script(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            str(SCRIPT),
+            json.dumps(ddp_fields),
+        ],
+        timeout=150,
+    )
+    torch.testing.assert_close(
+        torch.tensor(_losses(ddp)), torch.tensor(_losses(single)), rtol=1e-5, atol=1e-6
+    )
+    a, b = _params(single), _params(ddp)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+
+
+def test_warmup_cosine_schedule_matches_formula() -> None:
+    lr, steps, warmup, floor = 1e-2, 20, 5, 0.1
+    config = TrainConfig(
+        steps=steps, batch_size=4, lr=lr, warmup_steps=warmup, min_lr_ratio=floor, progress=False
+    )
+    trainer = Trainer(toy.make_model(), toy.loss_fn, toy.train_data, config)
+    used = []
+    for _ in range(steps):
+        used.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.train_step()
+
+    def expected(s: int) -> float:
+        if s < warmup:
+            return lr * (s + 1) / warmup
+        t = (s - warmup) / (steps - warmup - 1)
+        return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+    assert used == pytest.approx([expected(s) for s in range(steps)], rel=1e-12)
+    assert used[warmup - 1] == pytest.approx(lr) and used[-1] == pytest.approx(floor * lr)
+
+
+def test_grad_accumulation_equals_full_batch() -> None:
+    def run(grad_accum: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+        config = TrainConfig(
+            steps=4, batch_size=8, grad_accum=grad_accum, lr=3e-2, warmup_steps=1, progress=False
+        )
+        trainer = Trainer(toy.make_model(), toy.loss_fn, toy.train_data, config)
+        return trainer.train(), trainer.model.state_dict()
+
+    losses_full, params_full = run(1)
+    losses_acc, params_acc = run(2)
+    torch.testing.assert_close(torch.tensor(losses_acc), torch.tensor(losses_full))
+    for k in params_full:
+        torch.testing.assert_close(params_acc[k], params_full[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("lr", -1.0),
+        ("steps", 0),
+        ("warmup_steps", 50),  # more than steps
+        ("grad_accum", 3),  # batch_size 8 is not a multiple
+        ("min_lr_ratio", 1.5),
+        ("betas", (0.9, 1.0)),
+        ("autocast", "fp8"),
+        ("batch_sise", 4),  # unknown field
+    ],
+)
+def test_bad_config_names_the_field(field: str, value: Any) -> None:
+    kwargs = {"steps": 10, "batch_size": 8, "warmup_steps": 2, field: value}
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig.build(**kwargs)
+
+
+def test_trainer_errors_are_actionable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="eval_data"):
+        Trainer(toy.make_model(), toy.loss_fn, toy.train_data, TrainConfig(eval_every=5))
+    config = TrainConfig(steps=2, batch_size=4, warmup_steps=0, resume=True, out_dir=tmp_path)
+    with pytest.raises(Exception, match="does not exist"):
+        Trainer(toy.make_model(), toy.loss_fn, toy.train_data, config)
