@@ -38,7 +38,7 @@ def register_strategies(register: Register) -> None:
 
 @hookspec
 def register_attention_backends(register: Register) -> None:
-    """Register attention backends: ``register("flex", backend)``, an object with ``supports(...)`` and ``attend(...)``."""
+    """Register attention backends: ``register("flex", backend)``, an object with ``unsupported_reason(...)`` and ``attend(...)``."""
 
 
 @hookspec

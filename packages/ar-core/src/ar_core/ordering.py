@@ -36,11 +36,11 @@ class Plan:
         tensors: list[torch.Tensor] = []
         for k, step in enumerate(steps):
             t = torch.as_tensor(step)
+            if t.numel() == 0:
+                raise PlanError(f"step {k} is empty; every step needs at least one position")
             if t.dtype.is_floating_point or t.dtype == torch.bool:
                 raise PlanError(f"step {k} holds {t.dtype} values; positions must be integers")
             t = t.to(torch.long).reshape(-1)
-            if t.numel() == 0:
-                raise PlanError(f"step {k} is empty; every step needs at least one position")
             tensors.append(t)
         if not tensors:
             raise PlanError("a Plan needs at least one step")

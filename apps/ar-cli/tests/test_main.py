@@ -1,0 +1,62 @@
+"""The `ar` command: user mistakes end with one line and exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ar_cli.main import main
+from ar_cli.report import write_html
+from ar_core.recipes import RecipeResult, Table
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+        (["bench", "no-such-benchmark"], "unknown benchmark 'no-such-benchmark'"),
+        (["sample", "/no/such/folder"], "is not a folder"),
+        (["no-such-command"], "No such command"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert "Traceback" not in err
+
+
+def test_sample_refuses_a_folder_without_recipe_file(tmp_path: Path, capsys):
+    assert main(["sample", str(tmp_path)]) == 2
+    assert "recipe.json" in capsys.readouterr().err
+
+
+def test_bench_lists_workspace_benchmarks(capsys, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parents[3])
+    assert main(["bench", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "decode" in out and "flex_vs_sdpa" in out
+
+
+def test_html_report_has_tables_and_images(tmp_path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    png = tmp_path / "pic.png"
+    plt.imsave(png, [[0.0, 1.0], [1.0, 0.0]])
+    result = RecipeResult(
+        title="t",
+        tables=[Table("accuracy", ["ordering", "acc"], [["raster", 0.5]])],
+        images=[("a picture", png)],
+        curves={"loss": [(0, 2.0), (1, 1.0)]},
+        samples=["<b>not html</b>"],
+    )
+    index = write_html(tmp_path / "out", "report", [(result, 1.0)], [])
+    text = index.read_text()
+    assert "<caption>accuracy</caption>" in text and "<td>raster</td>" in text
+    assert "&lt;b&gt;not html&lt;/b&gt;" in text
+    assert (tmp_path / "out" / "img" / "0-pic.png").is_file()
+    assert (tmp_path / "out" / "img" / "curves-0.png").is_file()

@@ -1,0 +1,120 @@
+"""Every check of the ar workspace: ``uv run nox`` runs the default sessions.
+
+Sessions use uv environments. ``tests-<member>`` syncs ONLY that member and its declared
+dependencies into a fresh environment (``uv sync --package X --exact``): proof that each
+package installs and passes its tests alone. ``slow`` (long tests) is not in the default run.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+MEMBERS = {
+    "ar-core": "packages/ar-core",
+    "ar-kernels": "packages/ar-kernels",
+    "ar-cli": "apps/ar-cli",
+}
+SOURCES = [f"{path}/src" for path in MEMBERS.values()]
+nox.options.sessions = [
+    "lint",
+    "types",
+    *(f"tests-{name}" for name in MEMBERS),
+    "wheels",
+    "integration",
+    "docs",
+]
+
+
+def _sync(session: nox.Session, *args: str) -> None:
+    """``uv sync`` into this session's environment, from the committed lock."""
+    env = {"UV_PROJECT_ENVIRONMENT": session.virtualenv.location}
+    session.run_install("uv", "sync", "--locked", "--exact", *args, env=env)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    _sync(session, "--only-group", "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    """mypy over every member's sources."""
+    _sync(session, "--all-packages", "--group", "types")
+    session.run("mypy", *SOURCES)
+
+
+def _tests(session: nox.Session, name: str) -> None:
+    _sync(session, "--package", name)
+    path = MEMBERS[name]
+    session.run("pytest", f"{path}/tests", *session.posargs)
+
+
+for _name in MEMBERS:
+
+    @nox.session(name=f"tests-{_name}")
+    def _member_tests(session: nox.Session, _n: str = _name) -> None:
+        """This member alone: its own dependencies, its own tests."""
+        _tests(session, _n)
+
+
+@nox.session
+def wheels(session: nox.Session) -> None:
+    """Build each member without workspace sources, install the wheels into a clean venv."""
+    dist = Path(tempfile.mkdtemp(prefix="ar-wheels-"))
+    try:
+        for path in MEMBERS.values():
+            session.run(
+                "uv", "build", "--no-sources", "--wheel", "-o", str(dist), path, external=True
+            )
+        session.install(*sorted(glob.glob(str(dist / "*.whl"))))
+        session.run("python", "-c", "import ar_core, ar_kernels, ar_cli; print('imports ok')")
+        session.run("ar", "plugins")
+        out = session.run("ar", "plugins", "--json", silent=True)
+        assert out and '"ar-core"' in out and '"ar-kernels"' in out, out
+    finally:
+        shutil.rmtree(dist, ignore_errors=True)
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """Cross-package tests (tests/) with every member and the example plugin installed."""
+    _sync(session, "--all-packages", "--group", "test", "--group", "example", "--group", "docs")
+    session.run("pytest", "tests", "docs/examples/ar-zigzag/tests", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """mkdocs build --strict."""
+    _sync(session, "--all-packages", "--group", "docs")
+    site = tempfile.mkdtemp(prefix="ar-site-")
+    session.run("mkdocs", "build", "--strict", "--site-dir", site, env={"NO_MKDOCS_2_WARNING": "1"})
+    shutil.rmtree(site, ignore_errors=True)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """Long tests (marker ``slow``), every package."""
+    _sync(session, "--all-packages", "--group", "test", "--group", "example")
+    session.run(
+        "pytest",
+        "-m",
+        "slow",
+        *(f"{p}/tests" for p in MEMBERS.values()),
+        "tests",
+        *session.posargs,
+        env={"AR_SLOW": "1", **os.environ},
+    )

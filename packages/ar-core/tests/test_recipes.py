@@ -1,0 +1,58 @@
+"""Recipe configuration: --set parsing and validation, recipe files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from ar_core.errors import ConfigError
+from ar_core.recipes import (
+    build_config,
+    parse_overrides,
+    read_recipe_file,
+    write_recipe_file,
+)
+
+
+class _Inner(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    width: int = 8
+
+
+class _Config(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    steps: int = 10
+    name: str = "x"
+    inner: _Inner = _Inner()
+
+
+def test_parse_overrides_nests_and_parses_json():
+    assert parse_overrides(["steps=5", "inner.width=3", "name=abc", "flag=true"]) == {
+        "steps": 5,
+        "inner": {"width": 3},
+        "name": "abc",
+        "flag": True,
+    }
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["steps"])
+
+
+def test_build_config_merges_and_names_the_bad_field():
+    cfg = build_config(_Config, _Config(steps=7), {"inner": {"width": 2}})
+    assert cfg == _Config(steps=7, inner=_Inner(width=2))
+    with pytest.raises(ConfigError, match=r"steps: .*integer.*'many'"):
+        build_config(_Config, None, {"steps": "many"})
+    with pytest.raises(ConfigError, match="inner.depth"):
+        build_config(_Config, None, {"inner": {"depth": 1}})
+
+
+def test_recipe_file_round_trip_and_corruption(tmp_path: Path):
+    write_recipe_file(tmp_path, "demo", _Config(steps=3))
+    assert read_recipe_file(tmp_path) == ("demo", _Config(steps=3).model_dump())
+    (tmp_path / "recipe.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="corrupted"):
+        read_recipe_file(tmp_path)
+    with pytest.raises(ConfigError, match="no recipe.json"):
+        read_recipe_file(tmp_path / "missing")

@@ -1,0 +1,144 @@
+"""Plugin discovery: built-ins, the allow-list, broken and duplicate plugins, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ar_core
+from ar_core import plugins, registry
+from ar_core.errors import DuplicateRegistrationError, PluginError, UnknownNameError
+
+
+def _ar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ar_cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def test_builtins_are_plugins_like_any_other():
+    infos = {i.name: i for i in plugins.plugin_infos()}
+    assert infos["core"].distribution == "ar-core"
+    assert infos["core"].version == ar_core.__version__
+    assert {"raster", "random", "block"} <= set(infos["core"].registered["orderings"])
+    assert registry.orderings.provider("raster") == "core"
+
+
+def test_empty_allow_list_loads_nothing(monkeypatch):
+    monkeypatch.setenv("AR_PLUGINS", "")
+    plugins.load()
+    assert registry.orderings.names() == []
+    assert all(i.status == "skipped" for i in plugins.plugin_infos())
+    with pytest.raises(UnknownNameError, match="AR_PLUGINS"):
+        registry.orderings.get("raster")
+
+
+def test_allow_list_by_entry_point_or_distribution(monkeypatch):
+    monkeypatch.setenv("AR_PLUGINS", "ar-core")
+    plugins.load()
+    assert "raster" in registry.orderings.names()
+    assert "zigzag" not in registry.orderings.names()
+    monkeypatch.setenv("AR_PLUGINS", "zigzag, core")
+    plugins.load()
+    assert {"raster", "zigzag"} <= set(registry.orderings.names())
+
+
+def test_plugin_that_raises_at_import_is_skipped_with_a_warning(fake_distribution):
+    fake_distribution("ar-broken", "broken", "raise RuntimeError('boom at import')\n")
+    with pytest.warns(plugins.PluginLoadWarning, match=r"'broken'.*ar-broken.*boom at import"):
+        infos = plugins.load()
+    broken = next(i for i in infos if i.name == "broken")
+    assert broken.status == "failed" and "boom at import" in (broken.error or "")
+    assert "raster" in registry.orderings.names()  # the others still load
+
+
+def test_plugin_whose_hook_raises_is_skipped(fake_distribution):
+    fake_distribution(
+        "ar-hookfail",
+        "hookfail",
+        """
+        import ar_core
+        @ar_core.hookimpl
+        def register_orderings(register):
+            register("half", object)
+            raise ValueError("hook exploded")
+        """,
+    )
+    with pytest.warns(plugins.PluginLoadWarning, match="hookfail.*hook exploded"):
+        plugins.load()
+    assert "half" not in registry.orderings.names()  # nothing half-registered
+    assert "raster" in registry.orderings.names()
+
+
+def test_duplicate_name_is_an_error_naming_both(fake_distribution):
+    fake_distribution(
+        "ar-dupe",
+        "dupe",
+        """
+        import ar_core
+        @ar_core.hookimpl
+        def register_orderings(register):
+            register("raster", object)
+        """,
+    )
+    with pytest.raises(DuplicateRegistrationError, match=r"'raster'.*'core'.*'dupe'"):
+        plugins.load()
+
+
+def test_misspelt_hook_fails_check_pending(fake_distribution):
+    fake_distribution(
+        "ar-typo",
+        "typo",
+        """
+        import ar_core
+        @ar_core.hookimpl
+        def register_ordering(register):
+            register("x", object)
+        """,
+    )
+    with pytest.raises(PluginError, match="register_ordering"):
+        plugins.load()
+
+
+def test_unknown_name_lists_available_and_the_package_to_install():
+    with pytest.raises(UnknownNameError) as err:
+        registry.orderings.get("next-scale")
+    msg = str(err.value)
+    assert "raster" in msg and "random" in msg
+    assert "pip install ar-vision" in msg
+    with pytest.raises(UnknownNameError, match="available:.*raster") as err2:
+        registry.orderings.get("no-such-ordering")
+    assert "pip install" not in str(err2.value)
+
+
+def test_example_plugin_ordering_is_listed_and_usable():
+    assert registry.orderings.provider("zigzag") == "zigzag"
+    plan = registry.orderings.get("zigzag")().plan((4, 4))
+    assert plan.order().tolist()[:6] == [0, 1, 4, 8, 5, 2]
+    assert sorted(plan.order().tolist()) == list(range(16))
+    assert torch.equal(plan.step_ids()[plan.order()], torch.arange(16))
+
+
+def test_cli_plugins_json_lists_builtins_and_example():
+    proc = _ar("plugins", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = {p["name"]: p for p in json.loads(proc.stdout)}
+    assert data["core"]["distribution"] == "ar-core"
+    assert "raster" in data["core"]["registered"]["orderings"]
+    assert data["kernels"]["distribution"] == "ar-kernels"
+    assert data["zigzag"]["registered"]["orderings"] == ["zigzag"]
+
+
+def test_cli_with_no_plugins(monkeypatch):
+    proc = _ar("plugins", "--json", env={"AR_PLUGINS": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert all(p["status"] == "skipped" for p in json.loads(proc.stdout))
