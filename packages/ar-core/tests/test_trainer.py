@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from ar_core import ConfigError
-from ar_core.trainer import STATE_FILE, TrainConfig, Trainer, read_metrics
+from ar_core.trainer import STATE_DIR, TrainConfig, Trainer, read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _trainer_toy as toy
@@ -40,7 +41,7 @@ def _losses(out_dir: Path) -> list[float]:
 
 
 def _params(out_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out_dir / STATE_FILE, weights_only=True)["model"]
+    return load_file(str(out_dir / STATE_DIR / "model.safetensors"))
 
 
 def _config(out_dir: Path | None, **over: Any) -> dict[str, Any]:
@@ -81,7 +82,7 @@ def test_resume_in_fresh_process_is_exact(tmp_path: Path) -> None:
         eval_data=toy.train_data,
     )
     first.train(until=4)
-    assert (staged / STATE_FILE).is_file()
+    assert (staged / STATE_DIR).is_dir()
     # an interrupted run may have logged past its last save: resume must drop those lines
     with open(staged / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 5, "loss": 123.0}) + "\n")

@@ -23,8 +23,9 @@ large, the update equals the single-process update on the full global batch.
 
 Files in ``out_dir`` (only rank 0 writes): ``metrics.jsonl`` (one JSON object per logged
 step: ``step, loss, lr, grad_norm, seconds``; eval lines carry ``eval_loss``) and
-``train_state.pt`` (model, optimizer, scheduler, RNG states of torch / CUDA / numpy /
-python, the data generator, the step).
+``train_state/`` (a training checkpoint folder of :mod:`ar_core.checkpoint`, written
+atomically: model weights, optimizer, scheduler, RNG states of torch / CUDA / numpy /
+python, the step, and the data generator's state).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -47,13 +47,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ar_core.checkpoint import load_training_state, save_training_state
 from ar_core.errors import CheckpointError, ConfigError
 
 Batch = Any  # a tensor, or a tuple / list / dict of tensors with the batch first
 DataFn = Callable[[torch.Generator, int], Batch]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
-STATE_FILE = "train_state.pt"
+STATE_DIR = "train_state"  # a checkpoint folder of ar_core.checkpoint
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -80,7 +81,7 @@ class TrainConfig(pydantic.BaseModel):
     device: str = "auto"  # auto: cuda (cuda:LOCAL_RANK under torchrun) if available, else cpu
     log_every: int = pydantic.Field(10, ge=1)  # metrics.jsonl line every this many steps
     progress: bool = True  # a tqdm bar on rank 0
-    resume: bool = False  # continue from out_dir/train_state.pt (an error if there is none)
+    resume: bool = False  # continue from out_dir/train_state (an error if there is none)
 
     @pydantic.field_validator("betas")
     @classmethod
@@ -100,7 +101,7 @@ class TrainConfig(pydantic.BaseModel):
                 f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})"
             )
         if self.resume and self.out_dir is None:
-            raise ValueError("resume=True needs out_dir, the folder that holds train_state.pt")
+            raise ValueError("resume=True needs out_dir, the folder that holds train_state/")
         return self
 
     @classmethod
@@ -222,51 +223,6 @@ def _shard(batch: Batch, index: int, parts: int) -> Batch:
         )
     size = rows // parts
     return _map_batch(batch, lambda t: t[index * size : (index + 1) * size])
-
-
-# -- atomic files -----------------------------------------------------------------------
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state(legacy=False)
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {
-            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
-        },
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(
-        ("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
-    )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 def _seed_everything(seed: int) -> None:
@@ -484,51 +440,46 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     # -- checkpoints ------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "data_generator": self.data_generator.get_state(),
-            "rng": _rng_state(),
-            "config": self.config.model_dump(mode="json"),
-        }
-
     def save(self, out_dir: Path | None = None) -> Path | None:
-        """Write ``train_state.pt`` atomically (rank 0 only); returns its path there."""
+        """Write ``out_dir/train_state`` atomically (rank 0 only); returns its path there."""
         folder = Path(out_dir) if out_dir is not None else self.config.out_dir
         if folder is None:
             raise ConfigError("save() needs a folder: set out_dir in TrainConfig or pass one")
-        path = folder / STATE_FILE
+        path = folder / STATE_DIR
         if self.dist.is_main:
-            _atomic_torch_save(self.state_dict(), path)
+            save_training_state(
+                path,
+                model=self.model,
+                step=self.step,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                extra={
+                    "data_generator": self.data_generator.get_state(),
+                    "config": self.config.model_dump(mode="json"),
+                },
+            )
         if self.dist.enabled:
             dist.barrier()
         return path if self.dist.is_main else None
 
     def resume(self, out_dir: Path | None = None) -> int:
-        """Load ``out_dir/train_state.pt`` (default ``config.out_dir``); returns its step.
+        """Load ``out_dir/train_state`` (default ``config.out_dir``); returns its step.
 
-        Restores the model, optimizer, scheduler, data position and RNG states, and drops
-        lines of ``metrics.jsonl`` logged after that step (they will be logged again).
+        Restores the model, optimizer, scheduler, data position and RNG states (every rank
+        gets rank 0's), and drops lines of ``metrics.jsonl`` logged after that step (they
+        will be logged again).
         """
         folder = Path(out_dir) if out_dir is not None else self.config.out_dir
         if folder is None:
             raise ConfigError("resume() needs a folder: set out_dir in TrainConfig or pass one")
-        path = folder / STATE_FILE
-        if not path.is_file():
+        path = folder / STATE_DIR
+        if not path.is_dir():
             raise CheckpointError(f"{path} does not exist; train once with out_dir={folder}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"{path} cannot be read ({exc}); delete it and retrain") from None
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.data_generator.set_state(state["data_generator"])
-        _set_rng_state(state["rng"])
-        self.step = int(state["step"])
+        state = load_training_state(
+            path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+        )
+        self.data_generator.set_state(state.extra["data_generator"])
+        self.step = state.step
         if self.dist.is_main:
             self._truncate_metrics(folder / METRICS_FILE, self.step)
         if self.dist.enabled:
