@@ -1,0 +1,443 @@
+"""Checkpoints: safetensors weights + a pydantic-validated ``config.json``, written atomically.
+
+A checkpoint is a folder::
+
+    config.json            TransformerConfig (absent for models without a pydantic ``cfg``)
+    model.safetensors      weights (tied weights stored once)
+    training_state.pt      only in training checkpoints (see below)
+
+Writing never damages the previous checkpoint: files are written to a temporary file in
+the same folder, fsync'ed and moved into place with ``os.replace``; a folder is written
+as a temporary sibling folder and then swapped in (the old one is renamed to
+``.<name>.previous`` first and deleted last). If the process dies between the two renames,
+the loaders find ``.<name>.previous`` and load it (with a warning).
+
+Loading validates before it loads: ``config.json`` through the pydantic config, then the
+safetensors header (name, shape and dtype of every tensor, and that the file is as long as
+the header says) against the model. Any problem is a :class:`~ar_core.errors.CheckpointError`
+that names it.
+
+Trainer API (the Trainer calls these two)::
+
+    save_training_state(path, model=model, optimizer=opt, scheduler=sched, step=step,
+                        extra={"best_loss": 1.2})
+    state = load_training_state(path, model=model, optimizer=opt, scheduler=sched)
+    state.step, state.extra        # RNG states (python, numpy, torch, cuda) are restored
+
+``load_training_state`` loads into the objects given (model weights validated as above);
+``restore_rng=False`` leaves the RNGs alone. ``extra`` holds plain Python values and
+tensors (it is read back with ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import struct
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ValidationError
+from torch import Tensor, nn
+
+from ar_core.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from ar_core.model import Transformer, TransformerConfig
+
+__all__ = [
+    "CONFIG_NAME",
+    "TRAINING_STATE_NAME",
+    "WEIGHTS_NAME",
+    "TrainingState",
+    "atomic_write_bytes",
+    "load_model",
+    "load_training_state",
+    "load_weights",
+    "read_config",
+    "save_model",
+    "save_training_state",
+    "state_for_saving",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TRAINING_STATE_NAME = "training_state.pt"
+
+# safetensors dtype codes -> torch dtypes
+_ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+# -- atomic writes ----------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a rename: fsync the folder that holds the entry (best effort)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync it and move it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
+    with _atomic_path(Path(path)) as tmp:
+        tmp.write_bytes(data)
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(f".{path.name}.previous")
+
+
+@contextlib.contextmanager
+def _atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success swap it in for ``path`` (the old one is kept
+    as ``.<name>.previous`` until the new one is in place)."""
+    path = path.resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"cannot write a checkpoint folder at {path}: a file is in the way")
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            _fsync_file(child)
+        _fsync_dir(tmp)
+        previous = _previous(path)
+        if path.exists():
+            if previous.exists():  # stale, from an earlier crash; path is complete
+                shutil.rmtree(previous)
+            os.replace(path, previous)
+        # else: a ``previous`` left by a crash is the last good checkpoint; it stays until
+        # the new one is in place
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if previous.exists():
+            shutil.rmtree(previous)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _resolve_folder(path: str | Path) -> Path:
+    """The checkpoint folder, or the ``.previous`` copy a crash mid-save left behind."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    previous = _previous(path.resolve())
+    if previous.is_dir():
+        warnings.warn(
+            f"checkpoint {path} is missing but {previous} exists (a save was interrupted); "
+            f"loading the previous checkpoint",
+            stacklevel=3,
+        )
+        return previous
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; a checkpoint is a folder holding {WEIGHTS_NAME}")
+    raise CheckpointError(f"no checkpoint at {path}: the folder does not exist")
+
+
+# -- validation -------------------------------------------------------------------------
+
+
+def state_for_saving(model: nn.Module) -> dict[str, Tensor]:
+    """The model's state dict with tied (storage-sharing) tensors kept once, contiguous."""
+    out: dict[str, Tensor] = {}
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor.detach().contiguous()
+    return out
+
+
+def _read_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name -> (shape, safetensors dtype) from a safetensors header; checks the file length."""
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing; a checkpoint folder holds {WEIGHTS_NAME}")
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        raw_len = f.read(8)
+        if len(raw_len) < 8:
+            raise CheckpointError(f"{file} is truncated: {size} bytes, not even a header")
+        (header_len,) = struct.unpack("<Q", raw_len)
+        if header_len > size - 8:
+            raise CheckpointError(
+                f"{file} is truncated or corrupted: its header claims {header_len} bytes but "
+                f"the file has {size}"
+            )
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{file} has a corrupted header: {exc}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file} has a corrupted header (not a JSON object)")
+    header.pop("__metadata__", None)
+    end = 0
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for name, info in header.items():
+        try:
+            out[name] = (tuple(info["shape"]), str(info["dtype"]))
+            end = max(end, int(info["data_offsets"][1]))
+        except (KeyError, TypeError, IndexError, ValueError):
+            raise CheckpointError(f"{file} has a corrupted header entry for {name!r}") from None
+    if 8 + header_len + end != size:
+        raise CheckpointError(
+            f"{file} is truncated or corrupted: its header describes {8 + header_len + end} "
+            f"bytes but the file has {size}"
+        )
+    return out
+
+
+def _dtype_name(dtype: torch.dtype | str) -> str:
+    if isinstance(dtype, str):
+        dtype = _ST_DTYPES.get(dtype, dtype)  # type: ignore[arg-type]
+    return str(dtype).removeprefix("torch.")
+
+
+def _short(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+
+
+def validate_weights(model: nn.Module, file: Path) -> None:
+    """Check every tensor's name, shape and dtype in ``file`` against ``model``."""
+    found = _read_header(file)
+    expected = {n: (tuple(t.shape), t.dtype) for n, t in state_for_saving(model).items()}
+    missing = [n for n in expected if n not in found]
+    unexpected = [n for n in found if n not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing from the checkpoint: {_short(missing)}")
+        if unexpected:
+            parts.append(f"not in the model: {_short(unexpected)}")
+        raise CheckpointError(f"{file} does not match the model; {'; '.join(parts)}")
+    for name, (shape, dtype) in expected.items():
+        f_shape, f_code = found[name]
+        if f_shape != shape:
+            raise CheckpointError(
+                f"{name} has shape {f_shape} in the checkpoint but {shape} in the model"
+            )
+        if _ST_DTYPES.get(f_code) != dtype:
+            raise CheckpointError(
+                f"{name} has dtype {_dtype_name(f_code)} in the checkpoint but "
+                f"{_dtype_name(dtype)} in the model"
+            )
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint folder's (or a .safetensors file's) weights into ``model``, after
+    checking every tensor's name, shape and dtype."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    file = path if path.suffix == ".safetensors" else _resolve_folder(path) / WEIGHTS_NAME
+    validate_weights(model, file)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        tensors = load_file(str(file), device=str(device))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{file} could not be read: {exc}") from exc
+    own = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            own[name].copy_(tensor)
+
+
+# -- models -----------------------------------------------------------------------------
+
+
+def _write_model_files(model: nn.Module, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    cfg = getattr(model, "cfg", None)
+    if isinstance(cfg, BaseModel):
+        (folder / CONFIG_NAME).write_text(cfg.model_dump_json(indent=2) + "\n")
+    save_file(state_for_saving(model), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+def save_model(model: nn.Module, path: str | Path) -> Path:
+    """Write the folder ``path`` (config.json + model.safetensors) atomically; return it."""
+    path = Path(path)
+    with _atomic_folder(path) as tmp:
+        _write_model_files(model, tmp)
+    return path
+
+
+def read_config(path: str | Path) -> TransformerConfig:
+    """The validated :class:`TransformerConfig` of a checkpoint folder."""
+    from ar_core.model import TransformerConfig
+
+    file = _resolve_folder(path) / CONFIG_NAME
+    try:
+        raw = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing; is {path} a model checkpoint?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
+    try:
+        return TransformerConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise CheckpointError(f"{file} is not a valid TransformerConfig: {errors}") from None
+
+
+def load_model(path: str | Path, *, device: torch.device | str | None = None) -> Transformer:
+    """Build the Transformer of ``config.json`` and load its validated weights."""
+    from ar_core.model import Transformer
+
+    folder = _resolve_folder(path)
+    cfg = read_config(folder)
+    model = Transformer(cfg)
+    if device is not None:
+        model.to(device)
+    load_weights(model, folder)
+    return model
+
+
+# -- training state ---------------------------------------------------------------------
+
+
+@dataclass
+class TrainingState:
+    """What :func:`load_training_state` returns besides restoring the objects it was given."""
+
+    step: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    step: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a training checkpoint folder atomically: the model files plus
+    ``training_state.pt`` (optimizer, scheduler, RNG states, step, ``extra``)."""
+    path = Path(path)
+    payload = {
+        "step": int(step),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": _rng_state(),
+        "extra": extra or {},
+    }
+    with _atomic_folder(path) as tmp:
+        _write_model_files(model, tmp)
+        torch.save(payload, tmp / TRAINING_STATE_NAME)
+    return path
+
+
+def load_training_state(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    restore_rng: bool = True,
+) -> TrainingState:
+    """Restore a folder written by :func:`save_training_state` into the given objects."""
+    folder = _resolve_folder(path)
+    file = folder / TRAINING_STATE_NAME
+    if not file.exists():
+        raise CheckpointError(
+            f"{file} is missing: {folder} is a model checkpoint, not a training checkpoint"
+        )
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{file} is corrupted: {type(exc).__name__}: {exc}") from exc
+    if optimizer is not None and payload.get("optimizer") is None:
+        raise CheckpointError(f"{file} holds no optimizer state but an optimizer was given")
+    if scheduler is not None and payload.get("scheduler") is None:
+        raise CheckpointError(f"{file} holds no scheduler state but a scheduler was given")
+    load_weights(model, folder)
+    if optimizer is not None:
+        try:
+            optimizer.load_state_dict(payload["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"the optimizer state in {file} does not fit: {exc}") from exc
+    if scheduler is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    if restore_rng:
+        _set_rng_state(payload["rng"])
+    return TrainingState(step=int(payload["step"]), extra=dict(payload["extra"]))
