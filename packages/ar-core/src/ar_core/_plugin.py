@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ar_core.hookspecs import Register, hookimpl
 from ar_core.ordering import Block, RandomOrder, Raster
 
@@ -11,3 +13,35 @@ def register_orderings(register: Register) -> None:
     register("raster", Raster)
     register("random", RandomOrder)
     register("block", Block)
+
+
+def _greedy(*args: Any, **kwargs: Any) -> Any:
+    """Strategy ``greedy`` (ar_core.generation.greedy, imported on first use)."""
+    from ar_core.generation import greedy
+
+    return greedy(*args, **kwargs)
+
+
+def _sample(*args: Any, **kwargs: Any) -> Any:
+    """Strategy ``sample`` (ar_core.generation.sample_strategy, imported on first use)."""
+    from ar_core.generation import sample_strategy
+
+    return sample_strategy(*args, **kwargs)
+
+
+def _transformer(**config: Any) -> Any:
+    """Model ``transformer``: ar_core.model.build_transformer(**config)."""
+    from ar_core.model import build_transformer
+
+    return build_transformer(**config)
+
+
+@hookimpl
+def register_strategies(register: Register) -> None:
+    register("greedy", _greedy)
+    register("sample", _sample)
+
+
+@hookimpl
+def register_models(register: Register) -> None:
+    register("transformer", _transformer)

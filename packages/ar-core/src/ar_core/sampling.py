@@ -154,9 +154,11 @@ class RepetitionPenalty:
     def __call__(self, logits: Tensor, input_ids: Tensor | None) -> Tensor:
         if input_ids is None or self.penalty == 1.0 or input_ids.numel() == 0:
             return logits
-        valid = input_ids >= 0  # (B, L)
-        seen = torch.zeros_like(logits, dtype=torch.bool)  # (B, V)
-        seen.scatter_(-1, input_ids.clamp_min(0), valid)
+        B, V = logits.shape
+        # unused slots (negative ids) go to an extra column that is dropped
+        index = torch.where(input_ids >= 0, input_ids, V)  # (B, L)
+        seen = torch.zeros(B, V + 1, dtype=torch.bool, device=logits.device)
+        seen = seen.scatter_(-1, index, True)[:, :V]  # (B, V)
         penalised = torch.where(logits > 0, logits / self.penalty, logits * self.penalty)
         return torch.where(seen, penalised, logits)
 

@@ -1,0 +1,144 @@
+"""generate(): cached decoding equals recomputation from scratch; EOS, padding, streaming."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ar_core import registry
+from ar_core.errors import InputError, UnknownNameError
+from ar_core.generation import GenerationConfig, GenerationResult, generate
+from ar_core.model import Transformer, TransformerConfig
+
+
+def _model(**kw: object) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(TransformerConfig.from_name("tiny", **kw)).eval()
+
+
+def _greedy_reference(model: Transformer, prompt: list[int], n: int) -> list[int]:
+    """Recompute the whole sequence without a cache at every step."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    return seq
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+@pytest.mark.parametrize("n_kv_heads", [1, 4])
+def test_greedy_ragged_equals_uncached(backend: str, n_kv_heads: int) -> None:
+    model = _model(attention_backend=backend, n_kv_heads=n_kv_heads)
+    lengths = [7, 2, 5]
+    x = torch.randint(0, 256, (3, 7), generator=torch.Generator().manual_seed(1))
+    out = generate(model, x, GenerationConfig(max_new_tokens=12), prompt_lengths=lengths)
+    assert out.sequences.shape == (3, 7 + 12)
+    for b, n in enumerate(lengths):
+        ref = _greedy_reference(model, x[b, :n].tolist(), 12)
+        assert out.sequences[b, : n + 12].tolist() == ref
+        assert (out.sequences[b, n + 12 :] == 0).all()
+    assert out.stats.target_forward_passes == 12
+    assert out.stats.accepted_lengths == [1] * 12
+
+
+def test_first_step_logits_match_uncached() -> None:
+    model = _model()
+    x = torch.randint(0, 256, (2, 6))
+    seen: list[torch.Tensor] = []
+
+    def pick(logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        seen.append(logits.clone())
+        return logits.argmax(-1)
+
+    from ar_core.generation import _run
+
+    _run(model, x, GenerationConfig(max_new_tokens=4), torch.tensor([6, 6]), None, pick, False)
+    with torch.no_grad():
+        seq = x
+        for step_logits in seen:
+            ref = model(seq).logits[:, -1]
+            torch.testing.assert_close(step_logits, ref, atol=1e-5, rtol=1e-5)
+            seq = torch.cat([seq, ref.argmax(-1, keepdim=True)], 1)
+
+
+def test_attention_mask_equals_prompt_lengths_and_left_padding_is_refused() -> None:
+    model = _model()
+    x = torch.randint(0, 256, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    cfg = GenerationConfig(max_new_tokens=3)
+    a = generate(model, x, cfg, attention_mask=mask)
+    b = generate(model, x, cfg, prompt_lengths=[5, 2])
+    assert torch.equal(a.sequences, b.sequences)
+    with pytest.raises(InputError, match="row 1 is not right-padded"):
+        generate(model, x, cfg, attention_mask=torch.tensor([[1] * 5, [0, 0, 1, 1, 1]]))
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.chunks: list[torch.Tensor] = []
+        self.ended = False
+
+    def put(self, tokens: torch.Tensor) -> None:
+        self.chunks.append(tokens.clone())
+
+    def end(self) -> None:
+        self.ended = True
+
+
+def test_eos_per_row_then_pad_and_streamer_order() -> None:
+    model = _model()
+    x = torch.randint(0, 256, (2, 4), generator=torch.Generator().manual_seed(3))
+    free = generate(model, x, GenerationConfig(max_new_tokens=8))
+    eos = int(free.sequences[0, 4 + 2])  # row 0 emits it at step 2
+    streamer = _Recorder()
+    cfg = GenerationConfig(max_new_tokens=8, eos_token_id=eos, pad_token_id=255)
+    out = generate(model, x, cfg, streamer=streamer)
+    new = out.sequences[:, 4:]
+    assert new.shape == (2, 8)  # max_new_tokens exact
+    stop = new[0].tolist().index(eos)
+    assert stop <= 2
+    assert new[0, : stop + 1].tolist() == free.sequences[0, 4 : 4 + stop + 1].tolist()
+    assert (new[0, stop + 1 :] == 255).all()
+    assert streamer.ended
+    streamed = torch.cat(streamer.chunks, 1)
+    assert torch.equal(streamed, new[:, : streamed.shape[1]])
+    if eos not in new[1].tolist():
+        assert new[1].tolist() == free.sequences[1, 4:].tolist()
+
+
+def test_sample_seeded_reproducible_and_temperature_zero_is_greedy() -> None:
+    model = _model()
+    x = torch.randint(0, 256, (2, 3))
+    cfg = GenerationConfig(max_new_tokens=10, seed=123, top_k=20, top_p=0.9)
+    a = generate(model, x, cfg, strategy="sample")
+    b = generate(model, x, cfg, strategy="sample")
+    assert torch.equal(a.sequences, b.sequences)
+    c = generate(model, x, cfg.model_copy(update={"seed": 124}), strategy="sample")
+    assert not torch.equal(a.sequences, c.sequences)
+    greedy = generate(model, x, GenerationConfig(max_new_tokens=10))
+    cold = generate(model, x, GenerationConfig(max_new_tokens=10, temperature=0), strategy="sample")
+    assert torch.equal(greedy.sequences, cold.sequences)
+
+
+def test_strategies_are_registered_and_results_typed() -> None:
+    assert {"greedy", "sample"} <= set(registry.strategies.names())
+    model = _model()
+    out = generate(model, torch.zeros(1, 2, dtype=torch.long), GenerationConfig(max_new_tokens=0))
+    assert isinstance(out, GenerationResult) and out.sequences.tolist() == [[0, 0]]
+    with pytest.raises(UnknownNameError, match="ar-decoding"):
+        generate(model, torch.zeros(1, 2, dtype=torch.long), strategy="speculative")
+
+
+def test_too_long_is_refused_with_numbers() -> None:
+    model = _model()
+    with pytest.raises(InputError, match=r"prompt length 500 \+ max_new_tokens 20.*512"):
+        generate(model, torch.zeros(1, 500, dtype=torch.long), GenerationConfig(max_new_tokens=20))
+
+
+def test_compiled_decode_equals_eager() -> None:
+    model = _model()
+    x = torch.randint(0, 256, (1, 5))
+    cfg = GenerationConfig(max_new_tokens=6)
+    eager = generate(model, x, cfg)
+    compiled = generate(model, x, cfg, compile=True)
+    assert torch.equal(eager.sequences, compiled.sequences)
