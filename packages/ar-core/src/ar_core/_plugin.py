@@ -45,3 +45,10 @@ def register_strategies(register: Register) -> None:
 @hookimpl
 def register_models(register: Register) -> None:
     register("transformer", _transformer)
+
+
+@hookimpl
+def register_recipes(register: Register) -> None:
+    from ar_core.recipes_anyorder import recipe  # imports torch: only when recipes load
+
+    register("core-anyorder", recipe)
