@@ -200,3 +200,30 @@ def test_trainer_errors_are_actionable(tmp_path: Path) -> None:
     config = TrainConfig(steps=2, batch_size=4, warmup_steps=0, resume=True, out_dir=tmp_path)
     with pytest.raises(Exception, match="does not exist"):
         Trainer(toy.make_model(), toy.loss_fn, toy.train_data, config)
+
+
+def test_transformer_lm_resume_is_exact(tmp_path: Path) -> None:
+    """The reference Transformer as a causal LM: 6 updates straight == 3, resume, 3."""
+    from ar_core.model import Transformer, TransformerConfig
+
+    def lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        logits = model(batch[:, :-1]).logits  # (B, T-1, V)
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
+        )
+
+    def run(out_dir: Path, stages: list[int]) -> list[float]:
+        losses: list[float] = []
+        for i, until in enumerate(stages):
+            torch.manual_seed(0)
+            cfg = TransformerConfig(vocab_size=toy.VOCAB, dim=32, n_layers=2, n_heads=4)
+            config = TrainConfig(
+                **_config(out_dir, steps=6, eval_every=0, resume=i > 0, autocast="off")
+            )
+            trainer = Trainer(Transformer(cfg), lm_loss, toy.train_data, config)
+            losses += trainer.train(until=until)
+        return losses
+
+    straight = run(tmp_path / "a", [6])
+    assert run(tmp_path / "b", [3, 6]) == straight
+    assert straight[-1] < straight[0]

@@ -186,6 +186,9 @@ class AnyOrderRecipe:
             torch.set_num_threads(threads)
 
     def _run(self, config: AnyOrderConfig, out_dir: Path, progress: Progress) -> RecipeResult:
+        for name in config.orderings:  # fail before training, not after
+            if name != "reverse":
+                registry.orderings.get(name)
         model = build_model(config)
         data = ArithData(config.length, config.vocab_size, config.max_stride)
         train_config = TrainConfig(

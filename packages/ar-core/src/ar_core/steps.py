@@ -10,6 +10,10 @@ Transformer two streams:
   position (``[QUERY]`` is a reserved vocabulary id, so :class:`~ar_core.model.Transformer`
   needs no change).
 
+Both streams also add a learned absolute position embedding (``pos_embed``, passed as
+``query_embeds``): RoPE only shapes q.k, so without it a query's value vectors could not
+tell which token sits where. ``save_pretrained`` stores it next to the Transformer's files.
+
 Training runs both streams at once under ``masks.two_stream(step_ids)`` and takes the
 cross-entropy at the query stream. Sampling (:func:`generate_steps`) keeps the content of
 finished steps in a KV cache; one network call per step writes the previous step's
