@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _trainer_toy as toy
 
 SCRIPT = Path(__file__).parent / "_trainer_toy.py"
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread, as in the script's processes: bitwise-equal float32 sums, and
+    these tiny models run faster than with threads that contend for 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _env() -> dict[str, str]:
