@@ -23,7 +23,15 @@ from ar_core.model import Transformer, TransformerConfig
 
 def random_model(vocab: int = 32, *, std: float = 0.02, seed: int = 0, **kw: object) -> Transformer:
     torch.manual_seed(seed)
-    cfg = dict(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)
+    cfg = dict(
+        vocab_size=vocab,
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        max_seq_len=128,
+        ffn_hidden=64,
+    )
     cfg.update(kw)
     model = Transformer(TransformerConfig(**cfg)).eval()  # type: ignore[arg-type]
     if std != 0.02:

@@ -74,6 +74,19 @@ def positive_int(value: Any, name: str, strategy: str, minimum: int = 1) -> int:
     return value
 
 
+def accepted_tokens(draft: Tensor, n_accepted: Tensor, next_token: Tensor) -> Tensor:
+    """The tokens a row gains: its first ``n_accepted`` draft tokens, then ``next_token``:
+    (B, k + 1), valid up to column ``n_accepted``."""
+    new = torch.cat([draft, next_token[:, None]], dim=1)  # (B, k + 1)
+    return new.scatter(1, n_accepted[:, None], next_token[:, None])
+
+
+def retire_finished(cache: Any, out: RowOutput) -> None:
+    """Finished rows keep riding along in the batch; cropping their cache to 0 keeps their
+    writes inside it (their outputs are ignored)."""
+    cache.crop(torch.where(out.finished, 0, cache.lengths))
+
+
 class RowOutput:
     """New tokens of B rows that advance by different counts per step.
 

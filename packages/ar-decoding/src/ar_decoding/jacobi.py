@@ -66,11 +66,13 @@ from ar_core.generation import prefill as prefill_prompt
 from ar_core.masks import MaskMod, MaskSpec
 from ar_decoding._rows import (
     RowOutput,
+    accepted_tokens,
     assemble,
     cache_budget,
     check_eos,
     positive_int,
     reject_repetition_penalty,
+    retire_finished,
 )
 from ar_decoding.verify import accept_greedy
 
@@ -79,18 +81,6 @@ __all__ = ["jacobi", "lookahead", "lookahead_local_mask"]
 
 def _greedy_only(config: GenerationConfig, strategy: str) -> None:
     reject_repetition_penalty(config, strategy)
-
-
-def _accepted_tokens(draft: Tensor, n_accepted: Tensor, next_token: Tensor) -> Tensor:
-    """The tokens a row gains: its first ``n_accepted`` draft tokens, then ``next_token``:
-    (B, k + 1), valid up to column ``n_accepted``."""
-    new = torch.cat([draft, next_token[:, None]], dim=1)  # (B, k + 1)
-    return new.scatter(1, n_accepted[:, None], next_token[:, None])
-
-
-def _retire_finished(cache: Any, out: RowOutput) -> None:
-    """Finished rows keep riding along; cropping them to 0 keeps them inside the cache."""
-    cache.crop(torch.where(out.finished, 0, cache.lengths))
 
 
 # -- Jacobi -------------------------------------------------------------------------------
@@ -126,12 +116,12 @@ def jacobi(
             out.push(last[:, None], torch.ones_like(last))
             guesses = last[:, None].expand(B, window).clone()  # (B, W)
             while not out.done:
-                _retire_finished(cache, out)
+                retire_finished(cache, out)
                 tokens = torch.cat([last[:, None], guesses], dim=1)  # (B, W + 1)
                 logits = model(tokens, cache=cache, commit=False).logits  # (B, W + 1, V)
                 stats.target_forward_passes += 1
                 n_acc, last = accept_greedy(guesses, logits)  # (B,), (B,)
-                out.push(_accepted_tokens(guesses, n_acc, last), n_acc + 1)
+                out.push(accepted_tokens(guesses, n_acc, last), n_acc + 1)
                 cache.commit(n_acc + 1)
                 # outputs after the new last token are the next guesses
                 pred = logits.argmax(-1)  # (B, W + 1)
@@ -289,7 +279,7 @@ def lookahead(
             # initial trajectory: the prompt's tokens, cycled (Fu et al. start from random)
             levels_tok = _initial_levels(input_ids, prompt_lengths, levels, W)  # (B, n-1, W)
             while not out.done:
-                _retire_finished(cache, out)
+                retire_finished(cache, out)
                 cands = pool.candidates(last, G, levels)  # (B, G, n-1)
                 tokens = torch.cat(
                     [last[:, None], levels_tok.flatten(1), cands.flatten(1)], dim=1
@@ -312,7 +302,7 @@ def lookahead(
                 best = n_acc.argmax(-1)  # (B,) first longest
                 rows = torch.arange(B, device=best.device)
                 n_best, last_new = n_acc[rows, best], nxt[rows, best]  # (B,)
-                accepted = _accepted_tokens(cands[rows, best], n_best, last_new)  # (B, n)
+                accepted = accepted_tokens(cands[rows, best], n_best, last_new)  # (B, n)
                 out.push(accepted, n_best + 1)
                 # move the winner's cache entries right after `last`, then commit
                 steps = torch.arange(levels, device=P.device)

@@ -1,0 +1,215 @@
+"""Speculative Jacobi Decoding (SJD): lossless sampling with a window of self-drafted tokens.
+
+Teng et al., "Accelerating Auto-regressive Text-to-Image Generation with Training-free
+Speculative Jacobi Decoding" (2024, arXiv:2410.01699). Jacobi iteration made
+probabilistic with the speculative-sampling acceptance rule of Leviathan et al. (2023,
+arXiv:2211.17192), so sampled outputs follow the target distribution exactly.
+
+One iteration, per row. The cache holds the committed context except ``last`` (the
+newest token). Input ``[last, x_1 .. x_L]``; the forward gives ``p_1 .. p_{L+1}`` (the
+config's logits processors – temperature, top-k, top-p, min-p, typical – then softmax),
+``p_i`` conditioned on ``last, x_1..x_{i-1}``. Draft ``x_i`` was drawn from ``q_i``;
+it is accepted with probability ``min(1, p_i(x_i) / q_i(x_i))`` while all before it were
+(``ar_decoding.verify.accept_sampling``); the first rejection draws the next token from
+``norm(max(0, p_i - q_i))``; if all L are accepted a bonus token comes from ``p_{L+1}``.
+Every iteration therefore commits ``a + 1 >= 1`` tokens (``a`` accepted drafts) and the
+``a + 1`` cache entries of ``last, x_1..x_a``.
+
+Next drafts: the outputs after the new last token, ``p_{a+2} .. p_{L+1}`` (conditioned
+on the rejected draft, i.e. stale – that is Jacobi iteration), are sampled afresh and
+become ``x_1 .. x_{L-a-1}`` with ``q = p`` of their position; the remaining ``a + 1``
+slots are initialised:
+
+* ``init="random"``: a uniform draw over the vocabulary, ``q`` = uniform;
+* ``init="spatial"``: image tokens laid out in rows of ``grid_width`` (the new tokens of a
+  row, starting at the first one): the token one image row above, or, in the first image
+  row, the token to the left (the very first new token: uniform). This draft is a
+  deterministic function of what is already known, so its ``q`` is the point mass on it:
+  accepted with probability ``p(x)``, otherwise the next token comes from
+  ``norm(max(0, p - onehot(x)))`` = ``p`` without ``x``, renormalised – which keeps the
+  output exactly ``p``.
+
+Why this is exact: when a draft is verified, it is distributed as its recorded ``q``
+given everything drawn so far (fresh samples are independent draws, initial drafts are
+point masses or uniform), so the speculative-sampling argument applies position by
+position. At temperature 0 every ``p`` is one-hot and SJD returns the greedy output.
+
+Notation: B rows, L window, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ar_core.errors import ConfigError
+from ar_core.generation import GenerationConfig, GenerationResult, GenerationStats, Streamer
+from ar_core.generation import prefill as prefill_prompt
+from ar_core.sampling import build_processors, multinomial_sample_one_no_sync
+from ar_decoding._rows import (
+    RowOutput,
+    accepted_tokens,
+    assemble,
+    cache_budget,
+    check_eos,
+    make_generator,
+    positive_int,
+    processed_probs,
+    reject_repetition_penalty,
+    retire_finished,
+)
+from ar_decoding.verify import accept_sampling
+
+__all__ = ["Acceptance", "jacobi_sampling", "sjd"]
+
+# (draft (B, L), q (B, L, V), p (B, L + 1, V), generator) -> (n_accepted (B,), next (B,))
+Acceptance = Callable[[Tensor, Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
+
+INITS = ("random", "spatial")
+
+
+def sjd(
+    model: Any,
+    input_ids: Tensor,
+    config: GenerationConfig,
+    *,
+    prompt_lengths: Tensor,
+    streamer: Streamer | None = None,
+    window: int = 16,
+    init: str = "random",
+    grid_width: int | None = None,
+    generator: torch.Generator | None = None,
+    draft_generator: torch.Generator | None = None,
+) -> GenerationResult:
+    """Strategy ``sjd``: sampling with ``window`` self-drafted tokens per forward (16: the
+    paper's default). ``generator`` drives acceptance and resampling (default: seeded from
+    ``config.seed``), ``draft_generator`` the fresh drafts (default: ``generator``)."""
+
+    def exact(draft: Tensor, q: Tensor, p: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        return accept_sampling(draft, q, p, gen)
+
+    return jacobi_sampling(
+        model,
+        input_ids,
+        config,
+        prompt_lengths=prompt_lengths,
+        streamer=streamer,
+        accept=exact,
+        strategy="sjd",
+        window=window,
+        init=init,
+        grid_width=grid_width,
+        generator=generator,
+        draft_generator=draft_generator,
+    )
+
+
+def jacobi_sampling(
+    model: Any,
+    input_ids: Tensor,
+    config: GenerationConfig,
+    *,
+    prompt_lengths: Tensor,
+    streamer: Streamer | None,
+    accept: Acceptance,
+    strategy: str,
+    window: int,
+    init: str,
+    grid_width: int | None,
+    generator: torch.Generator | None,
+    draft_generator: torch.Generator | None,
+) -> GenerationResult:
+    """The SJD loop with a pluggable acceptance rule (exact for ``sjd``, relaxed for
+    ``lantern``)."""
+    start = time.perf_counter()
+    reject_repetition_penalty(config, strategy)
+    L = positive_int(window, "window", strategy)
+    if init not in INITS:
+        raise ConfigError(f"{strategy}: init must be one of {INITS}, got {init!r}")
+    if init == "spatial":
+        grid_width = positive_int(grid_width, "grid_width (needed by init='spatial')", strategy)
+    check_eos(config, model.vocab_size)
+    B, _ = input_ids.shape
+    N, V = config.max_new_tokens, model.vocab_size
+    device = input_ids.device
+    cache_len = cache_budget(
+        model, input_ids, prompt_lengths, N, L, "lower window or max_new_tokens"
+    )
+    processors = build_processors(config)
+    gen = make_generator(config, device, generator)
+    draft_gen = gen if draft_generator is None else draft_generator
+    stats = GenerationStats()
+    out = RowOutput(B, N, config, streamer, stats, device)
+    rows = torch.arange(B, device=device)
+    with torch.no_grad():
+        if N > 0:
+            cache = model.new_cache(B, max_len=cache_len)
+            logits = prefill_prompt(model, input_ids, cache, prompt_lengths)  # (B, V)
+            stats.target_forward_passes += 1
+            p0 = processed_probs(processors, logits)  # (B, V)
+            last = multinomial_sample_one_no_sync(p0, gen)  # (B,)
+            out.push(last[:, None], torch.ones_like(last))
+            x = torch.zeros(B, L, dtype=torch.long, device=device)  # drafts
+            q = torch.zeros(B, L, V, device=device)  # the distribution each was drawn from
+            keep = torch.zeros(B, dtype=torch.long, device=device)  # carried drafts per row
+            while True:
+                _initialise(x, q, keep, out, init, grid_width, draft_gen)
+                if out.done:
+                    break
+                retire_finished(cache, out)
+                tokens = torch.cat([last[:, None], x], dim=1)  # (B, L + 1)
+                logits = model(tokens, cache=cache, commit=False).logits  # (B, L + 1, V)
+                stats.target_forward_passes += 1
+                p = processed_probs(processors, logits)  # (B, L + 1, V)
+                n_acc, last = accept(x, q, p, gen)  # (B,), (B,)
+                out.push(accepted_tokens(x, n_acc, last), n_acc + 1)
+                cache.commit(n_acc + 1)
+                # p_{a+2} .. p_{L+1} (slots a+1 .. L) are redrawn and carried as drafts
+                fresh = multinomial_sample_one_no_sync(p[:, 1:], draft_gen)  # (B, L)
+                src = (n_acc[:, None] + torch.arange(L, device=device)).clamp(max=L - 1)  # (B, L)
+                x = fresh.gather(1, src)
+                q = p[:, 1:][rows[:, None], src]  # (B, L, V)
+                keep = L - n_acc  # (B,) drafts carried; the rest are initialised
+    out.end()
+    sequences = assemble(input_ids, prompt_lengths, out.tokens, config.pad_token_id)
+    stats.wall_seconds = time.perf_counter() - start
+    return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)
+
+
+def _initialise(
+    x: Tensor,
+    q: Tensor,
+    keep: Tensor,
+    out: RowOutput,
+    init: str,
+    grid_width: int | None,
+    gen: torch.Generator,
+) -> None:
+    """Fill draft slots ``j >= keep[b]`` of ``x`` (B, L) and ``q`` (B, L, V) in place."""
+    B, L, V = q.shape
+    device = x.device
+    rows = torch.arange(B, device=device)
+    uniform = torch.randint(0, V, (B, L), generator=gen, device=device)  # (B, L)
+    for j in range(L):
+        fill = j >= keep  # (B,)
+        if not bool(fill.any()):
+            continue
+        if init == "random":
+            token = uniform[:, j]
+            dist = torch.full((B, V), 1.0 / V, device=device)
+        else:
+            assert grid_width is not None
+            t = out.count + j  # (B,) index of this slot among the row's new tokens
+            src = torch.where(t >= grid_width, t - grid_width, t - 1)  # above, else left
+            committed = out.tokens[rows, src.clamp(0, out.n_new - 1)]
+            drafted = x[rows, (src - out.count).clamp(0, L - 1)]
+            token = torch.where(src < out.count, committed, drafted)
+            token = torch.where(t == 0, uniform[:, j], token)
+            dist = torch.nn.functional.one_hot(token, V).float()
+            dist = torch.where((t == 0)[:, None], 1.0 / V, dist)
+        x[:, j] = torch.where(fill, token, x[:, j])
+        q[:, j] = torch.where(fill[:, None], dist, q[:, j])
