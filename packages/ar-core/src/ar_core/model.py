@@ -385,6 +385,11 @@ class Transformer(nn.Module):
         cos = self.rope_cos[positions][:, None].to(x.dtype)  # (B, 1, T, D)
         sin = self.rope_sin[positions][:, None].to(x.dtype)
         mask = self._causal if mask is None else mask
+        if T == 1 and mask.is_causal:
+            # one query at cache index kv_len - 1 sees exactly the keys j < kv_len: the
+            # causal mask adds nothing, and without it backends skip building a dense mask
+            # (and compiled decode steps keep static shapes)
+            mask = None
         for layer in self.layers:
             x = layer(x, cos, sin, mask, q_offset, kv_len, cache)
         if cache is not None and commit:
