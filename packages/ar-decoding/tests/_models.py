@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,7 +24,7 @@ from ar_core.model import Transformer, TransformerConfig
 
 def random_model(vocab: int = 32, *, std: float = 0.02, seed: int = 0, **kw: object) -> Transformer:
     torch.manual_seed(seed)
-    cfg = dict(
+    cfg: dict[str, Any] = dict(
         vocab_size=vocab,
         dim=32,
         n_layers=2,
@@ -33,7 +34,7 @@ def random_model(vocab: int = 32, *, std: float = 0.02, seed: int = 0, **kw: obj
         ffn_hidden=64,
     )
     cfg.update(kw)
-    model = Transformer(TransformerConfig(**cfg)).eval()  # type: ignore[arg-type]
+    model = Transformer(TransformerConfig(**cfg)).eval()
     if std != 0.02:
         with torch.no_grad():
             for p in model.parameters():
@@ -57,13 +58,14 @@ def copy_model(vocab: int = 8, lag: int = 5, scale: float = 60.0) -> Transformer
         ffn_hidden=8,  # zeroed below
     )
     model = Transformer(cfg).eval()
-    attn = model.layers[0].attn
+    block: Any = model.layers[0]
+    attn = block.attn
     half = D // 2
     theta = 1.0 / (cfg.rope_theta ** (torch.arange(0, D, 2, dtype=torch.float32) / D))  # (D/2,)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-        for norm in (model.layers[0].attn_norm, model.layers[0].ffn_norm, model.norm):
+        for norm in (block.attn_norm, block.ffn_norm, model.norm):
             norm.weight.fill_(1.0)
         emb = model.tok_embeddings.weight  # (V, dim)
         emb[:, 0] = 1.0  # a constant direction: queries and keys ignore the token

@@ -13,10 +13,11 @@ from _models import random_model
 from ar_core import generate
 from ar_core.errors import ConfigError
 from ar_core.generation import GenerationConfig
+from ar_core.model import Transformer
 
 
 def brute_force(
-    model: torch.nn.Module, prompt: list[int], n: int, eos: int | None, length_penalty: float
+    model: Transformer, prompt: list[int], n: int, eos: int | None, length_penalty: float
 ) -> list[int]:
     """Best hypothesis among all V**n continuations (cut at the first EOS), padded with 0."""
     V = model.vocab_size

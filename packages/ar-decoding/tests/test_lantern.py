@@ -7,6 +7,8 @@ derived lower and upper bounds – which can exceed delta (a worked counterexamp
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from _models import exact_joint, random_model
@@ -50,7 +52,9 @@ def test_delta_zero_matches_target_and_always_accept_fails(monkeypatch: pytest.M
     model = random_model(V, std=0.5, dim=16, n_heads=2, n_kv_heads=1)
     joint = exact_joint(model, [1, 2], n)
     x = torch.tensor([[1, 2]] * M)
-    kw = dict(strategy="lantern", neighbours=random_neighbours(V, 3, 0), delta=0.0, window=2)
+    kw: dict[str, Any] = dict(
+        strategy="lantern", neighbours=random_neighbours(V, 3, 0), delta=0.0, window=2
+    )
     out = generate(model, x, GenerationConfig(max_new_tokens=n, seed=1), **kw)
     assert chi2_pvalue(out.sequences[:, 2:], joint, V) > ALPHA
     monkeypatch.setattr(lantern_module, "accept_relaxed", always_accept)

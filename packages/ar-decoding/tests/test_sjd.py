@@ -6,6 +6,8 @@ repetitive text."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from _models import copy_model, exact_joint, index_of, random_model
@@ -56,7 +58,7 @@ def test_sampled_joint_matches_target_and_broken_rule_fails(
     prompt = [1, 2]
     joint = exact_joint(model, prompt, n)
     x = torch.tensor([prompt] * M)
-    kw = dict(strategy="sjd", window=window, init=init, grid_width=2)
+    kw: dict[str, Any] = dict(strategy="sjd", window=window, init=init, grid_width=2)
     out = generate(model, x, GenerationConfig(max_new_tokens=n, seed=1), **kw)
     assert chi2_pvalue(out.sequences[:, 2:], joint, V) > ALPHA
     assert out.stats.mean_accepted_length > 1.05  # drafts were accepted (per row and step)
