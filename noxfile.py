@@ -24,6 +24,7 @@ MEMBERS = {
     "ar-core": "packages/ar-core",
     "ar-kernels": "packages/ar-kernels",
     "ar-decoding": "packages/ar-decoding",
+    "ar-vision": "packages/ar-vision",
     "ar-cli": "apps/ar-cli",
 }
 SOURCES = [f"{path}/src" for path in MEMBERS.values()]
@@ -82,7 +83,7 @@ def wheels(session: nox.Session) -> None:
                 "uv", "build", "--no-sources", "--wheel", "-o", str(dist), path, external=True
             )
         session.install(*sorted(glob.glob(str(dist / "*.whl"))))
-        session.run("python", "-c", "import ar_core, ar_kernels, ar_decoding, ar_cli; print('imports ok')")
+        session.run("python", "-c", "import ar_core, ar_kernels, ar_decoding, ar_vision, ar_cli; print('imports ok')")
         session.run("ar", "plugins")
         out = session.run("ar", "plugins", "--json", silent=True)
         assert out and '"ar-core"' in out and '"ar-kernels"' in out, out
