@@ -40,12 +40,25 @@ def _leading_accepts(accept: Tensor) -> Tensor:
     return accept.long().cumprod(dim=-1).sum(dim=-1)
 
 
-def accept_greedy(draft: Tensor, target_logits: Tensor) -> tuple[Tensor, Tensor]:
+def _check_lengths(lengths: Tensor | None, B: int, k: int, device: torch.device) -> Tensor:
+    """Per-row draft lengths (B,) long in [0, k]; None = every row drafted k tokens."""
+    if lengths is None:
+        return torch.full((B,), k, dtype=torch.long, device=device)
+    if lengths.shape != (B,):
+        raise InputError(f"draft lengths must have shape ({B},), got {tuple(lengths.shape)}")
+    return lengths.to(device=device, dtype=torch.long).clamp(0, k)
+
+
+def accept_greedy(
+    draft: Tensor, target_logits: Tensor, *, lengths: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Greedy verification.
 
     ``draft`` (B, k) long; ``target_logits`` (B, k + 1, V): the target's (processed)
     logits after the context and after each draft token. Returns ``n_accepted`` (B,) long
     in ``[0, k]`` and ``next_token`` (B,) long = ``argmax target_logits[b, n_accepted[b]]``.
+    ``lengths`` (B,), optional: row b drafted only ``lengths[b]`` tokens (the rest of its
+    row is padding and never accepted).
     """
     if draft.ndim != 2 or target_logits.ndim != 3:
         raise InputError(
@@ -60,6 +73,8 @@ def accept_greedy(draft: Tensor, target_logits: Tensor) -> tuple[Tensor, Tensor]
         )
     target = target_logits.argmax(dim=-1)  # (B, k+1)
     n_accepted = _leading_accepts(draft == target[:, :k])  # (B,)
+    if lengths is not None:
+        n_accepted = torch.minimum(n_accepted, _check_lengths(lengths, B, k, draft.device))
     next_token = target.gather(1, n_accepted[:, None]).squeeze(1)  # (B,)
     return n_accepted, next_token
 
@@ -91,6 +106,7 @@ def accept_sampling(
     generator: torch.Generator | None,
     *,
     bonus: bool = True,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Speculative-sampling verification (Leviathan et al. Algorithm 1, per row).
 
@@ -99,6 +115,10 @@ def accept_sampling(
     positions. Returns ``n_accepted`` (B,) long in ``[0, k]`` and ``next_token`` (B,)
     long: drawn from ``residual_distribution(p[n], q[n])`` after a rejection at ``n``,
     from ``p[k]`` when all were accepted (``-1`` when ``bonus=False``).
+
+    ``lengths`` (B,), optional: row b drafted only ``lengths[b]`` tokens; the rest of its
+    row is padding, never accepted, and when all its real drafts are accepted the next
+    token comes from ``p[lengths[b]]`` (the bonus of a shorter draft; always drawn).
     """
     if draft.ndim != 2 or q_probs.ndim != 3 or p_probs.ndim != 3:
         raise InputError(
@@ -114,11 +134,15 @@ def accept_sampling(
             f"p_probs {(B, k + 1, V)}, got {tuple(q_probs.shape)} and {tuple(p_probs.shape)}"
         )
     p_probs, q_probs = p_probs.float(), q_probs.float()
+    full = _check_lengths(lengths, B, k, draft.device)  # (B,)
+    real = torch.arange(k, device=draft.device)[None, :] < full[:, None]  # (B, k)
+    if lengths is not None:  # q = 0 past a row's draft: its "residual" there is p itself
+        q_probs = q_probs * real[..., None]
     p_x = p_probs[:, :k].gather(-1, draft[..., None]).squeeze(-1)  # (B, k)
     q_x = q_probs.gather(-1, draft[..., None]).squeeze(-1)  # (B, k)
     u = torch.rand((B, k), generator=generator, device=draft.device)  # U[0, 1)
     # u < p/q without dividing: q(x) = 0 (a draft q could not produce) accepts iff p(x) > 0
-    n_accepted = _leading_accepts(u * q_x < p_x)  # (B,)
+    n_accepted = _leading_accepts((u * q_x < p_x) & real)  # (B,)
 
     # The next token comes from position n: the residual after a rejection, or p_k
     # itself after a full acceptance (q padded with a zero row at k makes that the
@@ -130,9 +154,8 @@ def accept_sampling(
     p_n = p_probs.gather(1, index).squeeze(1)  # (B, V)
     q_n = q_pad.gather(1, index).squeeze(1)  # (B, V)
     probs = residual_distribution(p_n, q_n)
-    if not bonus:
-        probs = torch.where((n_accepted == k)[:, None], 1.0 / V, probs)  # never used
+    no_bonus = (n_accepted == k) if not bonus else torch.zeros_like(n_accepted, dtype=torch.bool)
+    probs = torch.where(no_bonus[:, None], 1.0 / V, probs)  # (never used)
     next_token = multinomial_sample_one_no_sync(probs, generator)  # (B,)
-    if not bonus:
-        next_token = torch.where(n_accepted == k, -1, next_token)
+    next_token = torch.where(no_bonus, -1, next_token)
     return n_accepted, next_token

@@ -1,0 +1,289 @@
+"""Accelerated decoding on CPU-trained byte-level code models, against greedy and against
+Hugging Face assisted generation / prompt lookup on the same weights.
+
+A target (6 x 384) and a draft (1 x 384 by default) are trained with ``ar_core.Trainer``
+on the Python standard library's own source (a deterministic, sorted file list; every
+10th file is held out). Trained weights are cached under ``--cache-dir`` keyed by a hash
+of the model, data and training settings, and reused when present.
+
+On held-out code-completion prompts (batch 1, a prefix of a held-out file ending at a
+line break) every registered draft-and-verify strategy runs next to plain greedy in the
+same process: target forward passes per new token, mean accepted length (tokens per
+verification step, ar's ``accepted_lengths``), wall-clock speed-up over greedy, and
+whether the output equals greedy's. Hugging Face's ``generate`` (greedy,
+``assistant_model=``, ``prompt_lookup_num_tokens=``) runs on the converted weights
+(:mod:`ar_core.interop.hf_llama`); we report its tokens/s, our/HF ratio and equality.
+
+    uv run python packages/ar-decoding/benchmarks/decoding.py [--quick] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import sysconfig
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ar_core import registry
+from ar_core.generation import GenerationConfig, generate
+from ar_core.model import Transformer, TransformerConfig
+from ar_core.trainer import TrainConfig, Trainer
+
+TARGET = dict(vocab_size=256, dim=384, n_layers=6, n_heads=6, n_kv_heads=2, max_seq_len=1024)
+DRAFT = dict(vocab_size=256, dim=384, n_layers=1, n_heads=6, n_kv_heads=2, max_seq_len=1024)
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def stdlib_corpus(max_bytes: int) -> tuple[bytes, list[bytes]]:
+    """(training bytes, held-out files): sorted stdlib ``*.py`` files (tests excluded),
+    every 10th file held out; the training text is capped at ``max_bytes``."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py") if "test" not in p.relative_to(root).as_posix())
+    train, held = bytearray(), []
+    for i, path in enumerate(files):
+        data = path.read_bytes()
+        if i % 10 == 9:
+            held.append(data)
+        elif len(train) < max_bytes:
+            train += data[: max_bytes - len(train)]
+    return bytes(train), held
+
+
+def batches(data: torch.Tensor, seq_len: int) -> Callable[[torch.Generator, int], torch.Tensor]:
+    def sample(gen: torch.Generator, batch_size: int) -> torch.Tensor:
+        start = torch.randint(0, data.numel() - seq_len - 1, (batch_size,), generator=gen)
+        return torch.stack([data[s : s + seq_len + 1] for s in start.tolist()])  # (B, T+1)
+
+    return sample
+
+
+def lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    logits = model(batch[:, :-1]).logits  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+
+
+def trained(
+    name: str, arch: dict[str, Any], train: dict[str, Any], data: torch.Tensor, cache_dir: Path
+) -> Transformer:
+    """Train ``arch`` (or load the cached weights for the same settings)."""
+    key = json.dumps({"arch": arch, "train": train, "bytes": data.numel()}, sort_keys=True)
+    folder = cache_dir / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if (folder / "config.json").exists():
+        print(f"[{name}] cached weights: {folder}", flush=True)
+        return Transformer.from_pretrained(folder).eval()
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(**arch))
+    cfg = TrainConfig.build(
+        steps=train["steps"],
+        batch_size=train["batch_size"],
+        lr=train["lr"],
+        warmup_steps=train["steps"] // 10,
+        device="cpu",
+        progress=False,
+        log_every=max(1, train["steps"] // 5),
+    )
+    trainer = Trainer(model, lm_loss, batches(data, train["seq_len"]), cfg)
+    t0 = time.perf_counter()
+    losses = trainer.train()
+    print(
+        f"[{name}] trained {train['steps']} steps in {time.perf_counter() - t0:.0f}s, "
+        f"loss {losses[0]:.2f} -> {sum(losses[-10:]) / len(losses[-10:]):.2f}",
+        flush=True,
+    )
+    model.eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def prompts(held: list[bytes], n: int, length: int) -> list[torch.Tensor]:
+    """``n`` prompts: the first ~``length`` bytes of held-out files, cut after a newline."""
+    out = []
+    for data in held:
+        if len(data) < 4 * length or not data.isascii():
+            continue
+        cut = data.rfind(b"\n", 0, length) + 1
+        if cut < length // 2:
+            continue
+        out.append(torch.tensor(list(data[:cut]), dtype=torch.long)[None, :])  # (1, T)
+        if len(out) == n:
+            break
+    return out
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def run_ours(
+    target: Transformer, xs: list[torch.Tensor], n_new: int, strategy: str, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    cfg = GenerationConfig(max_new_tokens=n_new, temperature=0)
+    generate(target, xs[0], cfg, strategy=strategy, **kwargs)  # warm-up
+    outs, passes, tokens, accepted, seconds = [], 0, 0, [], 0.0
+    for x in xs:
+        t0 = time.perf_counter()
+        res = generate(target, x, cfg, strategy=strategy, **kwargs)
+        seconds += time.perf_counter() - t0
+        outs.append(res.sequences)
+        passes += res.stats.target_forward_passes
+        tokens += res.stats.tokens_generated
+        accepted += res.stats.accepted_lengths
+    return {
+        "outputs": outs,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "target_passes_per_token": passes / tokens,
+        "mean_accepted_length": sum(accepted) / max(1, len(accepted)),
+    }
+
+
+def run_hf(hf: Any, xs: list[torch.Tensor], n_new: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    common = dict(
+        max_new_tokens=n_new,
+        min_new_tokens=n_new,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
+    with torch.no_grad():
+        hf.generate(xs[0], **common, **kwargs)  # warm-up
+        outs, seconds = [], 0.0
+        for x in xs:
+            t0 = time.perf_counter()
+            outs.append(hf.generate(x, **common, **kwargs))
+            seconds += time.perf_counter() - t0
+    return {"outputs": outs, "seconds": seconds, "tokens_per_s": n_new * len(xs) / seconds}
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny training, few prompts")
+    parser.add_argument("--out", default=".bench/decoding.json")
+    parser.add_argument("--cache-dir", default=str(Path.home() / ".cache/ar/bench"))
+    parser.add_argument("--num-draft-tokens", type=int, default=4)
+    parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads while timing (1: OpenMP on a shared 2-core box is erratic)",
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    target_train = dict(steps=20 if quick else 300, batch_size=8, seq_len=128, lr=1e-3)
+    draft_train = dict(steps=20 if quick else 400, batch_size=8, seq_len=128, lr=2e-3)
+    text, held = stdlib_corpus(max_bytes=2_000_000)
+    data = torch.tensor(list(text), dtype=torch.long)
+    cache_dir = Path(args.cache_dir).expanduser()
+    target = trained("target", TARGET, target_train, data, cache_dir)
+    draft = trained("draft", DRAFT, draft_train, data, cache_dir)
+    xs = prompts(held, 2 if quick else 6, 384)
+    n_new = 32 if quick else 128
+    torch.set_num_threads(args.threads)
+    k = args.num_draft_tokens
+
+    strategies: dict[str, tuple[str, dict[str, Any]]] = {
+        "greedy": ("greedy", {}),
+        f"speculative k={k}": ("speculative", dict(draft_model=draft, num_draft_tokens=k)),
+        "speculative adaptive": (
+            "speculative",
+            dict(draft_model=draft, num_draft_tokens=k, adaptive=True),
+        ),
+        "tree-speculative 2x4": (
+            "tree-speculative",
+            dict(draft_model=draft, expansion=(2, 1, 1, 1)),
+        ),
+        "prompt-lookup": ("prompt-lookup", {}),
+    }
+    for name in ("jacobi", "lookahead"):  # the other engineer's strategies, when present
+        if name in registry.strategies.names():
+            strategies[name] = (name, {})
+
+    results: dict[str, dict[str, Any]] = {}
+    for label, (strategy, kwargs) in strategies.items():
+        try:
+            results[label] = run_ours(target, xs, n_new, strategy, kwargs)
+        except Exception as exc:  # a strategy of another package that cannot run here
+            print(f"[{label}] skipped: {type(exc).__name__}: {exc}", flush=True)
+    base = results["greedy"]
+    rows: dict[str, dict[str, Any]] = {}
+    for label, r in results.items():
+        rows[label] = {
+            "tokens_per_s": r["tokens_per_s"],
+            "speedup_vs_greedy": base["seconds"] / r["seconds"],
+            "target_passes_per_token": r["target_passes_per_token"],
+            "mean_accepted_length": r["mean_accepted_length"],
+            "identical_to_greedy": all(
+                torch.equal(a, b) for a, b in zip(r["outputs"], base["outputs"], strict=True)
+            ),
+        }
+
+    hf_rows: dict[str, dict[str, Any]] = {}
+    if not args.no_hf:
+        from ar_core.interop.hf_llama import to_hf
+
+        hf_target, hf_draft = to_hf(target), to_hf(draft)
+        hf_draft.generation_config.num_assistant_tokens = k
+        hf_draft.generation_config.num_assistant_tokens_schedule = "constant"
+        hf_draft.generation_config.assistant_confidence_threshold = 0.0
+        hf_runs = {
+            "greedy": ("greedy", {}),
+            f"speculative k={k}": ("assisted", dict(assistant_model=hf_draft)),
+            "prompt-lookup": ("prompt-lookup", dict(prompt_lookup_num_tokens=10)),
+        }
+        for label, (hf_name, kwargs) in hf_runs.items():
+            r = run_hf(hf_target, xs, n_new, kwargs)
+            ours = results[label]
+            hf_rows[label] = {
+                "hf_mode": hf_name,
+                "hf_tokens_per_s": r["tokens_per_s"],
+                "ours_over_hf": r["seconds"] / ours["seconds"],
+                "hf_equals_ours": all(
+                    torch.equal(a, b) for a, b in zip(r["outputs"], ours["outputs"], strict=True)
+                ),
+            }
+
+    report = {
+        "machine": f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "target": TARGET,
+        "draft": DRAFT,
+        "training": {"target": target_train, "draft": draft_train},
+        "prompts": len(xs),
+        "prompt_bytes": [int(x.shape[1]) for x in xs],
+        "new_tokens": n_new,
+        "strategies": rows,
+        "hugging_face": hf_rows,
+    }
+    print(
+        f"\n{'strategy':24} {'tok/s':>7} {'speedup':>8} {'passes/tok':>10} {'acc.len':>8} "
+        f"{'=greedy':>8} {'HF tok/s':>9} {'ours/HF':>8} {'HF=ours':>8}"
+    )
+    for label, r in rows.items():
+        h = hf_rows.get(label)
+        hf_cols = (
+            f"{h['hf_tokens_per_s']:9.1f} {h['ours_over_hf']:8.2f} {h['hf_equals_ours']!s:>8}"
+            if h
+            else f"{'-':>9} {'-':>8} {'-':>8}"
+        )
+        print(
+            f"{label:24} {r['tokens_per_s']:7.1f} {r['speedup_vs_greedy']:8.2f} "
+            f"{r['target_passes_per_token']:10.3f} {r['mean_accepted_length']:8.2f} "
+            f"{r['identical_to_greedy']!s:>8} {hf_cols}"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

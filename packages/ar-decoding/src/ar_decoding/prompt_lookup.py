@@ -1,0 +1,124 @@
+"""Prompt lookup decoding: the draft is the continuation of the last n-gram of a row found
+earlier in that row's own context; the target verifies it in one forward (strategy
+``prompt-lookup``).
+
+Saxena, "Prompt Lookup Decoding" (2023, github.com/apoorvumang/prompt-lookup-decoding),
+the ``prompt_lookup_num_tokens`` mode of Hugging Face's ``generate``; a draft-model-free
+instance of speculative decoding (Leviathan et al., 2023, arXiv:2211.17192), verified
+with :mod:`ar_decoding.verify` (greedy: identical to greedy decoding; sampling: the
+deterministic draft is a one-hot q, so the target distribution is kept exactly).
+
+Lookup, per row: for n = ``max_ngram_size`` down to ``min_ngram_size``, the most recent
+earlier occurrence of the row's last n tokens; the draft is up to ``num_draft_tokens``
+tokens that followed it. Rows without a match draft nothing (that step is a plain
+decoding step for them). Drafts are right-padded to the longest one; the per-row draft
+lengths go to the verifier.
+
+Notation: B rows, k draft tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ar_core.errors import ConfigError
+from ar_core.generation import GenerationConfig, GenerationResult, GenerationStats, Streamer
+from ar_decoding.rows import Picker, Rows, assemble
+from ar_decoding.speculative import cache_length, park_finished, prefill
+
+__all__ = ["lookup_draft", "prompt_lookup"]
+
+
+def lookup_draft(tokens: Tensor, k: int, max_ngram: int, min_ngram: int) -> Tensor:
+    """Draft (up to k tokens) for one sequence ``tokens`` (L,): the continuation of the most
+    recent earlier occurrence of its longest matching suffix n-gram; empty if none."""
+    L = tokens.numel()
+    for n in range(min(max_ngram, L - 1), min_ngram - 1, -1):
+        windows = tokens[: L - 1].unfold(0, n, 1)  # (L - n, n): n-grams ending before L-1
+        hits = (windows == tokens[L - n :]).all(-1).nonzero()
+        if hits.numel():
+            i = int(hits[-1, 0])  # most recent
+            return tokens[i + n : i + n + k]
+    return tokens[:0]
+
+
+def _drafts(rows: Rows, k: int, max_ngram: int, min_ngram: int) -> tuple[Tensor, Tensor]:
+    """(B, k') right-padded drafts and their lengths (B,); finished rows draft nothing."""
+    found = []
+    for b in range(rows.seq.shape[0]):
+        if bool(rows.finished[b]):
+            found.append(rows.seq.new_empty(0))
+        else:
+            found.append(lookup_draft(rows.seq[b, : int(rows.length[b])], k, max_ngram, min_ngram))
+    lengths = torch.tensor([d.numel() for d in found], dtype=torch.long, device=rows.seq.device)
+    width = int(lengths.max()) if lengths.numel() else 0
+    drafts = rows.seq.new_zeros(len(found), width)
+    for b, d in enumerate(found):
+        drafts[b, : d.numel()] = d
+    return drafts, lengths
+
+
+def prompt_lookup(
+    model: Any,
+    input_ids: Tensor,
+    config: GenerationConfig,
+    *,
+    prompt_lengths: Tensor,
+    streamer: Streamer | None = None,
+    num_draft_tokens: int = 10,
+    max_ngram_size: int = 3,
+    min_ngram_size: int = 1,
+    do_sample: bool | None = None,
+    generator: torch.Generator | None = None,
+) -> GenerationResult:
+    """Strategy ``prompt-lookup`` (defaults: 10 draft tokens, n-grams of 3 down to 1, as
+    Hugging Face's ``prompt_lookup_num_tokens=10``, ``max_matching_ngram_size=3``... with
+    n down to 1). ``do_sample`` None = sample iff ``config.temperature > 0``."""
+    if not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
+        raise ConfigError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
+    if not (isinstance(min_ngram_size, int) and isinstance(max_ngram_size, int)) or not (
+        1 <= min_ngram_size <= max_ngram_size
+    ):
+        raise ConfigError(
+            f"need 1 <= min_ngram_size <= max_ngram_size, got min_ngram_size={min_ngram_size!r}, "
+            f"max_ngram_size={max_ngram_size!r}"
+        )
+    start = time.perf_counter()
+    stats = GenerationStats()
+    B, T = input_ids.shape
+    N = config.max_new_tokens
+    k = num_draft_tokens
+    picker = Picker(config, do_sample, generator, input_ids.device)
+    rows = Rows(input_ids, prompt_lengths, config, streamer, stats, scratch=k + 1)
+    cache_len = cache_length([model], T, prompt_lengths, N, k + 1)
+    with torch.no_grad():
+        if N > 0:
+            cache = model.new_cache(B, max_len=cache_len)
+            logits = prefill(model, input_ids, cache, prompt_lengths)  # (B, V)
+            stats.target_forward_passes += 1
+            first = picker.pick(logits, rows.seq)
+            rows.emit(first[:, None], torch.ones_like(first))
+            park_finished(rows, cache)
+        while not rows.all_finished():
+            live = ~rows.finished
+            room = cache_len - int(rows.length[live].max())
+            k_step = max(0, min(k, int(rows.remaining().max()) - 1, room))
+            drafts, lengths = _drafts(rows, k_step, max_ngram_size, min_ngram_size)
+            tokens = torch.cat([rows.last()[:, None], drafts], 1)  # (B, k'+1)
+            logits = model(tokens, cache=cache, commit=False).logits  # (B, k'+1, V)
+            stats.target_forward_passes += 1
+            n, nxt = picker.verify(drafts, None, logits, rows.seq, lengths=lengths)
+            emitted = torch.cat([drafts, nxt[:, None]], 1)
+            emitted.scatter_(1, n[:, None], nxt[:, None])
+            counts = rows.emit(emitted, n + 1)
+            cache.commit(counts)
+            park_finished(rows, cache)
+    if streamer is not None:
+        streamer.end()
+    sequences = assemble(input_ids, prompt_lengths, rows.out, config.pad_token_id)
+    stats.wall_seconds = time.perf_counter() - start
+    return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)
