@@ -193,7 +193,7 @@ def accept_tree_sampling(
 
     ``q`` (B, M_internal, V): draft probabilities at internal nodes (children were drawn
     i.i.d. from them); ``p`` (B, M, V): target probabilities at every node."""
-    B, M, V = p.shape
+    B = p.shape[0]
     rows = torch.arange(B, device=p.device)
     node = torch.zeros(B, dtype=torch.long, device=p.device)
     done = torch.zeros(B, dtype=torch.bool, device=p.device)
