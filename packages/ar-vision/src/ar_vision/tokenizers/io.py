@@ -1,0 +1,116 @@
+"""Saving and loading tokenizers: a folder with ``tokenizer.json`` and ``tokenizer.safetensors``.
+
+``tokenizer.json`` holds ``{"format": 1, "name": ..., "config": {...}, "sha256": ...}``
+where ``sha256`` is the hash of the safetensors file. Each file is written atomically
+(temporary file, fsync, ``os.replace``; see :func:`ar_core.checkpoint.atomic_write_bytes`),
+the tensors first and the JSON last, so a crash between the two leaves a hash mismatch
+that :func:`read_tokenizer` reports instead of loading a mixed state. Loading checks the
+JSON, the tokenizer name, the hash, and (in :func:`load_state`) every tensor's name and shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
+
+from ar_core.checkpoint import atomic_write_bytes
+from ar_core.errors import CheckpointError
+
+FORMAT = 1
+CONFIG_FILE = "tokenizer.json"
+TENSORS_FILE = "tokenizer.safetensors"
+
+
+def write_tokenizer(
+    path: str | Path, *, name: str, config: dict[str, Any], tensors: dict[str, Tensor]
+) -> None:
+    """Write a tokenizer folder at ``path`` (created if needed)."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"cannot save a tokenizer at {folder}: a file is in the way")
+    data = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    atomic_write_bytes(folder / TENSORS_FILE, data)
+    meta = {
+        "format": FORMAT,
+        "name": name,
+        "config": config,
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    atomic_write_bytes(folder / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+
+
+def read_tokenizer(path: str | Path, *, name: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Read and validate a tokenizer folder; return (config, tensors)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"no tokenizer at {folder}: the folder does not exist")
+    config_file, tensors_file = folder / CONFIG_FILE, folder / TENSORS_FILE
+    try:
+        meta = json.loads(config_file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{config_file} is missing; save the tokenizer again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"{config_file} is corrupted ({exc}); save the tokenizer again"
+        ) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{config_file} is corrupted (no config object)")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{config_file} has format {meta.get('format')!r}; this version reads format {FORMAT}"
+        )
+    if meta.get("name") != name:
+        raise CheckpointError(
+            f"{folder} holds a {meta.get('name')!r} tokenizer, not {name!r}; load it with "
+            f"the matching class"
+        )
+    try:
+        data = tensors_file.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{tensors_file} is missing; save the tokenizer again") from None
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise CheckpointError(
+            f"{tensors_file} is corrupted or does not belong to {config_file} (checksum "
+            f"mismatch); save the tokenizer again"
+        )
+    try:
+        tensors = st_load(data)
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{tensors_file} could not be read: {exc}") from exc
+    return meta["config"], tensors
+
+
+def load_state(module: nn.Module, tensors: dict[str, Tensor], where: str | Path) -> None:
+    """Copy ``tensors`` into ``module`` after checking names and shapes."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{where} does not match the tokenizer: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}"
+        )
+    for key, value in tensors.items():
+        if value.shape != own[key].shape or value.dtype != own[key].dtype:
+            raise CheckpointError(
+                f"{where}: {key} has shape {tuple(value.shape)} / {value.dtype}, the tokenizer "
+                f"expects {tuple(own[key].shape)} / {own[key].dtype}"
+            )
+    with torch.no_grad():
+        for key, value in tensors.items():
+            own[key].copy_(value)
+
+
+def construct(cls: Any, config: dict[str, Any], where: str | Path) -> Any:
+    """``cls(**config)``, with a bad config reported as a CheckpointError naming ``where``."""
+    try:
+        return cls(**config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: the saved config {config} is not valid: {exc}") from None
