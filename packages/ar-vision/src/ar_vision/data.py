@@ -120,14 +120,14 @@ class ImageFolder:
 
         path = self.files[i]
         try:
-            with Image.open(path) as img:
-                img = img.convert("L" if self.grayscale else "RGB")
-                w, h = img.size
-                side = min(w, h)
-                left, top = (w - side) // 2, (h - side) // 2
-                img = img.crop((left, top, left + side, top + side))
-                img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
-                array = np.asarray(img, dtype=np.float32) / 255.0
+            with Image.open(path) as file:
+                img = file.convert("L" if self.grayscale else "RGB")
+            w, h = img.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            img = img.crop((left, top, left + side, top + side))
+            img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
+            array = np.asarray(img, dtype=np.float32) / 255.0
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise InputError(f"cannot read image {path}: {exc}") from None
         x = torch.from_numpy(array.copy())
