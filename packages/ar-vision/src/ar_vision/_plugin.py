@@ -1,3 +1,18 @@
-"""ar-vision's plugin: registers its orderings, tokenizers and recipes."""
+"""ar-vision's plugin: registers its orderings, tokenizers and recipes.
+
+Built-ins register exactly like a third-party plugin (entry point ``vision`` of group
+``ar``). Heavy modules (torch models, the recipe) are imported only when a hook runs.
+"""
 
 from __future__ import annotations
+
+from ar_core.hookspecs import Register, hookimpl
+
+
+@hookimpl
+def register_orderings(register: Register) -> None:
+    from ar_vision.orderings import CoarseToFine, NextFrequency, NextScale
+
+    register("next-scale", NextScale)
+    register("next-frequency", NextFrequency)
+    register("coarse-to-fine", CoarseToFine)

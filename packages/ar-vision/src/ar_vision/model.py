@@ -1,0 +1,207 @@
+"""The class-conditional image step model: one model for pixels, VQ tokens and scales.
+
+Xiong et al., "Autoregressive Models in Vision: A Survey" (2024, arXiv:2411.05902)
+sort image AR models into pixel-, token- and scale-based ones. Here all three are one
+model under different :class:`~ar_core.Plan`s: what changes is the vocabulary (pixel
+levels, VQ codes, multi-scale codes) and the ordering (raster, next-scale, ...).
+
+The model composes ar-core's :class:`~ar_core.steps.TwoStreamStepModel` (XLNet's two
+streams, Yang et al. 2019, arXiv:1906.08237) over an *extended* object of ``N + 1``
+positions: position 0 holds the class token, positions ``1..N`` the image tokens. The
+class token joins ``[BOS]`` in the conditioning step 0, so the first sampling call
+commits ``[BOS, class]`` together with the queries of the first image step: a plan of K
+steps costs exactly K network calls. Classifier-free guidance (Ho & Salimans,
+"Classifier-Free Diffusion Guidance", 2022, arXiv:2207.12598) needs an unconditional
+model too: label ``num_classes`` is the *null class*, used for a fraction of the
+training rows (label dropout, :func:`drop_labels`).
+
+Vocabulary of the wrapped two-stream model: ``[0, V)`` image tokens, ``V + c`` the
+class ``c`` (``c = num_classes``: null), then ar-core's ``[BOS]`` and ``[QUERY]``.
+
+Notation: B rows, N image tokens, V image vocabulary, C classes, m tokens of one step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ar_core.cache import StaticKVCache
+from ar_core.errors import CheckpointError, ConfigError, InputError
+from ar_core.model import Transformer, TransformerConfig
+from ar_core.steps import TwoStreamStepModel, query_stream_loss
+
+VISION_FILE = "vision.json"
+
+# name -> (dim, n_layers, n_heads); small enough to train on 2 CPU cores in a minute
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "tiny": (64, 2, 4),
+    "small": (96, 3, 4),
+    "base": (128, 4, 4),
+}
+
+
+class ClassConditionalStepModel(nn.Module):
+    """A two-stream step model whose first content token is the class label.
+
+    ``step_model.vocab_size`` must be ``vocab_size + num_classes + 1`` (the classes and
+    the null class). Build one with :func:`build_step_model`.
+    """
+
+    def __init__(self, step_model: TwoStreamStepModel, vocab_size: int, num_classes: int) -> None:
+        super().__init__()
+        if step_model.vocab_size != vocab_size + num_classes + 1:
+            raise ConfigError(
+                f"the step model has {step_model.vocab_size} data ids but {vocab_size} image "
+                f"tokens + {num_classes} classes + the null class need "
+                f"{vocab_size + num_classes + 1}; build it with build_step_model"
+            )
+        self.step_model = step_model
+        self.vocab_size = vocab_size
+        self.num_classes = num_classes
+        self.null_class = num_classes
+        self.max_tokens = step_model.max_positions - 1  # position 0 is the class
+
+    @property
+    def device(self) -> torch.device:
+        return self.step_model.transformer.device
+
+    def class_tokens(self, labels: Tensor) -> Tensor:
+        """Labels (B,) in ``[0, C]`` (``C`` = null) -> class token ids (B,)."""
+        if labels.ndim != 1:
+            raise InputError(f"labels must be (B,), got shape {tuple(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
+            raise InputError(
+                f"labels must lie in [0, {self.num_classes}] ({self.num_classes} = the null "
+                f"class), got {int(labels.min())}..{int(labels.max())}"
+            )
+        return labels.to(device=self.device, dtype=torch.long) + self.vocab_size
+
+    def check_tokens(self, n: int) -> None:
+        if n > self.max_tokens:
+            raise InputError(
+                f"{n} image tokens do not fit a model built for {self.max_tokens}; build it "
+                f"with build_step_model(num_positions={n}, ...)"
+            )
+
+    # -- training: the whole plan in one call ------------------------------------------
+    def forward(self, tokens: Tensor, labels: Tensor, order: Tensor, slot_steps: Tensor) -> Tensor:
+        """Logits (B, N, V) in slot order: slot ``t`` predicts the token at position
+        ``order[t]`` from the class and the tokens of steps < ``slot_steps[t]``.
+
+        ``tokens`` (B, N) in ``[0, V)``; ``labels`` (B,); ``order`` (N,) or (B, N) and
+        ``slot_steps`` (N,) from ``ar_core.steps.plan_slots(plan)``.
+        """
+        B, N = tokens.shape
+        self.check_tokens(N)
+        if order.ndim == 1:
+            order = order.expand(B, N)
+        device = tokens.device
+        ext_tokens = torch.cat([self.class_tokens(labels)[:, None], tokens], dim=1)  # (B, N+1)
+        zero = torch.zeros((B, 1), dtype=torch.long, device=device)
+        ext_order = torch.cat([zero, order.to(device) + 1], dim=1)  # (B, N+1)
+        # the class slot joins BOS in step 0 (slot_steps -1 -> step id 0), as in sampling
+        ext_steps = torch.cat([slot_steps.new_full((1,), -1), slot_steps]).to(device)  # (N+1,)
+        logits = self.step_model(ext_tokens, ext_order, ext_steps)  # (B, N+1, V+C+1)
+        return logits[:, 1:, : self.vocab_size]  # (B, N, V)
+
+    def loss(self, tokens: Tensor, labels: Tensor, order: Tensor, slot_steps: Tensor) -> Tensor:
+        """Mean cross-entropy (nats per token) of the image tokens."""
+        B, N = tokens.shape
+        order = order.expand(B, N) if order.ndim == 1 else order
+        return query_stream_loss(self(tokens, labels, order, slot_steps), tokens, order)
+
+    # -- sampling: one call per step ----------------------------------------------------
+    def new_cache(self, batch_size: int, num_tokens: int, max_step: int) -> StaticKVCache:
+        """A KV cache for BOS, the class, ``num_tokens`` image tokens and one step's queries."""
+        self.check_tokens(num_tokens)
+        return self.step_model.new_cache(batch_size, num_tokens + 1, max_step)
+
+    def first_content(self, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Content of the first call: ``[BOS, class]`` (B, 2) at RoPE positions (B, 2)."""
+        B = labels.shape[0]
+        bos = torch.full((B, 1), self.step_model.bos_id, dtype=torch.long, device=self.device)
+        content = torch.cat([bos, self.class_tokens(labels)[:, None]], dim=1)  # (B, 2)
+        return content, torch.arange(2, device=self.device).expand(B, 2)
+
+    @staticmethod
+    def content_positions(positions: Tensor, batch_size: int) -> Tensor:
+        """RoPE positions (B, m) of image tokens at ``positions`` (m,): BOS is 0, the class 1."""
+        return (positions + 2).expand(batch_size, -1)
+
+    def step_logits(
+        self,
+        cache: StaticKVCache,
+        context_end: int,
+        content: Tensor,
+        content_positions: Tensor,
+        positions: Tensor,
+    ) -> Tensor:
+        """Commit ``content`` (B, Tc) and return the logits (B, m, V) of the image tokens at
+        ``positions`` (m,); ``context_end`` = committed cache entries + Tc."""
+        logits = self.step_model.step_logits(
+            cache, context_end, content, content_positions, positions + 1
+        )  # (B, m, V+C+1)
+        return logits[..., : self.vocab_size]
+
+    # -- persistence ---------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> Path:
+        """The two-stream model's files plus ``vision.json`` (vocabulary and classes)."""
+        path = self.step_model.save_pretrained(path)
+        meta = {"vocab_size": self.vocab_size, "num_classes": self.num_classes}
+        (path / VISION_FILE).write_text(json.dumps(meta))
+        return path
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, device: torch.device | str | None = None
+    ) -> ClassConditionalStepModel:
+        path = Path(path)
+        file = path / VISION_FILE
+        if not file.is_file():
+            raise CheckpointError(
+                f"{file} is missing: {path} was not written by "
+                f"ClassConditionalStepModel.save_pretrained"
+            )
+        meta = json.loads(file.read_text())
+        step_model = TwoStreamStepModel.from_pretrained(path, device=device)
+        return cls(step_model, int(meta["vocab_size"]), int(meta["num_classes"]))
+
+
+def drop_labels(labels: Tensor, null_class: int, p: float, generator: torch.Generator) -> Tensor:
+    """Replace each label by ``null_class`` with probability ``p`` (CFG's label dropout)."""
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"label dropout must be in [0, 1), got {p}")
+    drop = torch.rand(labels.shape, generator=generator) < p  # (B,)
+    return torch.where(drop, null_class, labels)
+
+
+def build_step_model(
+    *,
+    vocab_size: int,
+    num_classes: int,
+    num_positions: int,
+    size: str = "tiny",
+    seed: int = 0,
+) -> ClassConditionalStepModel:
+    """A fresh model for ``num_positions`` image tokens over ``vocab_size`` ids; ``size``
+    names a preset of :data:`PRESETS`; ``seed`` fixes the initialisation."""
+    if size not in PRESETS:
+        raise ConfigError(f"unknown model size {size!r}; choose one of {sorted(PRESETS)}")
+    dim, n_layers, n_heads = PRESETS[size]
+    cfg = TransformerConfig(
+        vocab_size=vocab_size + num_classes + 1 + 2,  # + null class, [BOS], [QUERY]
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        max_seq_len=2 * (num_positions + 2),  # both streams over BOS, class and the image
+        ffn_hidden=4 * dim,  # Llama's rounding to 256 would triple a tiny model's MLP
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = Transformer(cfg)
+        step_model = TwoStreamStepModel(transformer, vocab_size + num_classes + 1)
+    return ClassConditionalStepModel(step_model, vocab_size, num_classes)
