@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ar_core.attention import MathBackend, SdpaBackend
 from ar_core.hookspecs import Register, hookimpl
 from ar_core.ordering import Block, RandomOrder, Raster
 
@@ -13,6 +14,12 @@ def register_orderings(register: Register) -> None:
     register("raster", Raster)
     register("random", RandomOrder)
     register("block", Block)
+
+
+@hookimpl
+def register_attention_backends(register: Register) -> None:
+    register("math", MathBackend())
+    register("sdpa", SdpaBackend())
 
 
 def _greedy(*args: Any, **kwargs: Any) -> Any:

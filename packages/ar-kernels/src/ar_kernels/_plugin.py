@@ -1,11 +1,13 @@
-"""ar-kernels' plugin: registers its attention backends."""
+"""ar-kernels' plugin: registers its attention backends (``flex``, ``xformers``)."""
 
 from __future__ import annotations
 
 from ar_core.hookspecs import Register, hookimpl
+from ar_kernels.flex import FlexBackend
+from ar_kernels.xformers_backend import XformersBackend
 
 
 @hookimpl
 def register_attention_backends(register: Register) -> None:
-    # Backends are added by the ar-core/ar-kernels modelling issue (flex, xformers).
-    return None
+    register("flex", FlexBackend())
+    register("xformers", XformersBackend())
