@@ -16,3 +16,17 @@ def register_orderings(register: Register) -> None:
     register("next-scale", NextScale)
     register("next-frequency", NextFrequency)
     register("coarse-to-fine", CoarseToFine)
+
+
+@hookimpl
+def register_tokenizers(register: Register) -> None:
+    from ar_vision import tokenizers
+
+    tokenizers.register(register)
+
+
+@hookimpl
+def register_recipes(register: Register) -> None:
+    from ar_vision.recipe import recipe
+
+    register("vision-digits", recipe)

@@ -34,6 +34,7 @@ from ar_core.errors import ConfigError
 from ar_core.ordering import Plan
 from ar_core.steps import StepOutput, plan_slots, sample_step
 from ar_vision.model import ClassConditionalStepModel
+from ar_vision.representation import Allowed
 
 Schedule = Literal["constant", "linear"]
 
@@ -64,6 +65,7 @@ def generate_images(
     processors: Sequence[sampling.LogitsProcessor] = (),
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    allowed: Allowed | None = None,
     use_cache: bool = True,
     return_logits: bool = False,
 ) -> StepOutput:
@@ -71,8 +73,10 @@ def generate_images(
     ``plan``: ``out.tokens`` (B, N), ``out.calls`` network calls (= ``plan.num_steps``).
 
     ``cfg_scale`` 1.0 samples the conditional model alone (B rows); any other value runs
-    the null class alongside (2B rows). ``return_logits`` keeps each step's guided
-    logits (B, m, V) before the processors.
+    the null class alongside (2B rows). ``allowed`` (step, tokens so far) -> (B, m, V)
+    bool restricts the ids of a step (CTF's clusters, ``Representation.allowed``).
+    ``return_logits`` keeps the logits (B, m, V) each step drew from, before the
+    processors.
     """
     if cfg_scale < 0:
         raise ConfigError(f"cfg_scale must be >= 0 (1.0 = no guidance), got {cfg_scale}")
@@ -94,6 +98,8 @@ def generate_images(
         out.calls += 1
         if guided:
             logits = guide(logits, guidance_scale(cfg_scale, cfg_schedule, k, plan.num_steps))
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed(step, tokens), float("-inf"))
         x = sample_step(logits, processors, generator, temperature)  # (B, m)
         if return_logits:
             out.step_logits.append(logits)
