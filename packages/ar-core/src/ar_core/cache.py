@@ -169,6 +169,7 @@ class StaticKVCache:
         """Forget every entry (lengths = 0); the buffers are kept."""
         self.lengths.zero_()
         self._max_length_bound = 0
+        self._max_length_bound = 0
 
     def fork(self, index: Tensor | None = None) -> StaticKVCache:
         """An independent copy; ``index`` (long, (B',)) selects (and may repeat) rows."""

@@ -27,6 +27,7 @@ Notation: B rows, T prompt length (padded), N max_new_tokens, V vocabulary.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -256,13 +257,31 @@ def decode_n_tokens(
     return out
 
 
-def _compiled_step(cache: Any, device: torch.device) -> Callable[[Any, Tensor, Any], Tensor]:
-    """``torch.compile`` of :func:`decode_one_token` at the call site."""
-    if device.type == "cuda":  # CUDA graphs need the cache at fixed addresses
-        for t in (*getattr(cache, "k", ()), *getattr(cache, "v", ()), cache.lengths):
-            torch._dynamo.mark_static_address(t)
-        return torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=False)
-    return torch.compile(decode_one_token, fullgraph=False)
+# model -> {(batch, device): (compiled step, cache)}: compiled once, reused by every call
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[tuple[int, str], tuple[Any, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _compiled_setup(model: Any, batch_size: int, device: torch.device) -> tuple[Any, Any]:
+    """A compiled :func:`decode_one_token` and a static cache of ``max_seq_len`` entries,
+    built once per (model, batch size, device) and reused by later calls (gpt-fast's
+    ``setup_caches``): shapes and addresses stay fixed, so nothing recompiles and CUDA
+    graphs (``mode="reduce-overhead"`` on CUDA) are recorded once."""
+    per_model = _COMPILED.setdefault(model, {})
+    key = (batch_size, str(device))
+    if key not in per_model:
+        cache = model.new_cache(batch_size, max_len=model.max_seq_len)
+        if device.type == "cuda":  # CUDA graphs need the cache at fixed addresses
+            for t in (*getattr(cache, "k", ()), *getattr(cache, "v", ()), cache.lengths):
+                torch._dynamo.mark_static_address(t)
+            step = torch.compile(decode_one_token, mode="reduce-overhead")
+        else:
+            step = torch.compile(decode_one_token)
+        per_model[key] = (step, cache)
+    step, cache = per_model[key]
+    cache.reset()
+    return step, cache
 
 
 def _model_device(model: Any, input_ids: Tensor) -> torch.device:
@@ -307,14 +326,13 @@ def _run(
     new = torch.empty((B, 0), dtype=torch.long, device=device)
     with torch.no_grad():
         if N > 0:
-            cache = model.new_cache(B, max_len=cache_len)
+            step: Callable[[Any, Tensor, Any], Tensor] = decode_one_token
+            if compile:
+                step, cache = _compiled_setup(model, B, _model_device(model, input_ids))
+            else:
+                cache = model.new_cache(B, max_len=cache_len)
             logits = prefill(model, input_ids, cache, prompt_lengths)
             stats.target_forward_passes += 1
-            step = (
-                _compiled_step(cache, _model_device(model, input_ids))
-                if compile
-                else decode_one_token
-            )
             new = decode_n_tokens(
                 step,
                 model,

@@ -10,7 +10,8 @@ RoPE uses the *half-split* layout of Hugging Face's Llama (``rotate_half``: dime
 pairs with i + D/2), so weights convert to and from ``LlamaForCausalLM`` without
 permuting q/k (see :mod:`ar_core.interop.hf_llama`).
 
-Attention goes through :func:`ar_core.attention.attend` with a :class:`MaskSpec`; the
+Attention goes through :func:`ar_core.attention.plan_attention` (once per forward) and
+:func:`~ar_core.attention.attend_planned` (per layer) with a :class:`MaskSpec`; the
 backend is a name (``attention_backend``) resolved there.
 
 Notation: B batch, T new positions, S cache length, H query heads, Hkv key/value heads,
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from ar_core import masks
-from ar_core.attention import attend
+from ar_core.attention import AttentionPlan, attend_planned, plan_attention
 from ar_core.cache import StaticKVCache
 from ar_core.errors import ConfigError, InputError
 
@@ -188,13 +189,11 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class Attention(nn.Module):
     """Grouped-query self-attention with RoPE, writing into a :class:`StaticKVCache`."""
 
-    def __init__(
-        self, dim: int, n_heads: int, n_kv_heads: int, layer_idx: int, backend: str
-    ) -> None:
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, layer_idx: int) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = dim // n_heads
-        self.layer_idx, self.backend = layer_idx, backend
+        self.layer_idx = layer_idx
         self.wq = nn.Linear(dim, n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(dim, n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(dim, n_kv_heads * self.head_dim, bias=False)
@@ -205,9 +204,7 @@ class Attention(nn.Module):
         x: Tensor,
         cos: Tensor,
         sin: Tensor,
-        mask: masks.MaskSpec | None,
-        q_offset: Tensor,
-        kv_len: Tensor,
+        attn: AttentionPlan,
         cache: StaticKVCache | None,
     ) -> Tensor:
         B, T, _ = x.shape
@@ -217,7 +214,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.write(self.layer_idx, k, v)  # (B, Hkv, S, D)
-        y = attend(q, k, v, mask=mask, q_offset=q_offset, kv_len=kv_len, backend=self.backend)
+        y = attend_planned(q, k, v, attn)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, C)
         return self.wo(y)
 
@@ -246,11 +243,10 @@ class Block(nn.Module):
         hidden_dim: int,
         norm_eps: float,
         layer_idx: int,
-        backend: str,
     ) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(dim, norm_eps)
-        self.attn = Attention(dim, n_heads, n_kv_heads, layer_idx, backend)
+        self.attn = Attention(dim, n_heads, n_kv_heads, layer_idx)
         self.ffn_norm = RMSNorm(dim, norm_eps)
         self.ffn = FeedForward(dim, hidden_dim)
 
@@ -259,12 +255,10 @@ class Block(nn.Module):
         x: Tensor,
         cos: Tensor,
         sin: Tensor,
-        mask: masks.MaskSpec | None,
-        q_offset: Tensor,
-        kv_len: Tensor,
+        attn: AttentionPlan,
         cache: StaticKVCache | None,
     ) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, q_offset, kv_len, cache)
+        x = x + self.attn(self.attn_norm(x), cos, sin, attn, cache)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -294,7 +288,6 @@ class Transformer(nn.Module):
                 cfg.hidden_dim,
                 cfg.norm_eps,
                 layer_idx=i,
-                backend=cfg.attention_backend,
             )
             for i in range(cfg.n_layers)
         )
@@ -390,8 +383,19 @@ class Transformer(nn.Module):
             # causal mask adds nothing, and without it backends skip building a dense mask
             # (and compiled decode steps keep static shapes)
             mask = None
+        attn = plan_attention(  # the mask is built once here, not once per layer
+            backend=self.cfg.attention_backend,
+            mask=mask,
+            q_offset=q_offset,
+            kv_len=kv_len,
+            q_len=T,
+            k_len=T if cache is None else cache.max_len,
+            device=x.device,
+            dtype=x.dtype,
+            keys_all_valid=cache is None,
+        )
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, q_offset, kv_len, cache)
+            x = layer(x, cos, sin, attn, cache)
         if cache is not None and commit:
             cache.commit(T)
         hidden = self.norm(x)  # (B, T, C)
