@@ -102,12 +102,13 @@ def train_classifier() -> tuple[DigitsClassifier, float]:
         model = DigitsClassifier()
     gen = torch.Generator().manual_seed(s.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    for _ in range(s.steps):
-        rows = torch.randint(x.shape[0], (s.batch_size,), generator=gen)  # (batch,)
-        loss = F.cross_entropy(model(x[rows]), y[rows])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    with torch.enable_grad():  # callers may run under no_grad
+        for _ in range(s.steps):
+            rows = torch.randint(x.shape[0], (s.batch_size,), generator=gen)  # (batch,)
+            loss = F.cross_entropy(model(x[rows]), y[rows])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     model.eval()
     xt, yt = load_digits(8, "test", seed=s.split_seed)
     with torch.no_grad():
@@ -174,7 +175,7 @@ def gaussian_frechet(
 ) -> float:
     """Fréchet distance between N(mu_a, cov_a) and N(mu_b, cov_b)."""
     diff = mu_a - mu_b
-    covmean, _ = scipy.linalg.sqrtm(cov_a @ cov_b, disp=False)
+    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(covmean).all():  # singular product: regularise as in the FID code
         eps = 1e-6 * np.eye(cov_a.shape[0])
         covmean = scipy.linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
