@@ -187,7 +187,8 @@ def _map_batch(batch: Batch, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batc
     if isinstance(batch, Mapping):
         return {k: _map_batch(v, fn) for k, v in batch.items()}
     if isinstance(batch, Sequence) and not isinstance(batch, str):
-        return type(batch)(_map_batch(v, fn) for v in batch)
+        items = [_map_batch(v, fn) for v in batch]
+        return tuple(items) if isinstance(batch, tuple) else items
     return batch  # non-tensor leaves (metadata) are shared by every shard
 
 
