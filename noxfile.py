@@ -83,7 +83,11 @@ def wheels(session: nox.Session) -> None:
                 "uv", "build", "--no-sources", "--wheel", "-o", str(dist), path, external=True
             )
         session.install(*sorted(glob.glob(str(dist / "*.whl"))))
-        session.run("python", "-c", "import ar_core, ar_kernels, ar_decoding, ar_vision, ar_cli; print('imports ok')")
+        session.run(
+            "python",
+            "-c",
+            "import ar_core, ar_kernels, ar_decoding, ar_vision, ar_cli; print('imports ok')",
+        )
         session.run("ar", "plugins")
         out = session.run("ar", "plugins", "--json", silent=True)
         assert out and '"ar-core"' in out and '"ar-kernels"' in out, out
