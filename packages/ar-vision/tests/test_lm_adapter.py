@@ -1,0 +1,76 @@
+"""The causal-LM adapter: its logits are the step model's, greedy through ar_core.generate
+equals the step loop's greedy, and SJD / LANTERN at temperature 0 reproduce greedy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ar_core
+from ar_core.generation import GenerationConfig
+from ar_core.ordering import Raster
+from ar_core.steps import plan_slots
+from ar_vision.lm_adapter import CausalLMAdapter, generate_tokens
+from ar_vision.model import build_step_model
+from ar_vision.orderings import NextScale
+from ar_vision.sampling import generate_images
+
+V, C = 8, 10
+PLAN = Raster().plan((4, 4))
+
+
+def _model() -> torch.nn.Module:
+    return build_step_model(vocab_size=V, num_classes=C, num_positions=16, seed=2).eval()
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_adapter_logits_equal_the_step_model_forward(cfg_scale: float) -> None:
+    model = _model()
+    adapter = CausalLMAdapter(model, PLAN, cfg_scale=cfg_scale)
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.tensor([3, 7])
+    tokens = torch.randint(0, V, (2, 16), generator=gen)
+    cache = adapter.new_cache(2)
+    # ragged chunks like a speculative strategy: the class, then 5 pending + commit 3, ...
+    first = adapter(labels[:, None], cache=cache).logits  # (B, 1, V)
+    chunk = adapter(tokens[:, :5], cache=cache, commit=False).logits  # (B, 5, V)
+    cache.commit(torch.tensor([3, 1]))
+    cont = torch.stack([tokens[0, 3:6], tokens[1, 1:4]])  # each row continues its own
+    rest = adapter(cont, cache=cache, commit=False).logits  # (B, 3, V)
+    order, slot_steps = plan_slots(PLAN)
+    with torch.no_grad():
+        cond = model(tokens, labels, order, slot_steps)  # (B, N, V)
+        uncond = model(tokens, torch.full_like(labels, C), order, slot_steps)
+    ref = uncond + cfg_scale * (cond - uncond)
+    torch.testing.assert_close(first[:, 0], ref[:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunk[:, :4], ref[:, 1:5], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rest[0], ref[0, 4:7], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rest[1], ref[1, 2:5], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+@pytest.mark.parametrize("strategy", ["greedy", "sjd", "lantern"])
+def test_temperature_zero_strategies_equal_the_step_loop(cfg_scale: float, strategy: str) -> None:
+    model = _model()
+    labels = torch.tensor([0, 4, C])
+    reference = generate_images(model, PLAN, labels, cfg_scale=cfg_scale, temperature=0.0)
+    adapter = CausalLMAdapter(model, PLAN, cfg_scale=cfg_scale)
+    kwargs: dict[str, object] = {}
+    if strategy != "greedy":
+        kwargs["window"] = 8
+    if strategy == "lantern":
+        kwargs["neighbours"] = torch.stack([(torch.arange(V) + d) % V for d in (1, 2, 3)], 1)
+    config = GenerationConfig(max_new_tokens=16, temperature=0.0, seed=0)
+    tokens, stats = generate_tokens(adapter, labels, config, strategy=strategy, **kwargs)
+    assert torch.equal(tokens, reference.tokens)
+    if strategy == "greedy":
+        assert stats.target_forward_passes == 16
+
+
+def test_adapter_refuses_multi_position_steps_and_wrong_lengths() -> None:
+    model = build_step_model(vocab_size=V, num_classes=C, num_positions=21)
+    with pytest.raises(ar_core.ConfigError, match="one position per step"):
+        CausalLMAdapter(model, NextScale(scales=[1, 2, 4]).plan((21,)))
+    adapter = CausalLMAdapter(_model(), PLAN)
+    with pytest.raises(ar_core.ConfigError, match="max_new_tokens"):
+        generate_tokens(adapter, torch.tensor([1]), GenerationConfig(max_new_tokens=4))
