@@ -131,7 +131,10 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="fewer tokens and runs")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default=".bench/decode.json", help="JSON results path")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     runs = 2 if args.quick else 5
     sizes = {"tiny": 64 if args.quick else 256, "medium": 16 if args.quick else 64}
