@@ -1,7 +1,7 @@
 """Frequency-guided residual VQ: the tokenizer of next-frequency image generation.
 
 "NFIG: Autoregressive Image Generation with Next-Frequency Prediction" (Huang et al.
-2025, arXiv:2503.07076). The residual pyramid of VAR (:mod:`ar_vision.tokenizers.msrvq`)
+2025, arXiv:2503.07076 — *id unverified*). The residual pyramid of VAR (:mod:`ar_vision.tokenizers.msrvq`)
 with one change in training: the decode after scale k is trained to reconstruct the image
 low-pass filtered at cutoff r_k, so the first scales (few tokens) carry the low
 frequencies and later scales add higher bands; the last scale reconstructs the full image.
