@@ -45,6 +45,8 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "pixel": "ar-vision",
         "vqvae": "ar-vision",
         "msrvq": "ar-vision",
+        "nfig": "ar-vision",
+        "ctf": "ar-vision",
     },
     "recipes": {
         "text-code": "ar-text",
