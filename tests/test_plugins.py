@@ -109,7 +109,9 @@ def test_misspelt_hook_fails_check_pending(fake_distribution):
         plugins.load()
 
 
-def test_unknown_name_lists_available_and_the_package_to_install():
+def test_unknown_name_lists_available_and_the_package_to_install(monkeypatch):
+    monkeypatch.setenv("AR_PLUGINS", "core")  # as if ar-vision were not installed
+    plugins.load()
     with pytest.raises(UnknownNameError) as err:
         registry.orderings.get("next-scale")
     msg = str(err.value)
@@ -118,6 +120,11 @@ def test_unknown_name_lists_available_and_the_package_to_install():
     with pytest.raises(UnknownNameError, match="available:.*raster") as err2:
         registry.orderings.get("no-such-ordering")
     assert "pip install" not in str(err2.value)
+
+
+def test_installed_package_provides_the_name():
+    # with every plugin loaded, ar-vision's next-scale ordering is there
+    assert registry.orderings.provider("next-scale") == "vision"
 
 
 def test_example_plugin_ordering_is_listed_and_usable():
