@@ -10,7 +10,7 @@ factorised baseline, network calls and seconds per image -> a grid PNG and a tab
 The survey's three levels (Xiong et al. 2024, arXiv:2411.05902) are three settings:
 ``tokenizer=pixel, ordering=raster`` (64 calls), ``tokenizer=vqvae, ordering=raster``
 (16 calls), ``tokenizer=msrvq, ordering=next-scale`` (4 calls). The default is the best
-of them on digits (raster over VQ tokens: see the package README's benchmark table).
+of them on digits (raster over VQ tokens; ``benchmarks/vision.py`` compares them all).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from ar_core.errors import ConfigError
 from ar_core.ordering import Plan
 from ar_core.recipes import Progress, RecipeResult, Table, read_recipe_file
-from ar_core.sampling import LogitsProcessor, TopK
+from ar_core.sampling import LogitsProcessor, TopK, TopP
 from ar_core.steps import plan_slots
 from ar_core.trainer import TrainConfig, Trainer, read_metrics
 from ar_vision.model import ClassConditionalStepModel, build_step_model, drop_labels
@@ -55,6 +55,7 @@ class VisionDigitsConfig(pydantic.BaseModel):
     cfg_scale: float = pydantic.Field(default=2.0, ge=0)  # 1.0 = no guidance
     cfg_schedule: Literal["constant", "linear"] = "constant"
     top_k: int | None = pydantic.Field(default=None, ge=1)  # None = the full distribution
+    top_p: float | None = pydantic.Field(default=None, gt=0, le=1)  # None = no nucleus filter
     samples_per_class: int = pydantic.Field(default=10, ge=1)
     seed: int = 0  # data split, tokenizer, model init, data order, samples
     progress_bar: bool = True  # the Trainer's tqdm bar
@@ -250,7 +251,11 @@ def sample_images(
     config: VisionDigitsConfig,
 ) -> tuple[Any, float]:
     """Sample ``labels`` (B,) with the config's CFG and filters: (StepOutput, seconds)."""
-    processors: list[LogitsProcessor] = [TopK(config.top_k)] if config.top_k else []
+    processors: list[LogitsProcessor] = []
+    if config.top_k is not None:
+        processors.append(TopK(config.top_k))
+    if config.top_p is not None:
+        processors.append(TopP(config.top_p))
     gen = torch.Generator().manual_seed(config.seed + 1)
     start = time.perf_counter()
     out = generate_images(
