@@ -53,6 +53,7 @@ __all__ = [
     "GenerationResult",
     "GenerationStats",
     "Streamer",
+    "assemble_sequences",
     "decode_n_tokens",
     "decode_one_token",
     "generate",
@@ -348,24 +349,39 @@ def _run(
             )
     if streamer is not None:
         streamer.end()
-    sequences = _assemble(input_ids, prompt_lengths, new, N, config.pad_token_id)
+    sequences = assemble_sequences(input_ids, prompt_lengths, new, config.pad_token_id, n=N)
     stats.wall_seconds = time.perf_counter() - start
     return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)
 
 
-def _assemble(input_ids: Tensor, lengths: Tensor, new: Tensor, n: int, pad: int) -> Tensor:
-    """Row b: its prompt, its ``n`` new tokens, then padding: (B, max(lengths) + n)."""
+def assemble_sequences(
+    input_ids: Tensor,
+    prompt_lengths: Tensor,
+    new: Tensor,
+    pad_token_id: int,
+    n: int | None = None,
+) -> Tensor:
+    """The ``sequences`` layout of :func:`generate`: row b is its prompt
+    ``input_ids[b, :prompt_lengths[b]]``, its ``n`` new tokens, then ``pad_token_id``.
+
+    ``input_ids`` (B, T) right-padded prompts, ``prompt_lengths`` (B,), ``new`` (B, m) each
+    row's new tokens; ``n`` defaults to m, and when m < n (every row finished early)
+    ``new`` is padded to n columns with ``pad_token_id``. Returns (B, max(prompt_lengths) + n).
+    """
     B, T = input_ids.shape
-    width = int(lengths.max()) + n
-    seq = torch.full((B, width), pad, dtype=torch.long, device=input_ids.device)
+    if n is None:
+        n = new.shape[1]
+    width = int(prompt_lengths.max()) + n
+    seq = torch.full((B, width), pad_token_id, dtype=torch.long, device=input_ids.device)
     cols = torch.arange(T, device=input_ids.device)[None, :]
     keep = min(T, width)
-    seq[:, :keep] = torch.where(cols < lengths[:, None], input_ids, pad)[:, :keep]
+    prompts = torch.where(cols < prompt_lengths[:, None], input_ids, pad_token_id)
+    seq[:, :keep] = prompts[:, :keep]
     if new.shape[1] < n:  # every row finished early
-        new = torch.cat([new, new.new_full((B, n - new.shape[1]), pad)], dim=1)
+        new = torch.cat([new, new.new_full((B, n - new.shape[1]), pad_token_id)], dim=1)
     if n:
-        index = lengths[:, None] + torch.arange(n, device=input_ids.device)[None, :]  # (B, N)
-        seq.scatter_(1, index, new)
+        index = prompt_lengths[:, None] + torch.arange(n, device=input_ids.device)[None, :]
+        seq.scatter_(1, index, new)  # (B, n) into (B, width)
     return seq
 
 

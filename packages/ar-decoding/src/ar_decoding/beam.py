@@ -30,11 +30,16 @@ import torch
 from torch import Tensor
 
 from ar_core.errors import ConfigError
-from ar_core.generation import GenerationConfig, GenerationResult, GenerationStats, Streamer
+from ar_core.generation import (
+    GenerationConfig,
+    GenerationResult,
+    GenerationStats,
+    Streamer,
+    assemble_sequences,
+)
 from ar_core.generation import prefill as prefill_prompt
-from ar_decoding._rows import (
-    RowOutput,
-    assemble,
+from ar_decoding.rows import (
+    Rows,
     cache_budget,
     check_eos,
     positive_int,
@@ -81,7 +86,7 @@ def beam(
     cache_len = cache_budget(model, input_ids, prompt_lengths, N, 0, "lower max_new_tokens")
     eos = torch.tensor(config.eos_ids(), dtype=torch.long, device=device)
     stats = GenerationStats()
-    out = RowOutput(B, N, config, streamer, stats, device)
+    out = Rows(input_ids, prompt_lengths, config, streamer, stats)
     with torch.no_grad():
         if N > 0:
             cache = model.new_cache(B, max_len=cache_len)
@@ -123,8 +128,8 @@ def beam(
             fin_scores, fin_seqs = _add_finished(fin_scores, fin_seqs, live / norm, seqs)
             best = fin_scores.argmax(1)  # (B,)
             winner = fin_seqs[rows, best]  # (B, N)
-            out.push(winner, torch.full((B,), N, device=device))
+            out.emit(winner, torch.full((B,), N, device=device))
     out.end()
-    sequences = assemble(input_ids, prompt_lengths, out.tokens, config.pad_token_id)
+    sequences = assemble_sequences(input_ids, prompt_lengths, out.new_tokens, config.pad_token_id)
     stats.wall_seconds = time.perf_counter() - start
     return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)

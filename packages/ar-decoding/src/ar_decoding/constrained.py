@@ -32,6 +32,7 @@ from ar_core.generation import (
     GenerationResult,
     GenerationStats,
     Streamer,
+    assemble_sequences,
     decode_n_tokens,
     decode_one_token,
 )
@@ -42,7 +43,7 @@ from ar_core.sampling import (
     logits_to_probs,
     multinomial_sample_one_no_sync,
 )
-from ar_decoding._rows import assemble, cache_budget, check_eos, make_generator
+from ar_decoding.rows import cache_budget, check_eos, make_generator
 
 __all__ = ["AllowedNext", "allowed_mask", "constrained"]
 
@@ -141,6 +142,6 @@ def constrained(
             new[:, : got.shape[1]] = got
     if streamer is not None:
         streamer.end()
-    sequences = assemble(input_ids, prompt_lengths, new, config.pad_token_id)
+    sequences = assemble_sequences(input_ids, prompt_lengths, new, config.pad_token_id)
     stats.wall_seconds = time.perf_counter() - start
     return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)

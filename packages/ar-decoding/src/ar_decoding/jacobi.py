@@ -61,13 +61,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ar_core.generation import GenerationConfig, GenerationResult, GenerationStats, Streamer
+from ar_core.generation import (
+    GenerationConfig,
+    GenerationResult,
+    GenerationStats,
+    Streamer,
+    assemble_sequences,
+)
 from ar_core.generation import prefill as prefill_prompt
 from ar_core.masks import MaskMod, MaskSpec
-from ar_decoding._rows import (
-    RowOutput,
+from ar_decoding.rows import (
+    Rows,
     accepted_tokens,
-    assemble,
     cache_budget,
     check_eos,
     positive_int,
@@ -107,21 +112,21 @@ def jacobi(
         model, input_ids, prompt_lengths, N, window, "lower window or max_new_tokens"
     )
     stats = GenerationStats()
-    out = RowOutput(B, N, config, streamer, stats, input_ids.device)
+    out = Rows(input_ids, prompt_lengths, config, streamer, stats)
     with torch.no_grad():
         if N > 0:
             cache = model.new_cache(B, max_len=cache_len)
             last = prefill_prompt(model, input_ids, cache, prompt_lengths).argmax(-1)  # (B,)
             stats.target_forward_passes += 1
-            out.push(last[:, None], torch.ones_like(last))
+            out.emit(last[:, None], torch.ones_like(last))
             guesses = last[:, None].expand(B, window).clone()  # (B, W)
-            while not out.done:
+            while not out.all_finished():
                 retire_finished(cache, out)
                 tokens = torch.cat([last[:, None], guesses], dim=1)  # (B, W + 1)
                 logits = model(tokens, cache=cache, commit=False).logits  # (B, W + 1, V)
                 stats.target_forward_passes += 1
                 n_acc, last = accept_greedy(guesses, logits)  # (B,), (B,)
-                out.push(accepted_tokens(guesses, n_acc, last), n_acc + 1)
+                out.emit(accepted_tokens(guesses, n_acc, last), n_acc + 1)
                 cache.commit(n_acc + 1)
                 # outputs after the new last token are the next guesses
                 pred = logits.argmax(-1)  # (B, W + 1)
@@ -129,7 +134,7 @@ def jacobi(
                 index = (n_acc[:, None] + 1 + steps).clamp(max=window)  # (B, W)
                 guesses = pred.gather(1, index)
     out.end()
-    sequences = assemble(input_ids, prompt_lengths, out.tokens, config.pad_token_id)
+    sequences = assemble_sequences(input_ids, prompt_lengths, out.new_tokens, config.pad_token_id)
     stats.wall_seconds = time.perf_counter() - start
     return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)
 
@@ -267,7 +272,7 @@ def lookahead(
         "lower window, ngram, pool_size or max_new_tokens",
     )
     stats = GenerationStats()
-    out = RowOutput(B, N, config, streamer, stats, input_ids.device)
+    out = Rows(input_ids, prompt_lengths, config, streamer, stats)
     pool = NgramPool(B, G)
     cand_base = 1 + levels * W
     with torch.no_grad():
@@ -275,10 +280,10 @@ def lookahead(
             cache = model.new_cache(B, max_len=cache_len)
             last = prefill_prompt(model, input_ids, cache, prompt_lengths).argmax(-1)  # (B,)
             stats.target_forward_passes += 1
-            out.push(last[:, None], torch.ones_like(last))
+            out.emit(last[:, None], torch.ones_like(last))
             # initial trajectory: the prompt's tokens, cycled (Fu et al. start from random)
             levels_tok = _initial_levels(input_ids, prompt_lengths, levels, W)  # (B, n-1, W)
-            while not out.done:
+            while not out.all_finished():
                 retire_finished(cache, out)
                 cands = pool.candidates(last, G, levels)  # (B, G, n-1)
                 tokens = torch.cat(
@@ -303,7 +308,7 @@ def lookahead(
                 rows = torch.arange(B, device=best.device)
                 n_best, last_new = n_acc[rows, best], nxt[rows, best]  # (B,)
                 accepted = accepted_tokens(cands[rows, best], n_best, last_new)  # (B, n)
-                out.push(accepted, n_best + 1)
+                out.emit(accepted, n_best + 1)
                 # move the winner's cache entries right after `last`, then commit
                 steps = torch.arange(levels, device=P.device)
                 src = P[:, None] + cand_base + best[:, None] * levels + steps  # (B, n-1)
@@ -317,7 +322,7 @@ def lookahead(
                 pool.add(grams.transpose(1, 2))  # (B, W, n)
                 levels_tok = torch.cat([levels_tok[:, 1:], newest[:, None]], dim=1)
     out.end()
-    sequences = assemble(input_ids, prompt_lengths, out.tokens, config.pad_token_id)
+    sequences = assemble_sequences(input_ids, prompt_lengths, out.new_tokens, config.pad_token_id)
     stats.wall_seconds = time.perf_counter() - start
     return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)
 

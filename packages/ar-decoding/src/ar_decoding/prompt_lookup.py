@@ -26,8 +26,14 @@ import torch
 from torch import Tensor
 
 from ar_core.errors import ConfigError
-from ar_core.generation import GenerationConfig, GenerationResult, GenerationStats, Streamer
-from ar_decoding.rows import Picker, Rows, assemble
+from ar_core.generation import (
+    GenerationConfig,
+    GenerationResult,
+    GenerationStats,
+    Streamer,
+    assemble_sequences,
+)
+from ar_decoding.rows import Picker, Rows, accepted_tokens
 from ar_decoding.speculative import cache_length, park_finished, prefill
 
 __all__ = ["lookup_draft", "prompt_lookup"]
@@ -112,13 +118,10 @@ def prompt_lookup(
             logits = model(tokens, cache=cache, commit=False).logits  # (B, k'+1, V)
             stats.target_forward_passes += 1
             n, nxt = picker.verify(drafts, None, logits, rows.seq, lengths=lengths)
-            emitted = torch.cat([drafts, nxt[:, None]], 1)
-            emitted.scatter_(1, n[:, None], nxt[:, None])
-            counts = rows.emit(emitted, n + 1)
+            counts = rows.emit(accepted_tokens(drafts, n, nxt), n + 1)
             cache.commit(counts)
             park_finished(rows, cache)
-    if streamer is not None:
-        streamer.end()
-    sequences = assemble(input_ids, prompt_lengths, rows.out, config.pad_token_id)
+    rows.end()
+    sequences = assemble_sequences(input_ids, prompt_lengths, rows.new_tokens, config.pad_token_id)
     stats.wall_seconds = time.perf_counter() - start
     return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)

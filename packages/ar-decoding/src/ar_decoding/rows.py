@@ -1,11 +1,13 @@
-"""Per-row bookkeeping of a draft-and-verify loop over a ragged batch.
+"""Per-row bookkeeping of the multi-token strategies over a ragged batch.
 
-Draft-then-verify strategies (speculative decoding, Leviathan et al. 2023,
-arXiv:2211.17192; prompt lookup) advance each row by a different number of tokens per
-step. :class:`Rows` keeps, per row, the sequence so far, its length, its new tokens,
-whether it finished (EOS or ``max_new_tokens``), and streams tokens in order. It also
-picks and verifies tokens the way ``ar_core``'s ``greedy``/``sample`` strategies do
-(:class:`Picker`), so an accelerated strategy can be exact.
+Multi-token strategies (speculative decoding, Leviathan et al. 2023, arXiv:2211.17192;
+prompt lookup; Jacobi/lookahead; SJD; LANTERN; beam; constrained) advance each row by a
+different number of tokens per step. :class:`Rows` keeps, per row, its new tokens, how
+many it has, whether it finished (EOS or ``max_new_tokens``), optionally the whole
+sequence so far (prompt + new tokens, for drafting and penalties), and streams tokens in
+order. :class:`Picker` picks and verifies tokens the way ``ar_core``'s
+``greedy``/``sample`` strategies do, so an accelerated strategy can be exact. The small
+helpers below check a strategy's arguments and size its cache.
 
 Streaming: a :class:`~ar_core.generation.Streamer` receives (B, n) columns. Rows advance
 by different amounts, so a column is streamed once every unfinished row has produced it
@@ -14,14 +16,17 @@ accepted token is streamed at the step that accepted it. The concatenated stream
 the new tokens of ``sequences``.
 
 Notation: B rows, T padded prompt length, N max_new_tokens, W = T + N + scratch columns,
-k draft tokens, V vocabulary.
+k tokens offered to a row in one step, V vocabulary.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from ar_core.errors import ConfigError, InputError
 from ar_core.generation import GenerationConfig, GenerationStats, Streamer
 from ar_core.sampling import (
     LogitsProcessor,
@@ -34,11 +39,31 @@ from ar_core.sampling import (
 )
 from ar_decoding.verify import accept_greedy, accept_sampling
 
-__all__ = ["Picker", "Rows", "assemble"]
+__all__ = [
+    "Picker",
+    "Rows",
+    "accepted_tokens",
+    "cache_budget",
+    "check_eos",
+    "make_generator",
+    "positive_int",
+    "processed_probs",
+    "reject_repetition_penalty",
+    "retire_finished",
+]
 
 
 class Rows:
-    """Sequences, lengths and outputs of B rows (see the module docstring)."""
+    """New tokens (and optionally sequences) of B rows that advance by different counts.
+
+    ``new_tokens`` (B, N) holds each row's new tokens (``pad_token_id`` after its end);
+    ``n_new`` (B,) how many it has; ``length`` (B,) its prompt length + ``n_new``;
+    ``finished`` (B,) whether it hit EOS or N. With ``scratch`` (an int), ``seq`` (B, W)
+    also holds each row's tokens, ``seq[b, :length[b]]`` (-1 marks unused slots), with
+    ``scratch`` spare columns for draft tokens; ``scratch=None`` keeps no sequences.
+    ``stats.tokens_generated`` counts the appended tokens and ``stats.accepted_lengths``
+    gets one entry per (step, row active at the start of the step).
+    """
 
     def __init__(
         self,
@@ -47,7 +72,7 @@ class Rows:
         config: GenerationConfig,
         streamer: Streamer | None,
         stats: GenerationStats,
-        scratch: int,
+        scratch: int | None = None,
     ) -> None:
         B, T = input_ids.shape
         N = config.max_new_tokens
@@ -55,15 +80,23 @@ class Rows:
         self.N, self.pad, self.streamer, self.stats = N, config.pad_token_id, streamer, stats
         self.eos = torch.tensor(config.eos_ids(), dtype=torch.long, device=device)
         self.rows = torch.arange(B, device=device)
-        cols = torch.arange(T, device=device)[None, :]
-        # row b's tokens are seq[b, :length[b]]; -1 marks unused slots
-        self.seq = torch.full((B, T + N + scratch), -1, dtype=torch.long, device=device)
-        self.seq[:, :T] = torch.where(cols < prompt_lengths[:, None], input_ids, -1)
+        self._seq: Tensor | None = None
+        if scratch is not None:
+            cols = torch.arange(T, device=device)[None, :]
+            self._seq = torch.full((B, T + N + scratch), -1, dtype=torch.long, device=device)
+            self._seq[:, :T] = torch.where(cols < prompt_lengths[:, None], input_ids, -1)
         self.length = prompt_lengths.clone()  # (B,)
         self.n_new = torch.zeros(B, dtype=torch.long, device=device)  # (B,)
-        self.out = torch.full((B, N), self.pad, dtype=torch.long, device=device)  # (B, N)
+        self.new_tokens = torch.full((B, N), self.pad, dtype=torch.long, device=device)
         self.finished = torch.full((B,), N == 0, dtype=torch.bool, device=device)
         self._streamed = 0
+
+    @property
+    def seq(self) -> Tensor:
+        """Each row's tokens so far (B, W); only with ``scratch``."""
+        if self._seq is None:
+            raise AttributeError("Rows(..., scratch=None) keeps no sequences")
+        return self._seq
 
     def all_finished(self) -> bool:
         return bool(self.finished.all())
@@ -77,30 +110,32 @@ class Rows:
         return self.seq[self.rows, self.length - 1]
 
     def emit(self, tokens: Tensor, counts: Tensor) -> Tensor:
-        """Append ``tokens[b, :counts[b]]`` to row b, cut at EOS and ``max_new_tokens``.
-
-        ``tokens`` (B, m); returns the counts really appended (B,), 0 for finished rows.
-        """
-        m = tokens.shape[1]
-        steps = torch.arange(m, device=tokens.device)[None, :]  # (1, m)
+        """Append ``tokens[b, :counts[b]]`` (``tokens`` (B, k)) to each unfinished row b,
+        cut after its first EOS (kept) and at ``max_new_tokens``; returns how many each
+        row kept (B,), 0 for finished rows."""
+        k = tokens.shape[1]
+        steps = torch.arange(k, device=tokens.device)[None, :]  # (1, k)
         active = ~self.finished
-        counts = torch.where(active, torch.minimum(counts, self.N - self.n_new), 0)
+        valid = (steps < counts[:, None]) & active[:, None]  # (B, k), a prefix per row
+        valid &= self.n_new[:, None] + steps < self.N
+        hit_eos = torch.zeros_like(active)
         if self.eos.numel():
-            is_eos = torch.isin(tokens, self.eos) & (steps < counts[:, None])  # (B, m)
-            hit = is_eos.any(-1)
-            first = is_eos.long().argmax(-1)  # first EOS (0 when none)
-            counts = torch.where(hit, first + 1, counts)
-            self.finished |= hit
-        b, j = (steps < counts[:, None]).nonzero(as_tuple=True)
-        self.seq[b, self.length[b] + j] = tokens[b, j]
-        self.out[b, self.n_new[b] + j] = tokens[b, j]
-        self.length += counts
-        self.n_new += counts
-        self.finished |= self.n_new >= self.N
-        self.stats.tokens_generated += int(counts.sum())
-        self.stats.accepted_lengths.extend(counts[active].tolist())
+            is_eos = torch.isin(tokens, self.eos) & valid  # (B, k)
+            after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after
+            valid &= ~after_eos
+            hit_eos = is_eos.any(-1)
+        kept = valid.sum(-1)  # (B,)
+        b, j = valid.nonzero(as_tuple=True)
+        if self._seq is not None:
+            self._seq[b, self.length[b] + j] = tokens[b, j]
+        self.new_tokens[b, self.n_new[b] + j] = tokens[b, j]
+        self.length += kept
+        self.n_new += kept
+        self.finished |= hit_eos | (self.n_new >= self.N)
+        self.stats.tokens_generated += int(kept.sum())
+        self.stats.accepted_lengths.extend(kept[active].tolist())
         self._stream()
-        return counts
+        return kept
 
     def _stream(self) -> None:
         if self.streamer is None:
@@ -108,23 +143,86 @@ class Rows:
         live = self.n_new[~self.finished]
         frontier = int(live.min()) if live.numel() else self.N
         if frontier > self._streamed:
-            self.streamer.put(self.out[:, self._streamed : frontier].clone())
+            self.streamer.put(self.new_tokens[:, self._streamed : frontier].clone())
             self._streamed = frontier
 
+    def end(self) -> None:
+        """Stream any columns not streamed yet (none once every row finished), then end."""
+        if self.streamer is None:
+            return
+        if self._streamed < self.N:
+            self.streamer.put(self.new_tokens[:, self._streamed :].clone())
+            self._streamed = self.N
+        self.streamer.end()
 
-def assemble(input_ids: Tensor, prompt_lengths: Tensor, out: Tensor, pad: int) -> Tensor:
-    """Row b: its prompt, its N new tokens ``out[b]``, then padding: (B, max(L) + N)."""
-    B, T = input_ids.shape
-    N = out.shape[1]
-    seq = torch.full((B, int(prompt_lengths.max()) + N), pad, dtype=torch.long)
-    seq = seq.to(input_ids.device)
-    cols = torch.arange(T, device=input_ids.device)[None, :]
-    keep = min(T, seq.shape[1])
-    seq[:, :keep] = torch.where(cols < prompt_lengths[:, None], input_ids, pad)[:, :keep]
-    if N:
-        index = prompt_lengths[:, None] + torch.arange(N, device=input_ids.device)  # (B, N)
-        seq.scatter_(1, index, out)
-    return seq
+
+def cache_budget(
+    model: Any, input_ids: Tensor, prompt_lengths: Tensor, n_new: int, extra: int, fix: str
+) -> int:
+    """Cache slots needed when each step writes up to ``extra + 1`` entries after a row's
+    committed context (which holds at most prompt + N - 1 tokens before its last step).
+    Raises InputError naming ``fix`` when the model's ``max_seq_len`` is too short."""
+    T = input_ids.shape[1]
+    need = max(T, int(prompt_lengths.max()) + n_new - 1 + extra)
+    if need > model.max_seq_len:
+        raise InputError(
+            f"prompt length {int(prompt_lengths.max())} + max_new_tokens {n_new} + "
+            f"{extra} speculative slots needs {need} positions but the model's max_seq_len is "
+            f"{model.max_seq_len}; {fix}"
+        )
+    return need
+
+
+def check_eos(config: GenerationConfig, vocab_size: int) -> None:
+    for eos in config.eos_ids():
+        if not 0 <= eos < vocab_size:
+            raise ConfigError(f"eos_token_id {eos} is outside the vocabulary [0, {vocab_size})")
+
+
+def reject_repetition_penalty(config: GenerationConfig, strategy: str) -> None:
+    """The multi-token strategies score many positions at once; CTRL's penalty would need
+    a different history per position, which they do not track."""
+    if config.repetition_penalty != 1.0:
+        raise ConfigError(
+            f"strategy {strategy!r} does not support repetition_penalty="
+            f"{config.repetition_penalty}; set repetition_penalty=1.0 or use 'greedy'/'sample'"
+        )
+
+
+def make_generator(
+    config: GenerationConfig, device: torch.device, generator: torch.Generator | None
+) -> torch.Generator:
+    """``generator`` if given, else one seeded from ``config.seed`` (or torch's global RNG)."""
+    if generator is not None:
+        return generator
+    seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()).item())
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def processed_probs(processors: list[LogitsProcessor], logits: Tensor) -> Tensor:
+    """The config's processors, then softmax, over logits (..., V) -> probs (..., V) float32."""
+    shape = logits.shape
+    flat = apply_processors(processors, logits.reshape(-1, shape[-1]))  # (B * K, V)
+    return logits_to_probs(flat).reshape(shape)
+
+
+def positive_int(value: Any, name: str, strategy: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{strategy}: {name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def accepted_tokens(draft: Tensor, n_accepted: Tensor, next_token: Tensor) -> Tensor:
+    """The tokens a row gains: its first ``n_accepted`` draft tokens, then ``next_token``:
+    (B, k + 1), valid up to column ``n_accepted``."""
+    new = torch.cat([draft, next_token[:, None]], dim=1)  # (B, k + 1)
+    return new.scatter(1, n_accepted[:, None], next_token[:, None])
+
+
+def retire_finished(cache: Any, rows: Rows) -> None:
+    """Finished rows keep riding along in the batch; cropping their cache to 0 keeps their
+    writes inside it (their outputs are ignored)."""
+    cache.crop(torch.where(rows.finished, 0, cache.lengths))
 
 
 class Picker:
@@ -153,12 +251,7 @@ class Picker:
             self.generator = generator
         else:
             self.processors = build_processors(config)
-            if generator is None:
-                seed = config.seed
-                if seed is None:
-                    seed = int(torch.randint(0, 2**62, ()).item())
-                generator = torch.Generator(device=device).manual_seed(seed)
-            self.generator = generator
+            self.generator = make_generator(config, device, generator)
 
     def process(self, logits: Tensor, seq: Tensor, draft: Tensor | None = None) -> Tensor:
         """Processed logits (B, t, V); position i sees ``seq`` plus ``draft[:, :i]``."""

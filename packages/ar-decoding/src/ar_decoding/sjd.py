@@ -47,13 +47,18 @@ import torch
 from torch import Tensor
 
 from ar_core.errors import ConfigError
-from ar_core.generation import GenerationConfig, GenerationResult, GenerationStats, Streamer
+from ar_core.generation import (
+    GenerationConfig,
+    GenerationResult,
+    GenerationStats,
+    Streamer,
+    assemble_sequences,
+)
 from ar_core.generation import prefill as prefill_prompt
 from ar_core.sampling import build_processors, multinomial_sample_one_no_sync
-from ar_decoding._rows import (
-    RowOutput,
+from ar_decoding.rows import (
+    Rows,
     accepted_tokens,
-    assemble,
     cache_budget,
     check_eos,
     make_generator,
@@ -143,7 +148,7 @@ def jacobi_sampling(
     gen = make_generator(config, device, generator)
     draft_gen = gen if draft_generator is None else draft_generator
     stats = GenerationStats()
-    out = RowOutput(B, N, config, streamer, stats, device)
+    out = Rows(input_ids, prompt_lengths, config, streamer, stats)
     rows = torch.arange(B, device=device)
     with torch.no_grad():
         if N > 0:
@@ -152,13 +157,13 @@ def jacobi_sampling(
             stats.target_forward_passes += 1
             p0 = processed_probs(processors, logits)  # (B, V)
             last = multinomial_sample_one_no_sync(p0, gen)  # (B,)
-            out.push(last[:, None], torch.ones_like(last))
+            out.emit(last[:, None], torch.ones_like(last))
             x = torch.zeros(B, L, dtype=torch.long, device=device)  # drafts
             q = torch.zeros(B, L, V, device=device)  # the distribution each was drawn from
             keep = torch.zeros(B, dtype=torch.long, device=device)  # carried drafts per row
             while True:
                 _initialise(x, q, keep, out, init, grid_width, draft_gen)
-                if out.done:
+                if out.all_finished():
                     break
                 retire_finished(cache, out)
                 tokens = torch.cat([last[:, None], x], dim=1)  # (B, L + 1)
@@ -166,7 +171,7 @@ def jacobi_sampling(
                 stats.target_forward_passes += 1
                 p = processed_probs(processors, logits)  # (B, L + 1, V)
                 n_acc, last = accept(x, q, p, gen)  # (B,), (B,)
-                out.push(accepted_tokens(x, n_acc, last), n_acc + 1)
+                out.emit(accepted_tokens(x, n_acc, last), n_acc + 1)
                 cache.commit(n_acc + 1)
                 # p_{a+2} .. p_{L+1} (slots a+1 .. L) are redrawn and carried as drafts
                 fresh = multinomial_sample_one_no_sync(p[:, 1:], draft_gen)  # (B, L)
@@ -175,7 +180,7 @@ def jacobi_sampling(
                 q = p[:, 1:][rows[:, None], src]  # (B, L, V)
                 keep = L - n_acc  # (B,) drafts carried; the rest are initialised
     out.end()
-    sequences = assemble(input_ids, prompt_lengths, out.tokens, config.pad_token_id)
+    sequences = assemble_sequences(input_ids, prompt_lengths, out.new_tokens, config.pad_token_id)
     stats.wall_seconds = time.perf_counter() - start
     return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)
 
@@ -184,7 +189,7 @@ def _initialise(
     x: Tensor,
     q: Tensor,
     keep: Tensor,
-    out: RowOutput,
+    out: Rows,
     init: str,
     grid_width: int | None,
     gen: torch.Generator,
@@ -203,11 +208,11 @@ def _initialise(
             dist = torch.full((B, V), 1.0 / V, device=device)
         else:
             assert grid_width is not None
-            t = out.count + j  # (B,) index of this slot among the row's new tokens
+            t = out.n_new + j  # (B,) index of this slot among the row's new tokens
             src = torch.where(t >= grid_width, t - grid_width, t - 1)  # above, else left
-            committed = out.tokens[rows, src.clamp(0, out.n_new - 1)]
-            drafted = x[rows, (src - out.count).clamp(0, L - 1)]
-            token = torch.where(src < out.count, committed, drafted)
+            committed = out.new_tokens[rows, src.clamp(0, out.N - 1)]
+            drafted = x[rows, (src - out.n_new).clamp(0, L - 1)]
+            token = torch.where(src < out.n_new, committed, drafted)
             token = torch.where(t == 0, uniform[:, j], token)
             dist = torch.nn.functional.one_hot(token, V).float()
             dist = torch.where((t == 0)[:, None], 1.0 / V, dist)

@@ -42,8 +42,14 @@ import torch
 from torch import Tensor
 
 from ar_core.errors import ConfigError, InputError
-from ar_core.generation import GenerationConfig, GenerationResult, GenerationStats, Streamer
-from ar_decoding.rows import Picker, Rows, assemble
+from ar_core.generation import (
+    GenerationConfig,
+    GenerationResult,
+    GenerationStats,
+    Streamer,
+    assemble_sequences,
+)
+from ar_decoding.rows import Picker, Rows, accepted_tokens
 from ar_decoding.tree import tree_speculative
 
 __all__ = ["catch_up", "check_draft_model", "speculative", "tree_speculative"]
@@ -193,16 +199,14 @@ def speculative(
             logits = model(tokens, cache=target_cache, commit=False).logits  # (B, k+1, V)
             stats.target_forward_passes += 1
             n, nxt = picker.verify(drafts, q, logits, rows.seq)
-            emitted = torch.cat([drafts, nxt[:, None]], 1)  # (B, k+1)
-            emitted.scatter_(1, n[:, None], nxt[:, None])  # next token right after the prefix
-            counts = rows.emit(emitted, n + 1)
+            # the accepted prefix, then the next token: (B, k+1)
+            counts = rows.emit(accepted_tokens(drafts, n, nxt), n + 1)
             target_cache.commit(counts)
             park_finished(rows, target_cache, draft_cache)
             if adaptive and k_step == k:
                 best = int(n[live].max())
                 k = min(k + 2, k_max) if best == k else max(1, k - 1)
-    if streamer is not None:
-        streamer.end()
-    sequences = assemble(input_ids, prompt_lengths, rows.out, config.pad_token_id)
+    rows.end()
+    sequences = assemble_sequences(input_ids, prompt_lengths, rows.new_tokens, config.pad_token_id)
     stats.wall_seconds = time.perf_counter() - start
     return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)

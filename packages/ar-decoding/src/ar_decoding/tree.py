@@ -42,9 +42,15 @@ from torch import Tensor
 
 from ar_core import masks
 from ar_core.errors import ConfigError
-from ar_core.generation import GenerationConfig, GenerationResult, GenerationStats, Streamer
+from ar_core.generation import (
+    GenerationConfig,
+    GenerationResult,
+    GenerationStats,
+    Streamer,
+    assemble_sequences,
+)
 from ar_core.sampling import logits_to_probs
-from ar_decoding.rows import Picker, Rows, assemble
+from ar_decoding.rows import Picker, Rows, accepted_tokens
 from ar_decoding.verify import residual_distribution
 
 __all__ = ["Tree", "tree_speculative"]
@@ -321,8 +327,7 @@ def tree_speculative(
                 )
             n = tree.depth[best]  # (B,) accepted draft tokens
             path = tree.paths[best]  # (B, D)
-            emitted = torch.cat([tokens.gather(1, path), nxt[:, None]], 1)  # (B, D+1)
-            emitted.scatter_(1, n[:, None], nxt[:, None])
+            emitted = accepted_tokens(tokens.gather(1, path), n, nxt)  # (B, D+1)
             counts = rows.emit(emitted, n + 1)
             # the target cache: root + accepted path into place, then commit
             move_path(target_cache, start, path)
@@ -332,8 +337,7 @@ def tree_speculative(
             valid = d_root + 1 + torch.minimum(n, torch.full_like(n, D - 1))
             draft_cache.crop(torch.minimum(valid, d_root + counts))
             park_finished(rows, target_cache, draft_cache)
-    if streamer is not None:
-        streamer.end()
-    sequences = assemble(input_ids, prompt_lengths, rows.out, config.pad_token_id)
+    rows.end()
+    sequences = assemble_sequences(input_ids, prompt_lengths, rows.new_tokens, config.pad_token_id)
     stats.wall_seconds = time.perf_counter() - start_time
     return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)
