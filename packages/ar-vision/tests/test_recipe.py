@@ -17,6 +17,8 @@ def test_registered_and_follows_the_recipe_protocol() -> None:
     assert isinstance(recipe, Recipe)
     assert recipe.in_demo
     assert isinstance(recipe.demo_config(), VisionDigitsConfig)
+    for name in ("pixel", "vqvae", "msrvq", "nfig", "ctf"):  # the other engineer's, via us
+        assert registry.tokenizers.provider(name) == "vision"
 
 
 def test_bad_config_fails_at_once() -> None:

@@ -16,6 +16,7 @@ of them on digits (raster over VQ tokens; ``benchmarks/vision.py`` compares them
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -117,7 +118,9 @@ class TokenData:
         return self.tokens[rows], drop_labels(self.labels[rows], NUM_CLASSES, self.p, generator)
 
 
-def plan_loss(plan: Plan) -> Any:
+def plan_loss(
+    plan: Plan,
+) -> Callable[[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """The Trainer's ``loss_fn``: cross-entropy of the step model under one plan (it calls
     the model itself, so a DDP wrapper sees the forward)."""
     order, slot_steps = plan_slots(plan)

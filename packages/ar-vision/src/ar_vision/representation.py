@@ -106,9 +106,11 @@ class Representation:
         coarse_ok = (ids >= V).expand(step.numel(), -1)  # (m, V + C)
         fine_to_coarse = self.tokenizer.fine_to_coarse.to(tokens.device)  # (V,)
         cluster = tokens[:, (step - n).clamp(min=0)] - V  # (B, m); garbage where coarse
-        fine_ok = torch.zeros(tokens.shape[0], step.numel(), self.vocab_size, dtype=torch.bool)
-        fine_ok[..., :V] = fine_to_coarse[None, None, :] == cluster[..., None]  # (B, m, V)
-        return torch.where(is_coarse[None], coarse_ok[None], fine_ok.to(tokens.device))
+        fine_ok = torch.zeros(
+            (tokens.shape[0], step.numel(), self.vocab_size), dtype=torch.bool, device=tokens.device
+        )  # (B, m, V + C)
+        fine_ok[..., :V] = fine_to_coarse[None, None, :] == cluster[..., None]
+        return torch.where(is_coarse[None], coarse_ok[None], fine_ok)
 
 
 def masked_log_probs(logits: Tensor, allowed: Tensor | None) -> Tensor:
