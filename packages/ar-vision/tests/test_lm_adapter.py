@@ -11,7 +11,7 @@ from ar_core.generation import GenerationConfig
 from ar_core.ordering import Raster
 from ar_core.steps import plan_slots
 from ar_vision.lm_adapter import CausalLMAdapter, generate_tokens
-from ar_vision.model import build_step_model
+from ar_vision.model import ClassConditionalStepModel, build_step_model
 from ar_vision.orderings import NextScale
 from ar_vision.sampling import generate_images
 
@@ -19,7 +19,7 @@ V, C = 8, 10
 PLAN = Raster().plan((4, 4))
 
 
-def _model() -> torch.nn.Module:
+def _model() -> ClassConditionalStepModel:
     return build_step_model(vocab_size=V, num_classes=C, num_positions=16, seed=2).eval()
 
 

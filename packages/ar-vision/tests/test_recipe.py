@@ -14,8 +14,8 @@ from ar_vision.recipe import VisionDigitsConfig, recipe
 
 def test_registered_and_follows_the_recipe_protocol() -> None:
     assert registry.recipes.get("vision-digits") is recipe
-    assert isinstance(recipe, Recipe)
     assert recipe.in_demo
+    assert isinstance(recipe, Recipe)
     assert isinstance(recipe.demo_config(), VisionDigitsConfig)
     for name in ("pixel", "vqvae", "msrvq", "nfig", "ctf"):  # the other engineer's, via us
         assert registry.tokenizers.provider(name) == "vision"
