@@ -171,3 +171,33 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def fit_autoencoder(
+    tokenizer: Any,
+    images: Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    progress: Progress | None,
+) -> dict[str, float]:
+    """The training loop shared by the VQ tokenizers: Adam on the encoder and decoder for
+    ``steps`` batches drawn by ``generator`` (the codebook learns by EMA inside
+    ``tokenizer.loss``); returns ``tokenizer.evaluate`` on (up to 2048 of) ``images``."""
+    check_fit_args(images, tokenizer.image_size, steps, batch_size, lr)
+    params = [*tokenizer.encoder.parameters(), *tokenizer.decoder.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+    tokenizer.train()
+    for step in range(steps):
+        batch = images[batch_indices(images.shape[0], batch_size, generator)]
+        loss, info = tokenizer.loss(batch, generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress is not None and (step % 50 == 0 or step == steps - 1):
+            progress(step, {"loss": loss.item(), **info})
+    tokenizer.eval()
+    result: dict[str, float] = tokenizer.evaluate(images[:2048])
+    return result

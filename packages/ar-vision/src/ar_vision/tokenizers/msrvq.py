@@ -39,11 +39,10 @@ from torch import Tensor, nn
 from ar_core.errors import InputError
 from ar_vision.tokenizers.base import (
     Progress,
-    batch_indices,
-    check_fit_args,
     check_images,
     check_scales,
     check_tokens,
+    fit_autoencoder,
     psnr,
     scale_offsets,
     seeded,
@@ -206,19 +205,15 @@ class MultiScaleRVQ(nn.Module):
     ) -> dict[str, float]:
         """Train with Adam for ``steps`` batches drawn from ``images`` by ``generator``;
         returns the reconstruction metrics on (up to 2048 of) ``images``."""
-        check_fit_args(images, self.image_size, steps, batch_size, lr)
-        opt = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=lr)
-        self.train()
-        for step in range(steps):
-            batch = images[batch_indices(images.shape[0], batch_size, generator)]
-            loss, info = self.loss(batch, generator)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if progress is not None and (step % 50 == 0 or step == steps - 1):
-                progress(step, {"loss": loss.item(), **info})
-        self.eval()
-        return self.evaluate(images[:2048])
+        return fit_autoencoder(
+            self,
+            images,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            generator=generator,
+            progress=progress,
+        )
 
     @torch.no_grad()
     def evaluate(self, images: Tensor) -> dict[str, float]:
