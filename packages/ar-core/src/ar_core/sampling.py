@@ -98,7 +98,9 @@ class TopP:
         if self.p >= 1.0:
             return logits
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
-        probs = torch.softmax(sorted_logits.float(), dim=-1)
+        # at least float32 (float64 logits keep float64: p near 1 needs the precision)
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        probs = torch.softmax(sorted_logits.to(dtype), dim=-1)
         mass_before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
         remove_sorted = mass_before >= self.p  # the set is complete before this token
         remove = torch.zeros_like(remove_sorted).scatter_(-1, order, remove_sorted)
