@@ -255,9 +255,13 @@ class HFCausalLM(nn.Module):
         ``j < q_offset[b] + T`` and ``mask`` allows (q_offset[b] + i, j)."""
         spec = self._causal if mask is None else mask
         B, device = q_offset.shape[0], q_offset.device
-        allowed = spec.to_dense(T, S, q_offset=q_offset, batch_size=B, device=device)  # (B, T, S)
-        slots = torch.arange(S, device=device)[None, None, :]  # (1, 1, S)
+        # keys past the longest row are never visible: build the dense mask up to there
+        # only (masks with a fixed length, e.g. tree, are defined up to that point)
+        K = int((q_offset + T).max())
+        allowed = spec.to_dense(T, K, q_offset=q_offset, batch_size=B, device=device)  # (B, T, K)
+        slots = torch.arange(K, device=device)[None, None, :]  # (1, 1, K)
         allowed = allowed & (slots < (q_offset + T)[:, None, None])
+        allowed = torch.nn.functional.pad(allowed, (0, S - K), value=False)  # (B, T, S)
         blocked = torch.finfo(self.dtype).min
         zero = torch.zeros((), dtype=self.dtype, device=device)
         return torch.where(allowed, zero, blocked)[:, None]  # (B, 1, T, S)

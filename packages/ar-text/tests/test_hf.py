@@ -1,0 +1,291 @@
+"""Tests of ``ar_text.hf``: the Hugging Face adapter against HF's own forward and generate.
+
+Tiny random GPT-2, Llama and Qwen2 models are built from configs (no downloads). The
+references are HF itself: ``model(ids).logits`` (uncached, no adapter) and
+``model.generate(ids, do_sample=False)``; every lossless ar strategy must reproduce
+the greedy output exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from ar_core import masks
+from ar_core.errors import ConfigError, InputError
+from ar_core.generation import GenerationConfig, generate
+from ar_text import from_hf
+
+transformers = pytest.importorskip("transformers")
+
+V = 97  # a vocabulary unlike any default, so a wrong vocab_size shows
+
+
+def _gpt2(layers: int = 2) -> Any:
+    cfg = transformers.GPT2Config(
+        vocab_size=V, n_positions=128, n_embd=32, n_layer=layers, n_head=4, bos_token_id=0
+    )
+    cfg.eos_token_id = None
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def _llama(layers: int = 2) -> Any:
+    cfg = transformers.LlamaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def _qwen2(layers: int = 2) -> Any:
+    cfg = transformers.Qwen2Config(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    return transformers.Qwen2ForCausalLM(cfg)
+
+
+BUILDERS: dict[str, Callable[..., Any]] = {"gpt2": _gpt2, "llama": _llama, "qwen2": _qwen2}
+
+
+def _build(name: str, layers: int = 2, seed: int = 0) -> Any:
+    torch.manual_seed(seed)
+    model = BUILDERS[name](layers).eval()
+    model.generation_config.eos_token_id = None  # random weights: never stop early
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+@pytest.fixture(params=sorted(BUILDERS))
+def hf_model(request: pytest.FixtureRequest) -> Any:
+    return _build(request.param)
+
+
+def _prompts(batch: int = 2, length: int = 7, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, V, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _hf_greedy(model: Any, ids: torch.Tensor, n: int = 16) -> torch.Tensor:
+    with torch.no_grad():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n
+        )
+    return out
+
+
+GREEDY = GenerationConfig(max_new_tokens=16)
+
+
+def test_protocol_attributes(hf_model: Any) -> None:
+    model = from_hf(hf_model)
+    assert model.vocab_size == V
+    assert model.max_seq_len == 128
+    assert model.device == torch.device("cpu")
+    cache = model.new_cache(3, 20)
+    assert cache.lengths.tolist() == [0, 0, 0] and cache.max_len == 20
+
+
+def test_greedy_equals_hf_generate(hf_model: Any) -> None:
+    ids = _prompts()
+    out = generate(from_hf(hf_model), ids, GREEDY)
+    assert torch.equal(out.sequences, _hf_greedy(hf_model, ids))
+
+
+def test_uncached_logits_equal_hf_forward(hf_model: Any) -> None:
+    ids = _prompts(length=9)
+    with torch.no_grad():
+        ref = hf_model(ids).logits
+        got = from_hf(hf_model)(ids).logits
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_logits_equal_uncached(hf_model: Any) -> None:
+    """Prefill 5, then 1, then 3 tokens through the cache == one uncached forward."""
+    model = from_hf(hf_model)
+    ids = _prompts(length=9)
+    cache = model.new_cache(2, 16)
+    with torch.no_grad():
+        ref = hf_model(ids).logits  # (B, 9, V)
+        parts = [model(ids[:, a:b], cache=cache).logits for a, b in ((0, 5), (5, 6), (6, 9))]
+    torch.testing.assert_close(torch.cat(parts, 1), ref, rtol=1e-5, atol=1e-5)
+    assert cache.lengths.tolist() == [9, 9]
+
+
+def test_crop_then_reappend_equals_fresh(hf_model: Any) -> None:
+    """Write 6 junk tokens, crop back to 4, append the true suffix: same as never writing junk."""
+    model = from_hf(hf_model)
+    ids = _prompts(length=8)
+    junk = _prompts(length=6, seed=7)
+    cache = model.new_cache(2, 16)
+    with torch.no_grad():
+        ref = hf_model(ids).logits[:, 4:]
+        model(ids[:, :4], cache=cache)
+        model(junk, cache=cache)
+        cache.crop(4)
+        got = model(ids[:, 4:], cache=cache).logits
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_pending_entries_are_overwritten(hf_model: Any) -> None:
+    model = from_hf(hf_model)
+    ids = _prompts(length=6)
+    cache = model.new_cache(2, 16)
+    with torch.no_grad():
+        ref = hf_model(ids).logits[:, 3:]
+        model(ids[:, :3], cache=cache)
+        model(_prompts(length=3, seed=9), cache=cache, commit=False)
+        assert cache.lengths.tolist() == [3, 3]
+        got = model(ids[:, 3:], cache=cache).logits
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_ragged_rows_see_only_their_own_context() -> None:
+    """Per-row crop: row 0 keeps 3 entries, row 1 keeps 5; each equals its own fresh run."""
+    hf_model = _build("llama")
+    model = from_hf(hf_model)
+    ids = _prompts(length=7)
+    cache = model.new_cache(2, 16)
+    with torch.no_grad():
+        model(ids, cache=cache)
+        cache.crop(torch.tensor([3, 5]))
+        nxt = _prompts(length=2, seed=3)
+        got = model(nxt, cache=cache).logits  # (2, 2, V)
+        for b, keep in enumerate((3, 5)):
+            full = torch.cat([ids[b : b + 1, :keep], nxt[b : b + 1]], 1)
+            ref = hf_model(full).logits[:, keep:]
+            torch.testing.assert_close(got[b : b + 1], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_ragged_prompts_equal_per_row_greedy() -> None:
+    hf_model = _build("qwen2")
+    ids = _prompts(length=8)
+    lengths = torch.tensor([5, 8])
+    out = generate(from_hf(hf_model), ids, GREEDY, prompt_lengths=lengths)
+    for b in range(2):
+        ref = _hf_greedy(hf_model, ids[b : b + 1, : int(lengths[b])])
+        assert torch.equal(out.sequences[b, : ref.shape[1]], ref[0])
+
+
+def test_tree_mask_matches_dense_reference() -> None:
+    """A tree mask over two branches: each branch's logits equal the chain run alone."""
+    hf_model = _build("gpt2")
+    model = from_hf(hf_model)
+    ids = _prompts(batch=1, length=4)
+    a, b = torch.tensor([[11, 12]]), torch.tensor([[21, 22]])
+    cache = model.new_cache(1, 16)
+    with torch.no_grad():
+        model(ids, cache=cache)
+        start = cache.lengths.clone()
+        tree = masks.tree([-1, 0, -1, 2], start)
+        positions = start[:, None] + torch.tensor([0, 1, 0, 1])
+        got = model(
+            torch.cat([a, b], 1), positions=positions, cache=cache, mask=tree, commit=False
+        ).logits
+        for i, branch in enumerate((a, b)):
+            ref = hf_model(torch.cat([ids, branch], 1)).logits[:, 4:]
+            torch.testing.assert_close(got[:, 2 * i : 2 * i + 2], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "kwargs"),
+    [
+        ("prompt-lookup", {"do_sample": False}),
+        ("jacobi", {}),
+        ("lookahead", {}),
+    ],
+)
+def test_lossless_strategies_equal_greedy(hf_model: Any, strategy: str, kwargs: Any) -> None:
+    pytest.importorskip("ar_decoding")
+    ids = _prompts()
+    out = generate(from_hf(hf_model), ids, GREEDY, strategy=strategy, **kwargs)
+    assert torch.equal(out.sequences, _hf_greedy(hf_model, ids))
+
+
+def test_speculative_with_self_draft_accepts_everything(hf_model: Any) -> None:
+    pytest.importorskip("ar_decoding")
+    model = from_hf(hf_model)
+    ids = _prompts(batch=1)
+    out = generate(model, ids, GREEDY, strategy="speculative", draft_model=model, do_sample=False)
+    assert torch.equal(out.sequences, _hf_greedy(hf_model, ids))
+    k = 4
+    # every step but the last (capped by the remaining tokens) accepts all k drafts + 1
+    assert out.stats.accepted_lengths[1:-1] == [k + 1] * (len(out.stats.accepted_lengths) - 2)
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_speculative_with_small_hf_draft_equals_greedy(family: str) -> None:
+    pytest.importorskip("ar_decoding")
+    target = _build(family)
+    draft = from_hf(_build(family, layers=1, seed=5))  # same vocabulary, other weights
+    ids = _prompts()
+    out = generate(
+        from_hf(target), ids, GREEDY, strategy="speculative", draft_model=draft, do_sample=False
+    )
+    assert torch.equal(out.sequences, _hf_greedy(target, ids))
+
+
+# -- bad inputs ---------------------------------------------------------------------------
+
+
+def test_from_hf_rejects_non_models() -> None:
+    with pytest.raises(InputError, match="PreTrainedModel"):
+        from_hf(torch.nn.Linear(2, 2))
+
+
+def test_from_hf_rejects_unmaskable_attention() -> None:
+    hf_model = _build("llama")
+    hf_model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ConfigError, match="sdpa"):
+        from_hf(hf_model)
+
+
+def test_from_hf_rejects_sliding_window_layers() -> None:
+    cfg = transformers.Qwen2Config(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=8,
+        max_window_layers=0,
+    )
+    with pytest.raises(ConfigError, match="sliding_attention"):
+        from_hf(transformers.Qwen2ForCausalLM(cfg))
+
+
+def test_bad_forward_inputs_raise_clear_errors() -> None:
+    model = from_hf(_build("gpt2"))
+    with pytest.raises(InputError, match=r"\(B, T\)"):
+        model(torch.tensor([1, 2, 3]))
+    with pytest.raises(InputError, match="long"):
+        model(torch.ones(1, 3, dtype=torch.int32))
+    with pytest.raises(InputError, match="out of range"):
+        model(torch.tensor([[1, V]]))
+    with pytest.raises(InputError, match="batch size"):
+        model(torch.ones(2, 3, dtype=torch.long), cache=model.new_cache(1, 8))
+    with pytest.raises(InputError, match="max_len"):
+        model(torch.ones(1, 9, dtype=torch.long), cache=model.new_cache(1, 8))
+    with pytest.raises(InputError, match="max_seq_len"):
+        model.new_cache(1, 129)
+    with pytest.raises(InputError, match="positions"):
+        model(torch.ones(1, 3, dtype=torch.long), positions=torch.arange(4))
+    with pytest.raises(InputError, match="MaskSpec"):
+        model(torch.ones(1, 3, dtype=torch.long), mask=torch.ones(3, 3))  # type: ignore[arg-type]
+    other = from_hf(_build("llama"))
+    with pytest.raises(InputError, match="new_cache"):
+        model(torch.ones(1, 3, dtype=torch.long), cache=other.new_cache(1, 8))
