@@ -174,3 +174,13 @@ def test_text_spelling_a_special_token_stays_text(kind: str, bpe: BPETokenizer) 
     ids = tok.encode("<|bos|>x")
     assert tok.token_id("<|bos|>") not in ids
     assert tok.decode(ids) == "<|bos|>x"
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_token_bytes_count_the_text(kind: str, bpe: BPETokenizer) -> None:
+    tok = ByteTokenizer() if kind == "byte" else bpe
+    sizes = tok.token_bytes()
+    assert len(sizes) == tok.vocab_size
+    assert sizes[tok.token_id("<|bos|>")] == 0
+    for text in [*CODE[:4], "ünïcode 🎉 日本語"]:
+        assert sum(sizes[i] for i in tok.encode(text)) == len(text.encode("utf-8"))

@@ -1,3 +1,21 @@
 """ar-text's plugin: registers its tokenizers and recipes."""
 
 from __future__ import annotations
+
+from ar_core.hookspecs import Register, hookimpl
+
+
+@hookimpl
+def register_tokenizers(register: Register) -> None:
+    from ar_text.tokenizers import BPETokenizer, ByteTokenizer
+
+    register("byte", ByteTokenizer)
+    register("bpe", BPETokenizer)
+
+
+@hookimpl
+def register_recipes(register: Register) -> None:
+    from ar_text.recipes import text_chars, text_code  # imports torch: only when recipes load
+
+    register("text-code", text_code)
+    register("text-chars", text_chars)

@@ -44,6 +44,8 @@ class Tokenizer(Protocol):
 
     def token_id(self, token: str) -> int: ...
 
+    def token_bytes(self) -> list[int]: ...
+
     def save(self, folder: str | Path) -> Path: ...
 
 
@@ -115,6 +117,10 @@ class ByteTokenizer:
         if not isinstance(text, str):
             raise InputError(f"encode expects a str, got {type(text).__name__}")
         return list(text.encode("utf-8", errors="surrogatepass"))
+
+    def token_bytes(self) -> list[int]:
+        """Bytes of text each id stands for: 1 for a byte, 0 for a special token."""
+        return [1] * N_BYTES + [0] * len(self.special_tokens)
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
         checked = _check_ids(ids, self.vocab_size)
@@ -235,6 +241,14 @@ class BPETokenizer:
         if not isinstance(text, str):
             raise InputError(f"encode expects a str, got {type(text).__name__}")
         return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def token_bytes(self) -> list[int]:
+        """Bytes of text each id stands for (0 for a special token)."""
+        # byte-level BPE spells each byte as one character of its 256-character alphabet
+        specials = set(self._special_ids.values())
+        return [
+            0 if i in specials else len(self._tok.id_to_token(i)) for i in range(self.vocab_size)
+        ]
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = True) -> str:
         checked = _check_ids(ids, self.vocab_size)
