@@ -237,6 +237,42 @@ def test_speculative_with_small_hf_draft_equals_greedy(family: str) -> None:
     assert torch.equal(out.sequences, _hf_greedy(target, ids))
 
 
+def test_tree_speculative_equals_greedy() -> None:
+    """Tree verification goes through the tree MaskSpec and the cache's k/v copies."""
+    pytest.importorskip("ar_decoding")
+    target = _build("llama")
+    draft = from_hf(_build("llama", layers=1, seed=5))
+    ids = _prompts()
+    out = generate(
+        from_hf(target),
+        ids,
+        GREEDY,
+        strategy="tree-speculative",
+        draft_model=draft,
+        do_sample=False,
+    )
+    assert torch.equal(out.sequences, _hf_greedy(target, ids))
+
+
+def test_beam_search_equals_hf_beam_search() -> None:
+    pytest.importorskip("ar_decoding")
+    hf_model = _build("gpt2")
+    ids = _prompts()
+    with torch.no_grad():
+        ref = hf_model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            num_beams=4,
+            do_sample=False,
+            max_new_tokens=12,
+            length_penalty=1.0,
+            early_stopping=True,
+        )
+    cfg = GenerationConfig(max_new_tokens=12)
+    out = generate(from_hf(hf_model), ids, cfg, strategy="beam", num_beams=4)
+    assert torch.equal(out.sequences, ref)
+
+
 # -- bad inputs ---------------------------------------------------------------------------
 
 
