@@ -103,3 +103,19 @@ def test_bpe_tokenizer_option(tmp_path: Path) -> None:
     result = text_code.run(config, tmp_path, lambda _: None)
     assert math.isfinite(result.metrics["bits_per_byte"])
     assert load_tokenizer(tmp_path / "tokenizer").vocab_size == 300
+
+
+def test_sample_tokens_must_fit_the_context() -> None:
+    with pytest.raises(ConfigError, match="sample_tokens"):
+        build_config(TextCodeConfig, None, {"seq_len": 64, "sample_tokens": 63})
+
+
+def test_long_prompts_are_cut_to_fit(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_text("abc def ghi\n" * 300)
+    config = TextCharsConfig(  # type: ignore[arg-type]
+        path=path, **{**TINY, "steps": 2, "prompt_chars": 200, "sample_tokens": 30}
+    )
+    result = text_chars.run(config, tmp_path / "run", lambda _: None)
+    assert len(result.samples) == 2
+    assert result.metrics["held_out_loss"] > 0

@@ -74,6 +74,15 @@ class TextLMConfig(pydantic.BaseModel):
     # a model this small runs fastest on one thread (more threads only contend); 0 = torch's
     threads: int = pydantic.Field(1, ge=0)
 
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> TextLMConfig:
+        if self.sample_tokens > self.seq_len - 2:
+            raise ValueError(
+                f"sample_tokens ({self.sample_tokens}) must leave room for a prompt in the "
+                f"model's context seq_len ({self.seq_len}): at most seq_len - 2"
+            )
+        return self
+
 
 class TextCodeConfig(TextLMConfig):
     """``text-code``: the standard library's ``*.py`` sources."""
@@ -104,7 +113,8 @@ def encode_docs(tokenizer: ByteTokenizer | BPETokenizer, docs: list[str]) -> lis
 
 
 def eval_docs(docs: list[str], max_bytes: int) -> list[str]:
-    """Whole held-out documents in order while they fit in ``max_bytes`` (else the smallest)."""
+    """Whole held-out documents in order while they fit in ``max_bytes`` (else the start of
+    the smallest one)."""
     out: list[str] = []
     used = 0
     for d in docs:
@@ -112,7 +122,10 @@ def eval_docs(docs: list[str], max_bytes: int) -> list[str]:
         if used + size <= max_bytes:
             out.append(d)
             used += size
-    return out or [min(docs, key=len)]
+    if out:
+        return out
+    smallest = min(docs, key=len).encode("utf-8", errors="surrogatepass")
+    return [smallest[:max_bytes].decode("utf-8", errors="ignore")]  # one long document: cut it
 
 
 @torch.no_grad()
@@ -270,7 +283,7 @@ def train_and_report(
                 ["metric", "value"],
                 rows,
                 note=(
-                    f"held-out documents: {len(held)} (split by file, never trained on); "
+                    f"held-out documents: {len(held)} (never trained on); "
                     f"samples: temperature {config.temperature}, top_k {config.top_k}, "
                     f"batch {len(prompts)}, KV cache"
                 ),
@@ -360,7 +373,15 @@ class TextCharsRecipe:
 
     def demo_config(self) -> TextCharsConfig:
         # small settings; the file still comes from --set path=FILE
-        return TextCharsConfig(seq_len=128, steps=300, dim=96, n_layers=2, eval_bytes=30_000)
+        return TextCharsConfig(
+            seq_len=128,
+            steps=300,
+            dim=96,
+            n_layers=2,
+            eval_bytes=30_000,
+            prompt_chars=64,
+            sample_tokens=64,
+        )
 
     def run(self, config: pydantic.BaseModel, out_dir: Path, progress: Progress) -> RecipeResult:
         assert isinstance(config, TextCharsConfig)
