@@ -58,5 +58,7 @@ def test_html_report_has_tables_and_images(tmp_path: Path):
     text = index.read_text()
     assert "<caption>accuracy</caption>" in text and "<td>raster</td>" in text
     assert "&lt;b&gt;not html&lt;/b&gt;" in text
-    assert (tmp_path / "out" / "img" / "0-pic.png").is_file()
+    assert (tmp_path / "out" / "img" / "0-pic.png").is_file()  # copied next to the page
     assert (tmp_path / "out" / "img" / "curves-0.png").is_file()
+    assert "src='img/curves-0.png'" in text  # made in place, referenced, not copied again
+    assert not (tmp_path / "out" / "img" / "0-curves-0.png").exists()

@@ -117,8 +117,10 @@ def write_html(
         images = list(result.images) + ([("training curves", curve)] if curve else [])
         for caption, path in images:
             path = Path(path)
-            rel = Path("img") / f"{i}-{path.name}"
-            if path.resolve() != (out_dir / rel).resolve():
+            if path.resolve().is_relative_to(out_dir.resolve()):  # already in the report
+                rel = path.resolve().relative_to(out_dir.resolve())
+            else:
+                rel = Path("img") / f"{i}-{path.name}"
                 (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, out_dir / rel)
             parts.append(
