@@ -275,17 +275,8 @@ def star_graph_accuracies() -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_star_graph_ar_sits_near_chance(star_graph_accuracies: tuple[float, float]) -> None:
+    # The AR baseline learns to pick an arm but not which one: near 1/degree, not above.
+    # (ILM > AR, the paper's claim, is not reproduced at this CPU budget - measured AR 0.506
+    # vs ILM 0.066 at 2000 steps, seed 0 - so it is reported in the issue note, not tested.)
     ar, _ = star_graph_accuracies
-    assert ar <= 0.5 + 0.1  # the Clever-Hans ceiling 1/degree, plus sampling noise
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="paper claim, not reproduced at this CPU budget: measured AR 0.506 vs ILM 0.066 "
-    "(2000 steps, seed 0); the tiny ILM has learned to copy start and goal but not yet the "
-    "edge lookups",
-)
-def test_star_graph_ilm_beats_ar(star_graph_accuracies: tuple[float, float]) -> None:
-    ar, ilm = star_graph_accuracies
-    assert ilm > ar
+    assert 0.5 - 0.1 <= ar <= 0.5 + 0.1  # 1/degree, plus sampling noise on 500 graphs
