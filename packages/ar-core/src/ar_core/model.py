@@ -410,69 +410,21 @@ class Transformer(nn.Module):
         query_embeds: Tensor | None,
     ) -> None:
         """Every check runs before any compute; messages carry the offending numbers."""
-        if not isinstance(tokens, Tensor) or tokens.ndim != 2:
-            shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
-            raise InputError(
-                f"tokens must be a (B, T) tensor of token ids, got shape {shape}; add a batch "
-                f"dimension with tokens[None] for a single sequence"
-            )
-        if tokens.dtype != torch.long:
-            raise InputError(
-                f"tokens must be long (int64), got dtype {tokens.dtype}; use tokens.long()"
-            )
+        check_model_inputs(
+            tokens,
+            positions,
+            cache,
+            mask,
+            vocab_size=self.vocab_size,
+            max_seq_len=self.max_seq_len,
+            check_ids=query_embeds is None,
+        )
         B, T = tokens.shape
-        if B == 0 or T == 0:
-            raise InputError(f"tokens must be non-empty, got shape {(B, T)}")
-        if query_embeds is None:
-            lo, hi = int(tokens.min()), int(tokens.max())
-            if lo < 0 or hi >= self.vocab_size:
-                bad = lo if lo < 0 else hi
-                b, t = (tokens == bad).nonzero()[0].tolist()
-                raise InputError(
-                    f"token id {bad} at (row {b}, position {t}) is out of range: ids must be in "
-                    f"[0, {self.vocab_size}) for vocab_size={self.vocab_size}"
-                )
-        elif query_embeds.shape != (B, T, self.cfg.dim):
+        if query_embeds is not None and query_embeds.shape != (B, T, self.cfg.dim):
             raise InputError(
                 f"query_embeds must have shape (B, T, dim) = {(B, T, self.cfg.dim)}, got "
                 f"{tuple(query_embeds.shape)}"
             )
-        if mask is not None and not isinstance(mask, masks.MaskSpec):
-            raise InputError(f"mask must be an ar_core.masks.MaskSpec, got {type(mask).__name__}")
-        limit, past = self.max_seq_len, 0
-        if cache is not None:
-            if cache.batch_size != B:
-                raise InputError(
-                    f"the cache holds {cache.batch_size} rows but tokens have batch size {B}; "
-                    f"create it with model.new_cache({B})"
-                )
-            past = cache.max_length()
-            if past + T > cache.max_len:
-                past = int(cache.lengths.max())  # the host bound may be stale after a crop
-            limit = min(limit, cache.max_len)
-        if past + T > limit:
-            what = "max_seq_len" if limit == self.max_seq_len else "the cache's max_len"
-            raise InputError(
-                f"sequence too long: {past} cached + {T} new = {past + T} positions exceed "
-                f"{what}={limit}; shorten the input or raise {what}"
-            )
-        if positions is not None:
-            if positions.dtype != torch.long:
-                raise InputError(
-                    f"positions must be long (int64), got dtype {positions.dtype}; use "
-                    f"positions.long()"
-                )
-            if positions.shape not in ((T,), (B, T)):
-                raise InputError(
-                    f"positions must have shape (T,) = ({T},) or (B, T) = {(B, T)}, got "
-                    f"{tuple(positions.shape)}"
-                )
-            lo, hi = int(positions.min()), int(positions.max())
-            if lo < 0 or hi >= self.max_seq_len:
-                raise InputError(
-                    f"position {lo if lo < 0 else hi} is out of range: positions must be in "
-                    f"[0, {self.max_seq_len}) for max_seq_len={self.max_seq_len}"
-                )
 
     # -- persistence ------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> Path:
@@ -510,3 +462,77 @@ def build_transformer(**config: Any) -> Transformer:
         else TransformerConfig(**config)
     )
     return Transformer(cfg)
+
+
+def check_model_inputs(
+    tokens: Tensor,
+    positions: Tensor | None,
+    cache: StaticKVCache | None,
+    mask: masks.MaskSpec | None,
+    *,
+    vocab_size: int,
+    max_seq_len: int,
+    check_ids: bool = True,
+) -> None:
+    """The input checks of the model protocol, shared by every model that follows it
+    (``Transformer``, ar-text's Hugging Face adapter). Each runs before any compute and
+    names the offending numbers: tokens (B, T) int64 in ``[0, vocab_size)``; positions
+    (T,) or (B, T) int64 in ``[0, max_seq_len)``; a MaskSpec; a cache with B rows and room
+    for T more entries within ``max_seq_len`` and its own ``max_len``."""
+    if not isinstance(tokens, Tensor) or tokens.ndim != 2:
+        shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise InputError(
+            f"tokens must be a (B, T) tensor of token ids, got shape {shape}; add a batch "
+            f"dimension with tokens[None] for a single sequence"
+        )
+    if tokens.dtype != torch.long:
+        raise InputError(
+            f"tokens must be long (int64), got dtype {tokens.dtype}; use tokens.long()"
+        )
+    B, T = tokens.shape
+    if B == 0 or T == 0:
+        raise InputError(f"tokens must be non-empty, got shape {(B, T)}")
+    if check_ids:
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            b, t = (tokens == bad).nonzero()[0].tolist()
+            raise InputError(
+                f"token id {bad} at (row {b}, position {t}) is out of range: ids must be in "
+                f"[0, {vocab_size}) for vocab_size={vocab_size}"
+            )
+    if mask is not None and not isinstance(mask, masks.MaskSpec):
+        raise InputError(f"mask must be an ar_core.masks.MaskSpec, got {type(mask).__name__}")
+    limit, past = max_seq_len, 0
+    if cache is not None:
+        if cache.batch_size != B:
+            raise InputError(
+                f"the cache holds {cache.batch_size} rows but tokens have batch size {B}; "
+                f"create it with model.new_cache({B})"
+            )
+        past = cache.max_length()
+        if past + T > cache.max_len:
+            past = int(cache.lengths.max())  # the host bound may be stale after a crop
+        limit = min(limit, cache.max_len)
+    if past + T > limit:
+        what = "max_seq_len" if limit == max_seq_len else "the cache's max_len"
+        raise InputError(
+            f"sequence too long: {past} cached + {T} new = {past + T} positions exceed "
+            f"{what}={limit}; shorten the input or raise {what}"
+        )
+    if positions is not None:
+        if positions.dtype != torch.long:
+            raise InputError(
+                f"positions must be long (int64), got dtype {positions.dtype}; use positions.long()"
+            )
+        if positions.shape not in ((T,), (B, T)):
+            raise InputError(
+                f"positions must have shape (T,) = ({T},) or (B, T) = {(B, T)}, got "
+                f"{tuple(positions.shape)}"
+            )
+        lo, hi = int(positions.min()), int(positions.max())
+        if lo < 0 or hi >= max_seq_len:
+            raise InputError(
+                f"position {lo if lo < 0 else hi} is out of range: positions must be in "
+                f"[0, {max_seq_len}) for max_seq_len={max_seq_len}"
+            )

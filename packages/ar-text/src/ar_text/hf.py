@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from ar_core import masks
 from ar_core.cache import StaticKVCache
 from ar_core.errors import ConfigError, InputError
-from ar_core.model import ModelOutput
+from ar_core.model import ModelOutput, check_model_inputs
 
 __all__ = ["HFCausalLM", "from_hf"]
 
@@ -274,28 +274,6 @@ class HFCausalLM(nn.Module):
         mask: masks.MaskSpec | None,
     ) -> None:
         """Every check runs before any compute; messages carry the offending numbers."""
-        if not isinstance(tokens, Tensor) or tokens.ndim != 2:
-            shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
-            raise InputError(
-                f"tokens must be a (B, T) tensor of token ids, got shape {shape}; add a batch "
-                f"dimension with tokens[None] for a single sequence"
-            )
-        if tokens.dtype != torch.long:
-            raise InputError(
-                f"tokens must be long (int64), got dtype {tokens.dtype}; use tokens.long()"
-            )
-        B, T = tokens.shape
-        if B == 0 or T == 0:
-            raise InputError(f"tokens must be non-empty, got shape {(B, T)}")
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= self.vocab_size:
-            raise InputError(
-                f"token id {lo if lo < 0 else hi} is out of range: ids must be in "
-                f"[0, {self.vocab_size}) for vocab_size={self.vocab_size}"
-            )
-        if mask is not None and not isinstance(mask, masks.MaskSpec):
-            raise InputError(f"mask must be an ar_core.masks.MaskSpec, got {type(mask).__name__}")
-        limit, past = self.max_seq_len, 0
         if cache is not None:
             if not isinstance(cache, StaticKVCache):
                 raise InputError(
@@ -308,30 +286,6 @@ class HFCausalLM(nn.Module):
                     f"the cache holds (layers, kv heads, head dim) = {shape} but the model needs "
                     f"{(self.n_layers, self.n_kv_heads, self.head_dim)}; use model.new_cache(...)"
                 )
-            if cache.batch_size != B:
-                raise InputError(
-                    f"the cache holds {cache.batch_size} rows but tokens have batch size {B}; "
-                    f"create it with model.new_cache({B})"
-                )
-            past = int(cache.lengths.max())
-            limit = min(limit, cache.max_len)
-        if past + T > limit:
-            what = "max_seq_len" if limit == self.max_seq_len else "the cache's max_len"
-            raise InputError(
-                f"sequence too long: {past} cached + {T} new = {past + T} positions exceed "
-                f"{what}={limit}; shorten the input or raise {what}"
-            )
-        if positions is not None:
-            if positions.dtype != torch.long:
-                raise InputError(f"positions must be long (int64), got dtype {positions.dtype}")
-            if positions.shape not in ((T,), (B, T)):
-                raise InputError(
-                    f"positions must have shape (T,) = ({T},) or (B, T) = {(B, T)}, got "
-                    f"{tuple(positions.shape)}"
-                )
-            lo, hi = int(positions.min()), int(positions.max())
-            if lo < 0 or hi >= self.max_seq_len:
-                raise InputError(
-                    f"position {lo if lo < 0 else hi} is out of range: positions must be in "
-                    f"[0, {self.max_seq_len}) for max_seq_len={self.max_seq_len}"
-                )
+        check_model_inputs(
+            tokens, positions, cache, mask, vocab_size=self.vocab_size, max_seq_len=self.max_seq_len
+        )
