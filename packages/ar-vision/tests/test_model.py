@@ -122,3 +122,10 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         for m in (model, loaded)
     )
     assert torch.equal(a.tokens, b.tokens)
+
+
+def test_corrupted_vision_file_is_refused(tmp_path: Path) -> None:
+    _model(21, seed=3).save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "vision.json").write_text("{not json")
+    with pytest.raises(ar_core.CheckpointError, match="vision.json is corrupted"):
+        ClassConditionalStepModel.from_pretrained(tmp_path / "m")

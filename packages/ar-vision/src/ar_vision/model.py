@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ar_core.cache import StaticKVCache
 from ar_core.errors import CheckpointError, ConfigError, InputError
 from ar_core.model import Transformer, TransformerConfig
+from ar_core.recipes import atomic_write_text
 from ar_core.steps import TwoStreamStepModel, query_stream_loss
 
 VISION_FILE = "vision.json"
@@ -152,7 +153,7 @@ class ClassConditionalStepModel(nn.Module):
         """The two-stream model's files plus ``vision.json`` (vocabulary and classes)."""
         path = self.step_model.save_pretrained(path)
         meta = {"vocab_size": self.vocab_size, "num_classes": self.num_classes}
-        (path / VISION_FILE).write_text(json.dumps(meta))
+        atomic_write_text(path / VISION_FILE, json.dumps(meta))
         return path
 
     @classmethod
@@ -166,9 +167,13 @@ class ClassConditionalStepModel(nn.Module):
                 f"{file} is missing: {path} was not written by "
                 f"ClassConditionalStepModel.save_pretrained"
             )
-        meta = json.loads(file.read_text())
+        try:
+            meta = json.loads(file.read_text())
+            vocab_size, num_classes = int(meta["vocab_size"]), int(meta["num_classes"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{file} is corrupted ({exc}); save the model again") from None
         step_model = TwoStreamStepModel.from_pretrained(path, device=device)
-        return cls(step_model, int(meta["vocab_size"]), int(meta["num_classes"]))
+        return cls(step_model, vocab_size, num_classes)
 
 
 def drop_labels(labels: Tensor, null_class: int, p: float, generator: torch.Generator) -> Tensor:
