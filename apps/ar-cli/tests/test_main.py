@@ -62,3 +62,24 @@ def test_html_report_has_tables_and_images(tmp_path: Path):
     assert (tmp_path / "out" / "img" / "curves-0.png").is_file()
     assert "src='img/curves-0.png'" in text  # made in place, referenced, not copied again
     assert not (tmp_path / "out" / "img" / "0-curves-0.png").exists()
+
+
+def test_terminal_report_prints_brackets_verbatim():
+    """Recipe text is data, not rich markup: "[before]" or "[/x]" must print as written
+    (unescaped, rich drops the first and raises on the second)."""
+    from rich.console import Console
+
+    from ar_cli.report import print_result
+
+    console = Console(record=True, width=200)
+    result = RecipeResult(
+        title="[b]title[/b]",
+        summary="a [red]summary[/red]",
+        tables=[Table("[t]", ["[col]"], [["[cell]", 1.0]], note="[/note]")],
+        samples=["[before] x[0] = [/y]"],
+    )
+    print_result(console, result)
+    text = console.export_text()
+    for needle in ["[b]title[/b]", "a [red]summary[/red]", "[t]", "[col]", "[cell]", "[/note]"]:
+        assert needle in text, needle
+    assert "'[before] x[0] = [/y]'" in text

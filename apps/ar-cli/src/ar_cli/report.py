@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from ar_core.recipes import RecipeResult, Table, atomic_write_text
@@ -23,24 +24,25 @@ def fmt(value: Any) -> str:
 
 
 def print_table(console: Console, table: Table) -> None:
-    rt = RichTable(title=table.title, caption=table.note or None)
+    # every text a recipe returns is escaped: "[before]" in a sample is text, not rich markup
+    rt = RichTable(title=escape(table.title), caption=escape(table.note) or None)
     for col in table.columns:
-        rt.add_column(col)
+        rt.add_column(escape(col))
     for row in table.rows:
-        rt.add_row(*(fmt(v) for v in row))
+        rt.add_row(*(escape(fmt(v)) for v in row))
     console.print(rt)
 
 
 def print_result(console: Console, result: RecipeResult) -> None:
-    console.rule(result.title)
+    console.rule(escape(result.title))
     if result.summary:
-        console.print(result.summary)
+        console.print(escape(result.summary))
     for table in result.tables:
         print_table(console, table)
     for sample in result.samples[:4]:
-        console.print(f"[dim]sample:[/dim] {sample!r}")
+        console.print(f"[dim]sample:[/dim] {escape(repr(sample))}")
     for caption, path in result.images:
-        console.print(f"[dim]image:[/dim] {caption}: {path}")
+        console.print(f"[dim]image:[/dim] {escape(caption)}: {escape(str(path))}")
 
 
 def plot_curves(result: RecipeResult, path: Path) -> Path | None:
