@@ -137,3 +137,98 @@ def test_small_hyperfitting_experiment() -> None:
     print(dataclasses.asdict(report))  # TTR before / after is reported, not gated
     assert report.train_loss_after < 0.05
     assert report.entropy_after < report.entropy_before
+
+
+# -- the recipe `text-hyperfit` ------------------------------------------------------------------
+
+RECIPE_TINY = dict(
+    corpus_bytes=30_000,
+    seq_len=64,
+    dim=32,
+    n_layers=1,
+    n_heads=2,
+    pretrain_steps=10,
+    batch_size=8,
+    n_samples=8,
+    sample_tokens=64,
+    epochs=20,
+    context_tokens=16,
+    continuation_tokens=32,
+    ttr_window=32,
+    n_contexts=3,
+    held_out_rows=2,
+    block_k=4,
+    n_show=2,
+    progress_bar=False,
+)
+
+
+def test_count_copied_kgrams_by_hand() -> None:
+    from ar_text.recipes_hyperfit import count_copied_kgrams
+
+    rows = torch.tensor([[1, 2, 3, 4, 1, 2, 3], [9, 9, 1, 2, 3, 5, 5]])
+    kgrams: set[tuple[int, ...]] = {(1, 2, 3), (2, 3, 4)}
+    # prompt of 3: row 0 counts (2,3,4) at 3 and (1,2,3) at 6; row 1 counts (1,2,3) at 4
+    assert count_copied_kgrams(rows, 3, kgrams) == 3
+    assert count_copied_kgrams(rows, 0, kgrams) == 4  # row 0's first (1,2,3) ends at 2
+    assert count_copied_kgrams(rows, 0, set()) == 0
+
+
+def test_recipe_registered() -> None:
+    from ar_core import registry
+    from ar_text.recipes_hyperfit import recipe
+
+    assert registry.recipes.get("text-hyperfit") is recipe
+    assert not recipe.in_demo
+
+
+def test_recipe_end_to_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ar_core.errors import CheckpointError
+    from ar_core.recipes import write_recipe_file
+    from ar_text.recipes_hyperfit import (
+        SAMPLES_FILE,
+        HyperfitRecipeConfig,
+        count_copied_kgrams,
+        load_samples,
+        recipe,
+    )
+
+    torch.set_num_threads(1)
+    config = HyperfitRecipeConfig(**RECIPE_TINY)  # type: ignore[arg-type]
+    write_recipe_file(tmp_path, "text-hyperfit", config)
+    messages: list[str] = []
+    result = recipe.run(config, tmp_path, messages.append)
+    assert any("hyperfitting" in m for m in messages)
+
+    before_after, blocker = result.tables
+    loss_row, entropy_row = before_after.rows[0], before_after.rows[1]
+    assert loss_row[0].startswith("training loss") and loss_row[2] < loss_row[1]
+    assert loss_row[2] == result.metrics["train_loss_after"]
+    assert entropy_row[1:] == [result.metrics["entropy_before"], result.metrics["entropy_after"]]
+    # the blocker row copies nothing; the free row's count is recomputed by brute force
+    samples = load_samples(tmp_path / SAMPLES_FILE, config)
+    assert samples.shape == (8, 64)
+    assert blocker.rows[1][0] == "greedy + citation blocker" and blocker.rows[1][1] == 0
+    model = Transformer.from_pretrained(tmp_path / "model")
+    from ar_text.hyperfitting import experiment_data
+
+    _, _, contexts, _ = experiment_data(config)
+    out = generate(model, contexts, GenerationConfig(max_new_tokens=32, temperature=0))
+    kgrams = training_kgrams(samples.tolist(), 4)
+    assert blocker.rows[0][1] == count_copied_kgrams(out.sequences, 16, kgrams)
+    assert len(result.curves["pretraining loss"]) == 10
+    assert len(result.curves["hyperfitting loss"]) == math.ceil(20 * 8 / 8)
+    assert len(result.samples) == 2 * 3  # before, after, blocked for n_show contexts
+
+    again = recipe.sample(tmp_path, 2, lambda _: None)
+    assert len(again.samples) == 4 and again.tables[0].rows[1][1] == 0
+
+    # a corrupted or mismatched hyperfitting set is refused, not half-used
+    (tmp_path / SAMPLES_FILE).write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match="re-run ar train text-hyperfit"):
+        recipe.sample(tmp_path, 2, lambda _: None)
+    from ar_text.recipes_hyperfit import save_samples
+
+    save_samples(tmp_path / SAMPLES_FILE, samples[:, :10])
+    with pytest.raises(CheckpointError, match=r"shape \(8, 64\)"):
+        recipe.sample(tmp_path, 2, lambda _: None)

@@ -16,6 +16,8 @@ def register_tokenizers(register: Register) -> None:
 @hookimpl
 def register_recipes(register: Register) -> None:
     from ar_text.recipes import text_chars, text_code  # imports torch: only when recipes load
+    from ar_text.recipes_hyperfit import recipe as text_hyperfit
 
     register("text-code", text_code)
     register("text-chars", text_chars)
+    register("text-hyperfit", text_hyperfit)

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import pydantic
 import torch
@@ -83,6 +83,7 @@ class HyperfitConfig(pydantic.BaseModel):
     n_contexts: int = pydantic.Field(16, ge=1)  # held-out contexts continued greedily
     held_out_rows: int = pydantic.Field(16, ge=1)  # held-out rows for entropy / perplexity
     seed: int = 0
+    progress_bar: bool = False  # the Trainer's tqdm bars (pretraining, hyperfitting)
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> HyperfitConfig:
@@ -224,7 +225,7 @@ def pretrain(
         lr=config.pretrain_lr,
         warmup_steps=max(1, config.pretrain_steps // 20),
         seed=config.seed,
-        progress=False,
+        progress=config.progress_bar,
         device="cpu",
     )
     return Trainer(model, packed_lm_loss, PackedBatches(packed), train).train()
@@ -248,7 +249,14 @@ class RowBatches:
 
 
 def hyperfit(
-    model: Transformer, samples: Tensor, *, epochs: int, lr: float, batch_size: int, seed: int
+    model: Transformer,
+    samples: Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    progress: bool = False,
 ) -> list[float]:
     """Fine-tune on ``samples`` (N, T) for ``epochs`` passes (``epochs * N / batch_size``
     updates of rows drawn with replacement) at a constant ``lr``, no weight decay, no
@@ -262,7 +270,7 @@ def hyperfit(
         warmup_steps=0,
         min_lr_ratio=1.0,  # constant learning rate
         seed=seed,
-        progress=False,
+        progress=progress,
         device="cpu",
     )
     return Trainer(model, _row_lm_loss, RowBatches(samples), train).train()
@@ -293,6 +301,11 @@ class HyperfitReport:
     hyperfit_steps: int
     pretrain_seconds: float
     hyperfit_seconds: float
+    pretrain_losses: list[float] = field(default_factory=list)  # one per update
+    hyperfit_losses: list[float] = field(default_factory=list)
+    # greedy continuations (n_contexts, continuation_tokens) of the held-out contexts
+    continuations_before: list[list[int]] = field(default_factory=list)
+    continuations_after: list[list[int]] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -301,30 +314,46 @@ def _mean_row_loss(model: nn.Module, rows: Tensor) -> float:
     return float(_row_lm_loss(model, rows))
 
 
-def run_experiment(config: HyperfitConfig) -> tuple[HyperfitReport, Transformer, Tensor]:
-    """The whole pipeline on the stdlib corpus with bytes: pretrain, measure, hyperfit,
-    measure. Returns the report, the hyperfitted model and its training samples (N, T)."""
+def experiment_data(config: HyperfitConfig) -> tuple[Tensor, Tensor, Tensor, list[list[int]]]:
+    """The experiment's data, a pure function of ``config`` (and the installed stdlib):
+    (training samples (n_samples, sample_tokens), held-out rows (held_out_rows,
+    sample_tokens), held-out contexts (n_contexts, context_tokens), pretraining documents
+    each starting with BOS)."""
     corpus = stdlib_corpus(max_bytes=config.corpus_bytes, held_out_fraction=0.2)
     tok = ByteTokenizer()
     bos = tok.token_id(BOS)
     train_docs = [[bos, *tok.encode(d)] for d in corpus.train]
     held_docs = [tok.encode(d) for d in corpus.held_out]
-    model = build_model(config, tok.vocab_size)
-    start = time.perf_counter()
-    pretrain(model, train_docs, config, pad_id=tok.token_id("<|pad|>"))
-    pretrain_seconds = time.perf_counter() - start
-
     samples = windows([d[1:] for d in train_docs], config.n_samples, config.sample_tokens)
     held = windows(held_docs, config.held_out_rows + config.n_contexts, config.sample_tokens)
     held_rows, contexts = held[: config.held_out_rows], held[config.held_out_rows :]
-    contexts = contexts[:, : config.context_tokens]  # (n_contexts, C)
+    return samples, held_rows, contexts[:, : config.context_tokens], train_docs
 
-    def measure() -> tuple[float, float, float, float]:
+
+def run_experiment(
+    config: HyperfitConfig, progress: Callable[[str], None] | None = None
+) -> tuple[HyperfitReport, Transformer, Tensor]:
+    """The whole pipeline on the stdlib corpus with bytes: pretrain, measure, hyperfit,
+    measure. Returns the report, the hyperfitted model and its training samples (N, T)."""
+    say = progress or (lambda _msg: None)
+    tok = ByteTokenizer()
+    samples, held_rows, contexts, train_docs = experiment_data(config)
+    model = build_model(config, tok.vocab_size)
+    say(f"pretraining {config.pretrain_steps} steps on {len(train_docs)} stdlib files")
+    start = time.perf_counter()
+    pretrain_losses = pretrain(model, train_docs, config, pad_id=tok.token_id("<|pad|>"))
+    pretrain_seconds = time.perf_counter() - start
+
+    def measure() -> tuple[float, float, float, float, Tensor]:
         ent, ppl = held_out_stats(model, held_rows)
-        ttr, _ = continuation_ttr(model, contexts, config.continuation_tokens, config.ttr_window)
-        return _mean_row_loss(model, samples), ent, ppl, ttr
+        ttr, new = continuation_ttr(model, contexts, config.continuation_tokens, config.ttr_window)
+        return _mean_row_loss(model, samples), ent, ppl, ttr, new
 
-    loss0, ent0, ppl0, ttr0 = measure()
+    say("measuring the pretrained model")
+    loss0, ent0, ppl0, ttr0, new0 = measure()
+    say(
+        f"hyperfitting {config.epochs} epochs on {config.n_samples} x {config.sample_tokens} tokens"
+    )
     start = time.perf_counter()
     losses = hyperfit(
         model,
@@ -333,9 +362,11 @@ def run_experiment(config: HyperfitConfig) -> tuple[HyperfitReport, Transformer,
         lr=config.hyperfit_lr,
         batch_size=config.batch_size,
         seed=config.seed,
+        progress=config.progress_bar,
     )
     hyperfit_seconds = time.perf_counter() - start
-    loss1, ent1, ppl1, ttr1 = measure()
+    say("measuring the hyperfitted model")
+    loss1, ent1, ppl1, ttr1, new1 = measure()
     report = HyperfitReport(
         train_loss_before=loss0,
         train_loss_after=loss1,
@@ -349,5 +380,9 @@ def run_experiment(config: HyperfitConfig) -> tuple[HyperfitReport, Transformer,
         hyperfit_steps=len(losses),
         pretrain_seconds=pretrain_seconds,
         hyperfit_seconds=hyperfit_seconds,
+        pretrain_losses=pretrain_losses,
+        hyperfit_losses=losses,
+        continuations_before=new0.tolist(),
+        continuations_after=new1.tolist(),
     )
     return report, model, samples
