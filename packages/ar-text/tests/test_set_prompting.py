@@ -99,6 +99,28 @@ def next_logits_fn(kind: str) -> Callable[[sp.SetPrompt], torch.Tensor]:
     return lambda p: sp.hf_next_token_logits(hf, p)
 
 
+def protocol_model(kind: str) -> Any:
+    """The same model as ``next_logits_fn(kind)`` behind the ar model protocol (with a cache)."""
+    if kind == "ar":
+        return ar_model()
+    from ar_text import from_hf
+
+    impl = kind.split("-")[1]
+    return from_hf(gpt2_model(impl) if kind.startswith("gpt2") else llama_model(impl))
+
+
+def uncached_greedy(
+    next_logits: Callable[[sp.SetPrompt], torch.Tensor], prompt: sp.SetPrompt, n: int
+) -> tuple[list[int], torch.Tensor]:
+    """The reference: the whole set-based forward again for every new token."""
+    tokens: list[int] = []
+    logits = []
+    for _ in range(n):
+        logits.append(next_logits(sp.extend(prompt, tokens)))
+        tokens.append(int(logits[-1].argmax()))
+    return tokens, torch.stack(logits)
+
+
 def permuted(build: Callable[..., sp.SetPrompt]) -> list[sp.SetPrompt]:
     return [
         build(PREFIX, [OPTIONS[i] for i in perm], SUFFIX)
@@ -121,6 +143,37 @@ def test_logits_and_greedy_are_order_independent(kind: str) -> None:
     spread = max(float((x - logits[0]).abs().max()) for x in logits)
     assert spread <= ROUNDOFF, spread
     assert all(g == greedy[0] for g in greedy), greedy
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_cached_equals_uncached(kind: str) -> None:
+    """Prefill the set-based prompt into a KV cache, then decode one token at a time: the
+    tokens equal the uncached greedy continuation and the logits of every step agree in
+    float64, for every order of the options (and so across orders too)."""
+    next_logits = next_logits_fn(kind)
+    model = protocol_model(kind)
+    n = 6
+    with torch.no_grad():
+        reference, ref_logits = uncached_greedy(next_logits, permuted(sp.build_set_prompt)[0], n)
+        for prompt in permuted(sp.build_set_prompt):
+            tokens, logits = sp.greedy_continuation_cached(model, prompt, n)
+            assert tokens == reference
+            assert logits.shape == (n, V) and logits.dtype == torch.float64
+            assert float((logits - ref_logits).abs().max()) <= ROUNDOFF
+            assert tokens == sp.greedy_continuation(next_logits, prompt, n)
+
+
+def test_cached_differs_without_the_set_mask() -> None:
+    """The cached path really uses the prompt's mask: prefilled with a causal mask instead,
+    its first logits differ from the set-based ones."""
+    model = ar_model()
+    prompt = sp.build_set_prompt(PREFIX, OPTIONS, SUFFIX)
+    with torch.no_grad():
+        _, logits = sp.greedy_continuation_cached(model, prompt, 1)
+        _, causal = sp.greedy_continuation_cached(
+            model, dataclasses.replace(prompt, mask=masks.causal()), 1
+        )
+    assert float((logits - causal).abs().max()) > 1e-4
 
 
 @pytest.mark.parametrize("kind", MODELS)
@@ -193,6 +246,10 @@ def test_extend_and_control_layout() -> None:
 
 
 def test_empty_suffix_is_refused() -> None:
+    with pytest.raises(InputError, match="non-empty suffix"):
+        sp.greedy_continuation_cached(ar_model(), sp.build_set_prompt(PREFIX, OPTIONS, []), 1)
+    with pytest.raises(InputError, match="n_tokens"):
+        sp.greedy_continuation_cached(ar_model(), sp.build_set_prompt(PREFIX, OPTIONS, SUFFIX), 0)
     with pytest.raises(InputError):
         sp.greedy_continuation(
             lambda p: torch.zeros(V), sp.build_set_prompt(PREFIX, OPTIONS, []), 1

@@ -166,6 +166,46 @@ def greedy_continuation(
     return out
 
 
+@torch.no_grad()
+def greedy_continuation_cached(
+    model: Any, prompt: SetPrompt, n_tokens: int
+) -> tuple[list[int], Tensor]:
+    """``n_tokens`` greedy tokens with a KV cache: one forward of the laid-out prompt (its
+    positions and set mask) fills the cache, then one forward per new token at position
+    ``P + M + S + i``, which sees every cached entry (the suffix sees the whole set).
+
+    ``model`` follows the ar model protocol (``forward(tokens, positions, cache, mask)``,
+    ``new_cache``): an ``ar_core.Transformer`` or ``ar_text.from_hf(hf_model)``. Returns the
+    tokens and the next-token logits of every step (n_tokens, V); both equal those of the
+    uncached :func:`greedy_continuation` (tested in float64).
+    """
+    _check_suffix(prompt)
+    if n_tokens < 1:
+        raise InputError(f"n_tokens must be >= 1, got {n_tokens}")
+    device = model.device
+    cache = model.new_cache(1, max_len=len(prompt) + n_tokens)
+    out = model(
+        prompt.tokens[None].to(device),  # (1, N)
+        positions=prompt.positions.to(device),  # (N,)
+        cache=cache,
+        mask=prompt.mask,
+    )
+    position = prompt.prefix_len + max(prompt.option_lens) + prompt.suffix_len
+    tokens: list[int] = []
+    logits = [out.logits[0, -1]]  # (V,) each
+    for i in range(n_tokens):
+        tokens.append(int(logits[-1].argmax()))
+        if i == n_tokens - 1:
+            break
+        out = model(
+            torch.tensor([[tokens[-1]]], device=device),  # (1, 1)
+            positions=torch.tensor([position + i], device=device),  # (1,)
+            cache=cache,  # causal over cache slots: the new token sees every entry
+        )
+        logits.append(out.logits[0, -1])
+    return tokens, torch.stack(logits)  # (n_tokens, V)
+
+
 __all__ = [
     "SetPrompt",
     "ar_next_token_logits",
@@ -174,6 +214,7 @@ __all__ = [
     "dense_mask",
     "extend",
     "greedy_continuation",
+    "greedy_continuation_cached",
     "hf_attention_mask",
     "hf_next_token_logits",
 ]
