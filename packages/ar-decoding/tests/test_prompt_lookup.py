@@ -19,6 +19,29 @@ def test_lookup_draft_takes_the_most_recent_longest_match() -> None:
     assert lookup_draft(torch.tensor([4, 4]), 5, 3, 1).tolist() == [4]
 
 
+def test_lookup_draft_prefers_a_full_draft_in_a_short_loop() -> None:
+    # a loop of period 2: the most recent "1 2" (at 6) is followed by 2 tokens only, the
+    # ones at 2 and 4 by 4 or more; the most recent full-length one (4) wins
+    seq = torch.tensor([8, 9, 1, 2, 1, 2, 1, 2, 1, 2])
+    assert lookup_draft(seq, 4, 2, 1).tolist() == [1, 2, 1, 2]
+    seq = torch.tensor([8, 1, 2, 5, 6, 1, 2, 7, 1, 2])  # both hits offer k = 2: most recent
+    assert lookup_draft(seq, 2, 2, 1).tolist() == [7, 1]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):  # against a brute force over random short sequences (seed 0)
+        s = torch.randint(0, 3, (int(torch.randint(2, 12, (), generator=g)),), generator=g)
+        k = int(torch.randint(1, 6, (), generator=g))
+        best: list[int] = []
+        for n in range(min(2, s.numel() - 1), 0, -1):
+            L = s.numel()
+            hits = [i for i in range(L - n) if s[i : i + n].tolist() == s[L - n :].tolist()]
+            if hits:
+                lens = [min(k, L - i - n) for i in hits]
+                i = max(h for h, c in zip(hits, lens, strict=True) if c == max(lens))
+                best = s[i + n : i + n + k].tolist()
+                break
+        assert lookup_draft(s, k, 2, 1).tolist() == best, (s.tolist(), k)
+
+
 def test_equals_greedy_ragged_with_eos_and_streamer() -> None:
     model = tiny()
     x = torch.randint(0, 64, (3, 9), generator=torch.Generator().manual_seed(2))

@@ -10,8 +10,9 @@ lookup has something to find (and greedy decoding of random weights soon loops t
 Rows (batch 1, CPU, one thread): ar ``greedy``, ``speculative`` (k=4, the draft above),
 ``prompt-lookup`` (10 draft tokens); HF greedy, assisted generation (the same draft,
 4 assistant tokens, constant schedule) and ``prompt_lookup_num_tokens=10``. Each reports
-tokens/s (best of ``--repeats`` after one warm-up), target forward passes, mean accepted
-length where ar counts it, and whether the tokens equal HF greedy's.
+tokens/s (best of ``--repeats`` after one warm-up), target forward passes (for HF, calls
+of the target's ``forward``), mean accepted length where ar counts it, and whether the
+tokens equal HF greedy's.
 
     uv run python packages/ar-text/benchmarks/hf_strategies.py [--quick] [--out PATH]
 """
@@ -99,13 +100,25 @@ def main(argv: list[str]) -> dict[str, Any]:
 
         return run
 
+    # HF's generate calls target.forward once per target pass (ar's adapter calls the base
+    # model and the head directly, and counts its passes in GenerationStats)
+    hf_calls = {"n": 0}
+    hf_forward = target.forward
+
+    def counted_forward(*args: Any, **kwargs: Any) -> Any:
+        hf_calls["n"] += 1
+        return hf_forward(*args, **kwargs)
+
+    target.forward = counted_forward
+
     def hf_run(**kw: Any) -> Callable[[], tuple[torch.Tensor, dict[str, Any]]]:
         def run() -> tuple[torch.Tensor, dict[str, Any]]:
+            hf_calls["n"] = 0
             with torch.no_grad():
                 seq = target.generate(
                     ids, attention_mask=mask, do_sample=False, max_new_tokens=n, **kw
                 )
-            return seq, {}
+            return seq, {"target_forward_passes": hf_calls["n"]}
 
         return run
 

@@ -8,9 +8,11 @@ instance of speculative decoding (Leviathan et al., 2023, arXiv:2211.17192), ver
 with :mod:`ar_decoding.verify` (greedy: identical to greedy decoding; sampling: the
 deterministic draft is a one-hot q, so the target distribution is kept exactly).
 
-Lookup, per row: for n = ``max_ngram_size`` down to ``min_ngram_size``, the most recent
-earlier occurrence of the row's last n tokens; the draft is up to ``num_draft_tokens``
-tokens that followed it. Rows without a match draft nothing (that step is a plain
+Lookup, per row: for n = ``max_ngram_size`` down to ``min_ngram_size``, the earlier
+occurrences of the row's last n tokens; the draft is up to ``num_draft_tokens`` tokens
+that followed the most recent occurrence among those followed by the most tokens (in a
+loop shorter than ``num_draft_tokens`` the most recent occurrence is followed by one
+period only; Hugging Face takes the earliest occurrence). Rows without a match draft nothing (that step is a plain
 decoding step for them). Drafts are right-padded to the longest one; the per-row draft
 lengths go to the verifier.
 
@@ -40,14 +42,19 @@ __all__ = ["lookup_draft", "prompt_lookup"]
 
 
 def lookup_draft(tokens: Tensor, k: int, max_ngram: int, min_ngram: int) -> Tensor:
-    """Draft (up to k tokens) for one sequence ``tokens`` (L,): the continuation of the most
-    recent earlier occurrence of its longest matching suffix n-gram; empty if none."""
+    """Draft (up to k tokens) for one sequence ``tokens`` (L,): for its longest suffix
+    n-gram that occurs earlier, the continuation of the most recent occurrence among those
+    with the longest continuation (at most k); empty if none."""
     L = tokens.numel()
     for n in range(min(max_ngram, L - 1), min_ngram - 1, -1):
         windows = tokens[: L - 1].unfold(0, n, 1)  # (L - n, n): n-grams ending before L-1
-        hits = (windows == tokens[L - n :]).all(-1).nonzero()
+        hits = (windows == tokens[L - n :]).all(-1).nonzero()[:, 0]  # (M,) ascending
         if hits.numel():
-            i = int(hits[-1, 0])  # most recent
+            # a hit at i is followed by min(k, L - i - n) tokens: in a loop of period p < k
+            # the most recent hit offers only p of them, an earlier one all k; take the most
+            # recent hit among those offering the longest draft
+            follow = (L - n - hits).clamp(max=k)  # (M,)
+            i = int(hits[follow == follow.max()][-1])
             return tokens[i + n : i + n + k]
     return tokens[:0]
 
