@@ -48,6 +48,23 @@ def test_build_config_merges_and_names_the_bad_field():
         build_config(_Config, None, {"inner": {"depth": 1}})
 
 
+class _Checked(_Config):
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> _Checked:
+        if self.steps > self.inner.width:
+            raise ValueError(f"steps ({self.steps}) exceeds inner.width ({self.inner.width})")
+        return self
+
+
+def test_whole_config_check_is_one_short_line():
+    """A model-level check names its fields itself; the whole config is not dumped."""
+    with pytest.raises(ConfigError) as info:
+        build_config(_Checked, None, {"steps": 9})
+    assert str(info.value) == (
+        "invalid _Checked: config: Value error, steps (9) exceeds inner.width (8)"
+    )
+
+
 def test_recipe_file_round_trip_and_corruption(tmp_path: Path):
     write_recipe_file(tmp_path, "demo", _Config(steps=3))
     assert read_recipe_file(tmp_path) == ("demo", _Config(steps=3).model_dump())

@@ -107,9 +107,12 @@ def build_config(
     try:
         return config_class.model_validate(data)
     except pydantic.ValidationError as exc:
+        # a field error shows the value it got; a whole-config check (empty loc) names
+        # its fields in its own message, and its input would be the whole config
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-            f" (got {err.get('input')!r})"
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            if err["loc"]
+            else f"config: {err['msg']}"
             for err in exc.errors()
         )
         raise ConfigError(f"invalid {config_class.__name__}: {problems}") from None

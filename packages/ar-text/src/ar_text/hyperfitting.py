@@ -324,8 +324,14 @@ def experiment_data(config: HyperfitConfig) -> tuple[Tensor, Tensor, Tensor, lis
     bos = tok.token_id(BOS)
     train_docs = [[bos, *tok.encode(d)] for d in corpus.train]
     held_docs = [tok.encode(d) for d in corpus.held_out]
-    samples = windows([d[1:] for d in train_docs], config.n_samples, config.sample_tokens)
-    held = windows(held_docs, config.held_out_rows + config.n_contexts, config.sample_tokens)
+    try:
+        samples = windows([d[1:] for d in train_docs], config.n_samples, config.sample_tokens)
+        held = windows(held_docs, config.held_out_rows + config.n_contexts, config.sample_tokens)
+    except InputError as exc:
+        raise InputError(
+            f"{exc} (corpus_bytes={config.corpus_bytes}); raise corpus_bytes or lower "
+            f"n_samples / held_out_rows / n_contexts / sample_tokens"
+        ) from None
     held_rows, contexts = held[: config.held_out_rows], held[config.held_out_rows :]
     return samples, held_rows, contexts[:, : config.context_tokens], train_docs
 
