@@ -9,6 +9,7 @@ the greedy output exactly.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -274,6 +275,22 @@ def test_beam_search_equals_hf_beam_search() -> None:
 
 
 # -- bad inputs ---------------------------------------------------------------------------
+
+
+def test_from_hf_loads_a_saved_folder(tmp_path: Path) -> None:
+    hf_model = _build("gpt2")
+    hf_model.save_pretrained(tmp_path / "gpt2")
+    ids = _prompts()
+    cfg = GenerationConfig(max_new_tokens=8)
+    loaded = from_hf(tmp_path / "gpt2", attn_implementation="sdpa")
+    assert torch.equal(
+        generate(loaded, ids, cfg).sequences, generate(from_hf(hf_model), ids, cfg).sequences
+    )
+    assert from_hf(str(tmp_path / "gpt2")).vocab_size == V
+    with pytest.raises(InputError, match="is not a folder"):
+        from_hf(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="only apply when loading from a path"):
+        from_hf(hf_model, torch_dtype=torch.float64)
 
 
 def test_from_hf_rejects_non_models() -> None:

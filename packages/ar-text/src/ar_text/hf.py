@@ -63,6 +63,11 @@ def from_hf(model_or_path: Any, **from_pretrained_kwargs: Any) -> HFCausalLM:
     """
     from transformers import PreTrainedModel
 
+    if isinstance(model_or_path, Path) and not model_or_path.is_dir():
+        raise InputError(
+            f"from_hf: {model_or_path} is not a folder; pass a folder written by "
+            f"save_pretrained (config.json and weights), a hub id string, or a model"
+        )
     if isinstance(model_or_path, str | Path):
         from transformers import AutoModelForCausalLM
 
