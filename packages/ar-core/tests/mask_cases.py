@@ -12,6 +12,7 @@ STEPS = [0, 0, 1, 1, 1, 2, 3, 3, 4, 4, 4, 5]
 STEPS_SHUFFLED = [3, 0, 2, 0, 1, 3, 2, 1, 0, 2, 3, 1]  # any-order: steps out of position order
 PARENTS = [-1, 0, 0, 1, 1, 2, -1, 6]  # two roots; M = 8 nodes
 DOCS = [0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3]
+VALID = [True, True, False, True, True, True, False, False, True, True, True, False]
 
 
 def cases() -> list[tuple[str, masks.MaskSpec, ref.Pair, int]]:
@@ -41,6 +42,18 @@ def cases() -> list[tuple[str, masks.MaskSpec, ref.Pair, int]]:
         ("tree", masks.tree(torch.tensor(PARENTS), 4), ref.tree(PARENTS, [4]), 12),
         ("tree_at_0", masks.tree(PARENTS, 0), ref.tree(PARENTS, [0]), 8),
         ("document", masks.document(DOCS), ref.document(DOCS), N),
+        (
+            "document_bidirectional",
+            masks.document(DOCS, causal=False),
+            ref.document(DOCS, causal=False),
+            N,
+        ),
+        (
+            "causal_and_key_padding",
+            masks.causal() & masks.key_padding(VALID),
+            ref.both(ref.causal(), ref.key_padding(VALID)),
+            N,
+        ),
         (
             "block_and_window",
             masks.block_causal(STEPS) & masks.sliding_window(4),

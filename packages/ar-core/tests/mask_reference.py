@@ -89,10 +89,18 @@ def tree(parents: Sequence[int], starts: Sequence[int]) -> Pair:
     return see
 
 
-def document(ids: Sequence[int] | Sequence[Sequence[int]]) -> Pair:
+def document(ids: Sequence[int] | Sequence[Sequence[int]], causal: bool = True) -> Pair:
     def see(b: int, q: int, kv: int) -> bool:
         row = ids[b] if isinstance(ids[0], Sequence) else ids
-        return kv <= q and row[q] == row[kv]  # type: ignore[index]
+        return (kv <= q or not causal) and row[q] == row[kv]  # type: ignore[index]
+
+    return see
+
+
+def key_padding(valid: Sequence[bool] | Sequence[Sequence[bool]]) -> Pair:
+    def see(b: int, q: int, kv: int) -> bool:
+        row = valid[b] if isinstance(valid[0], Sequence) else valid
+        return bool(row[kv])  # type: ignore[index]
 
     return see
 

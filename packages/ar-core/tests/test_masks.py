@@ -57,6 +57,20 @@ def test_document_with_per_row_ids():
     torch.testing.assert_close(got, ref.dense(ref.document(ids), 6, 6, [0, 0]))
 
 
+def test_document_bidirectional_and_key_padding_per_row():
+    ids = [[0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 2, 2]]
+    valid = [[True, True, True, False, True, False], [True, False, True, True, True, True]]
+    spec = masks.document(torch.tensor(ids), causal=False) & masks.key_padding(torch.tensor(valid))
+    want = ref.dense(
+        ref.both(ref.document(ids, causal=False), ref.key_padding(valid)), 6, 6, [0, 0]
+    )
+    torch.testing.assert_close(spec.to_dense(6, 6, batch_size=2), want)
+    # spelled out: row 0's position 2 sees its whole document {2, 4}, not padding 3
+    assert spec.to_dense(6, 6, batch_size=2)[0, 2].tolist() == [0, 0, 1, 0, 1, 0]
+    # causal and bidirectional document masks are different specs (different cache keys)
+    assert masks.document(ids[0]).cache_key != masks.document(ids[0], causal=False).cache_key
+
+
 def test_two_stream_semantics_spelled_out():
     # steps [0, 1]: content 0,1 ; queries 2 (step 0), 3 (step 1)
     got = masks.two_stream([0, 1]).to_dense(4, 4)[0].int().tolist()
@@ -199,6 +213,11 @@ def test_sets_match_reference(prefix_len, option_lens, suffix_len):
         (lambda: masks.sets(2, [2, 0], 1), r"length >= 1, got \[2, 0\]"),
         (lambda: masks.sets(-1, [2], 1), "got -1, 1"),
         (lambda: masks.document(torch.zeros(2, 2, 2, dtype=torch.long)), r"got shape \(2, 2, 2\)"),
+        (lambda: masks.key_padding(torch.ones(3, dtype=torch.long)), "bool tensor"),
+        (
+            lambda: masks.key_padding(torch.ones(1, 2, 3, dtype=torch.bool)),
+            r"got shape \(1, 2, 3\)",
+        ),
         (
             lambda: masks.block_causal([0, 1]) & "causal",  # type: ignore[operator]
             "got str",

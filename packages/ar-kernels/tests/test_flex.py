@@ -39,6 +39,9 @@ MASKS = {
     "document": masks.document(DOCS),
     "window_and_document": masks.sliding_window(4) & masks.document(DOCS),
     "prefix_or_document": masks.prefix(5) | masks.document(DOCS),
+    "document_bidirectional": masks.document(DOCS, causal=False),
+    "causal_and_key_padding_per_row": masks.causal()
+    & masks.key_padding(torch.arange(40).reshape(2, 20) % 7 != 3),
 }
 N = 20  # every mask above covers 20 positions (or is unbounded)
 

@@ -452,8 +452,10 @@ def tree(parents: Tensor | Sequence[int], start: int | Tensor) -> MaskSpec:
     )
 
 
-def document(ids: Tensor | Sequence[int]) -> MaskSpec:
-    """Packed sequences: causal, and only within the same document.
+def document(ids: Tensor | Sequence[int], *, causal: bool = True) -> MaskSpec:
+    """Packed sequences: only within the same document, and causal unless ``causal=False``
+    (then every position sees its whole document: bidirectional encoders, packed
+    non-causal decoders built as ``document(ids) | (document(ids, causal=False) & ...)``).
 
     ``ids``: (N,) document id of each position, shared by all rows, or (B, N) per row.
     """
@@ -472,16 +474,50 @@ def document(ids: Tensor | Sequence[int]) -> MaskSpec:
         def document_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
             q_c, kv_c = q.clamp(0, n - 1), kv.clamp(0, n - 1)
             same = d[b, q_c] == d[b, kv_c] if per_row else d[q_c] == d[kv_c]
-            return (kv <= q) & same
+            return (kv <= q) & same if causal else same
 
         return document_mod
 
     return _spec(
         factory,
-        name=f"document(N={n})",
-        cache_key=("document", tuple(doc.shape), _key(doc)),
+        name=f"document(N={n}{'' if causal else ', causal=False'})",
+        cache_key=("document", causal, tuple(doc.shape), _key(doc)),
         length=n,
         device=doc.device,
+    )
+
+
+def key_padding(valid: Tensor | Sequence[bool]) -> MaskSpec:
+    """Keys that are real tokens: query ``q`` of row ``b`` may see key ``kv`` iff
+    ``valid[b, kv]`` (``valid[kv]`` for (N,)). ``valid``: (N,) or (B, N) bool, False on
+    padding. Combine it with the structure: ``causal() & key_padding(valid)``."""
+    v = torch.as_tensor(valid)
+    if v.dim() not in (1, 2) or v.shape[-1] == 0:
+        raise ConfigError(f"key_padding needs (N,) or (B, N) flags, got shape {tuple(v.shape)}")
+    if v.dtype != torch.bool:
+        raise ConfigError(
+            f"key_padding needs a bool tensor (True = real token), got dtype {v.dtype}"
+        )
+    v = v.detach().clone()
+    n = v.shape[-1]
+    per_row = v.dim() == 2
+
+    def factory(device: torch.device) -> MaskMod:
+        v_d = v.to(device)
+
+        def key_padding_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+            kv_c = kv.clamp(0, n - 1)
+            keep = v_d[b, kv_c] if per_row else v_d[kv_c]
+            return keep & (q >= 0)  # broadcast to the query axis
+
+        return key_padding_mod
+
+    return _spec(
+        factory,
+        name=f"key_padding(N={n})",
+        cache_key=("key_padding", tuple(v.shape), _key(v.to(torch.long))),
+        length=n,
+        device=v.device,
     )
 
 
@@ -491,6 +527,7 @@ __all__ = [
     "block_causal",
     "causal",
     "document",
+    "key_padding",
     "prefix",
     "sets",
     "sliding_window",

@@ -58,26 +58,8 @@ def _bool_matrix(x: Tensor, what: str) -> Tensor:
 
 
 def key_padding(valid: Tensor) -> MaskSpec:
-    """Keys that are real tokens: query ``q`` of row ``b`` sees key ``kv`` iff
-    ``valid[b, kv]``. ``valid``: (B, T) bool (False = padding)."""
-    v = _bool_matrix(valid, "valid")
-    n = v.shape[1]
-
-    def factory(device: torch.device) -> MaskMod:
-        v_d = v.to(device)
-
-        def key_padding_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-            return v_d[b, kv.clamp(0, n - 1)] & (q >= 0)  # broadcast to the query axis
-
-        return key_padding_mod
-
-    return MaskSpec(
-        mask_mod=factory(torch.device("cpu")),
-        name=f"key_padding(T={n})",
-        cache_key=("key_padding", tuple(v.shape), tuple(v.flatten().tolist())),
-        length=n,
-        factory=factory,
-    )
+    """Keys that are real tokens (``ar_core.masks.key_padding``); ``valid``: (B, T) bool."""
+    return masks.key_padding(_bool_matrix(valid, "valid"))
 
 
 def _same_document_inputs(doc_ids: Tensor, is_input: Tensor) -> MaskSpec:
@@ -124,7 +106,7 @@ def packed_non_causal_decoder_mask(doc_ids: Tensor, is_input: Tensor, valid: Ten
 
     ``doc_ids``: (B, T) long; ``is_input``: (B, T) bool, True on each document's input
     prefix. (``prefix(n) & document(ids)`` would collapse to causal, because
-    ``document`` is itself causal; hence the explicit input block.)
+    ``document`` is causal by default; hence the explicit block of same-document inputs.)
     """
     return (masks.document(doc_ids) | _same_document_inputs(doc_ids, is_input)) & key_padding(valid)
 
