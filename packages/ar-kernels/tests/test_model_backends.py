@@ -65,3 +65,28 @@ def test_cached_generation_equals_uncached(backend: str, device: str) -> None:
         step = model(prompt[:, -1:], cache=cache).logits[0, -1]
         full = ref_model(torch.cat([prompt, prompt[:, -1:]], dim=1)).logits[0, -1]
     torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
+
+
+def test_flex_looks_up_its_block_mask_once_per_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flex backend prepares one BlockMask per forward for all layers (one host read of
+    the offsets), not one per layer; the result equals the per-layer path."""
+    backend = registry.attention_backends.get("flex")
+    calls = []
+    original = backend.block_mask
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "block_mask", counting)
+    torch.manual_seed(0)
+    cfg = TransformerConfig.from_name("tiny", n_layers=3, attention_backend="flex")
+    model = Transformer(cfg).eval()
+    x = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = model(x).logits
+    assert len(calls) == 1  # 3 layers, 1 lookup
+    ref_model = Transformer(cfg.model_copy(update={"attention_backend": "math"})).eval()
+    ref_model.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(got, ref_model(x).logits, rtol=1e-4, atol=1e-4)

@@ -145,6 +145,28 @@ class FlexBackend:
             )
         return self._compiled_flex
 
+    def prepare(
+        self,
+        *,
+        mask: MaskSpec | None,
+        q_offset: Tensor,
+        kv_len: Tensor,
+        q_len: int,
+        k_len: int,
+        keys_all_valid: bool = False,
+    ) -> Any:
+        """The BlockMask of one forward, looked up (or built) once for all its layers:
+        one host read of the offsets per forward instead of one per layer."""
+        return self.block_mask(mask, q_offset, kv_len, q_len, k_len)
+
+    def attend_prepared(
+        self, q: Tensor, k: Tensor, v: Tensor, state: Any, scale: float | None
+    ) -> Tensor:
+        out = self._flex()(
+            q, k, v, block_mask=state, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )  # (B, Hq, Tq, D); rows that see no key come out as 0
+        return out
+
     def attend(
         self,
         q: Tensor,
@@ -157,7 +179,4 @@ class FlexBackend:
         scale: float | None,
     ) -> Tensor:
         block_mask = self.block_mask(mask, q_offset, kv_len, q.shape[2], k.shape[2])
-        out = self._flex()(
-            q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-        )  # (B, Hq, Tq, D); rows that see no key come out as 0
-        return out
+        return self.attend_prepared(q, k, v, block_mask, scale)
