@@ -73,3 +73,19 @@ def test_recipe_file_round_trip_and_corruption(tmp_path: Path):
         read_recipe_file(tmp_path)
     with pytest.raises(ConfigError, match="no recipe.json"):
         read_recipe_file(tmp_path / "missing")
+
+
+def test_torch_threads_sets_and_restores_even_on_error():
+    import torch
+
+    from ar_core.recipes import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="boom"), torch_threads(1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with torch_threads(0):  # 0: leave torch's setting alone
+        assert torch.get_num_threads() == before

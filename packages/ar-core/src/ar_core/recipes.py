@@ -8,10 +8,11 @@ images and curves that the CLI renders (terminal tables, ``index.html``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -63,6 +64,21 @@ class Recipe(Protocol):
     def sample(self, checkpoint_dir: Path, n: int, progress: Progress) -> RecipeResult:
         """Sample ``n`` items from a checkpoint this recipe wrote."""
         ...
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (0 = torch's current setting), then restore
+    the previous count. Small models train fastest on one thread of a shared machine."""
+    import torch  # recipes import torch anyway; this module stays light without it
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

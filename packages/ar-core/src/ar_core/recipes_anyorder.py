@@ -24,7 +24,7 @@ import torch
 from ar_core import registry
 from ar_core.model import Transformer, TransformerConfig
 from ar_core.ordering import Plan
-from ar_core.recipes import Progress, RecipeResult, Table, read_recipe_file
+from ar_core.recipes import Progress, RecipeResult, Table, read_recipe_file, torch_threads
 from ar_core.steps import TwoStreamStepModel, generate_steps, query_stream_loss
 from ar_core.trainer import TrainConfig, Trainer, read_metrics
 
@@ -177,13 +177,8 @@ class AnyOrderRecipe:
 
     def run(self, config: pydantic.BaseModel, out_dir: Path, progress: Progress) -> RecipeResult:
         assert isinstance(config, AnyOrderConfig)
-        threads = torch.get_num_threads()
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        try:
+        with torch_threads(config.threads):
             return self._run(config, Path(out_dir), progress)
-        finally:
-            torch.set_num_threads(threads)
 
     def _run(self, config: AnyOrderConfig, out_dir: Path, progress: Progress) -> RecipeResult:
         for name in config.orderings:  # fail before training, not after

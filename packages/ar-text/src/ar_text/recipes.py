@@ -26,7 +26,7 @@ import torch
 from ar_core.errors import ConfigError
 from ar_core.generation import GenerationConfig, generate
 from ar_core.model import Transformer, TransformerConfig
-from ar_core.recipes import Progress, RecipeResult, Table, read_recipe_file
+from ar_core.recipes import Progress, RecipeResult, Table, read_recipe_file, torch_threads
 from ar_core.trainer import TrainConfig, Trainer, read_metrics
 from ar_text.data import (
     Corpus,
@@ -300,13 +300,6 @@ def train_and_report(
     )
 
 
-def _with_threads(threads: int) -> int:
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    return before
-
-
 def sample_checkpoint(
     checkpoint_dir: Path, config: TextLMConfig, prompts: list[str], title: str
 ) -> RecipeResult:
@@ -351,14 +344,11 @@ class TextCodeRecipe:
 
     def run(self, config: pydantic.BaseModel, out_dir: Path, progress: Progress) -> RecipeResult:
         assert isinstance(config, TextCodeConfig)
-        before = _with_threads(config.threads)
-        try:
+        with torch_threads(config.threads):
             progress(f"reading up to {config.max_bytes} bytes of the standard library")
             corpus = stdlib_corpus(config.max_bytes, config.held_out_fraction)
             prompts = prompts_from(corpus.held_out, config.n_samples, config.prompt_chars)
             return train_and_report(self.name, config, corpus, prompts, Path(out_dir), progress)
-        finally:
-            torch.set_num_threads(before)
 
     def sample(self, checkpoint_dir: Path, n: int, progress: Progress) -> RecipeResult:
         _, fields = read_recipe_file(Path(checkpoint_dir))
@@ -389,14 +379,11 @@ class TextCharsRecipe:
 
     def run(self, config: pydantic.BaseModel, out_dir: Path, progress: Progress) -> RecipeResult:
         assert isinstance(config, TextCharsConfig)
-        before = _with_threads(config.threads)
-        try:
+        with torch_threads(config.threads):
             corpus = file_corpus(_require_path(config), config.held_out_fraction)
             held = corpus.held_out[0]
             prompts = window_prompts(held, config.n_samples, config.prompt_chars)
             return train_and_report(self.name, config, corpus, prompts, Path(out_dir), progress)
-        finally:
-            torch.set_num_threads(before)
 
     def sample(self, checkpoint_dir: Path, n: int, progress: Progress) -> RecipeResult:
         _, fields = read_recipe_file(Path(checkpoint_dir))

@@ -30,7 +30,7 @@ from ar_core.checkpoint import atomic_write_bytes
 from ar_core.errors import CheckpointError
 from ar_core.generation import GenerationConfig, generate
 from ar_core.model import Transformer
-from ar_core.recipes import Progress, RecipeResult, Table, read_recipe_file
+from ar_core.recipes import Progress, RecipeResult, Table, read_recipe_file, torch_threads
 from ar_text.hyperfitting import (
     HyperfitConfig,
     NgramBlocker,
@@ -170,13 +170,8 @@ class HyperfitRecipe:
 
     def run(self, config: pydantic.BaseModel, out_dir: Path, progress: Progress) -> RecipeResult:
         assert isinstance(config, HyperfitRecipeConfig)
-        before = torch.get_num_threads()
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        try:
+        with torch_threads(config.threads):
             return self._run(config, Path(out_dir), progress)
-        finally:
-            torch.set_num_threads(before)
 
     def _run(self, config: HyperfitRecipeConfig, out_dir: Path, progress: Progress) -> RecipeResult:
         report, model, samples = run_experiment(config, progress)

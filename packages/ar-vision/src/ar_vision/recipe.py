@@ -26,7 +26,7 @@ import torch
 
 from ar_core.errors import ConfigError
 from ar_core.ordering import Plan
-from ar_core.recipes import Progress, RecipeResult, Table, read_recipe_file
+from ar_core.recipes import Progress, RecipeResult, Table, read_recipe_file, torch_threads
 from ar_core.sampling import LogitsProcessor, TopK, TopP
 from ar_core.steps import plan_slots
 from ar_core.trainer import TrainConfig, Trainer, read_metrics
@@ -324,13 +324,8 @@ class VisionDigitsRecipe:
     def run(self, config: pydantic.BaseModel, out_dir: Path, progress: Progress) -> RecipeResult:
         if not isinstance(config, VisionDigitsConfig):
             raise ConfigError(f"vision-digits expects a VisionDigitsConfig, got {type(config)}")
-        threads = torch.get_num_threads()
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        try:
+        with torch_threads(config.threads):
             return self._run(config, Path(out_dir), progress)
-        finally:
-            torch.set_num_threads(threads)
 
     def _run(self, config: VisionDigitsConfig, out_dir: Path, progress: Progress) -> RecipeResult:
         ev = train_and_evaluate(config, out_dir, progress)
