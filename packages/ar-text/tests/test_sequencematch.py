@@ -461,9 +461,10 @@ def test_sequencematch_beats_mle_under_sampling_noise() -> None:
 @pytest.mark.slow
 def test_onpolicy_sequencematch_beats_mle_under_sampling_noise() -> None:
     """As above, with the policy-occupancy term on the model's own rollouts (32 a step after
-    the 100 warm-up steps, no noise in them). Same z-test against MLE. Only the claim over
-    MLE is asserted: plain BC on the same augmented data scored higher than both
-    SequenceMatch variants in the measurements of the module's docs (seed 0: 0.945)."""
+    the 100 warm-up steps, no noise in them). Same z-test against MLE (measured: MLE 0.575,
+    on-policy 0.855). Only the claim over MLE is asserted: plain BC (``bc_loss``) on the
+    same augmented data scored higher than both SequenceMatch variants at seed 0 (BC 0.945,
+    offline 0.895, on-policy 0.855) and on average over seeds 0-4."""
     mle, smo = _train_dyck("mle", 300, 0), _train_dyck("sm_onpolicy", 300, 0)
     p_mle, p_sm = _validity(mle, 0.1), _validity(smo, 0.1)
     print(f"validity eps=0.1: mle {p_mle:.3f}, sequencematch on-policy {p_sm:.3f}")
