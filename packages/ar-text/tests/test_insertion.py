@@ -19,7 +19,9 @@ from ar_text.insertion import (
 from ar_text.stargraph import (
     StarGraph,
     ar_path_accuracy,
+    ar_trainer,
     ilm_path_accuracy,
+    ilm_trainer,
     train_ar,
     train_ilm,
 )
@@ -207,6 +209,39 @@ def test_insertion_never_exceeds_max_len() -> None:
     assert bool((seq[:, 0] == CLS).all())
 
 
+def test_greedy_by_pair_and_by_gap() -> None:
+    """Greedy by pair takes the joint argmax; greedy by gap the argmax of the gap marginal
+    first (the official predictor's top-1 / top-1). Here they disagree."""
+    gen = torch.Generator().manual_seed(6)
+
+    def scorer(tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        B, W = tokens.shape
+        p = torch.full((B, W, V), 1e-6)
+        p[:, 0, 1] = p[:, 0, 2] = 0.3  # gap 0: mass 0.6 split over two tokens
+        p[:, 1, 3] = 0.4  # gap 1: one token with 0.4
+        return p.log(), torch.full((B,), -30.0)
+
+    tokens, lengths = _start([[5]])
+
+    def run(by: str) -> list[int]:
+        seq, _ = insert_until_stop(
+            scorer,
+            tokens,
+            lengths,
+            max_len=3,
+            pad_id=PAD,
+            generator=gen,
+            greedy=True,
+            greedy_by=by,  # type: ignore[arg-type]
+        )
+        return seq[0].tolist()
+
+    assert run("pair") == [CLS, 5, 3]
+    assert run("gap") == [CLS, 1, 5]
+    with pytest.raises(ConfigError):
+        run("token")
+
+
 def test_insertion_model_is_bidirectional_and_ignores_padding() -> None:
     torch.manual_seed(0)
     cfg = TransformerConfig(vocab_size=V, dim=32, n_layers=2, n_heads=4, max_seq_len=16)
@@ -244,6 +279,18 @@ def test_bad_inputs_raise() -> None:
         StarGraph(degree=1, arm_len=3)
 
 
+def test_star_graph_models_start_from_the_seed() -> None:
+    """The initial weights depend on ``seed`` alone, not on the global RNG state."""
+    task = StarGraph(degree=2, arm_len=1)
+    for make in (ar_trainer, ilm_trainer):
+        a = make(task, steps=1, seed=3).model.state_dict()
+        torch.manual_seed(99)
+        b = make(task, steps=1, seed=3).model.state_dict()
+        c = make(task, steps=1, seed=4).model.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
 def test_star_graph_layout() -> None:
     task = StarGraph(degree=3, arm_len=4)
     seq = task.sample(torch.Generator().manual_seed(0), 16)
@@ -258,25 +305,42 @@ def test_star_graph_layout() -> None:
         assert len(edges) == task.degree * task.arm_len
 
 
-STAR_STEPS = 2000  # per model; batch 64, lr 1e-3, seed 0 (about 5 CPU minutes in all)
+# Degree 3, arm length 2 (7 nodes; path = start, one middle node, goal), 3000 updates per
+# model, batch 64, lr 1e-3 (cosine), seed 0, 500 held-out graphs (generator seed 12345),
+# greedy decoding; about 5 minutes on one CPU thread. Measured (2-core CPU, 1 thread):
+#   seed 0: AR 0.338, ILM 0.856    seed 1: AR 0.326, ILM 1.000    seed 2: AR 0.328, ILM 0.338
+# AR's loss sits at its Clever-Hans optimum (it guesses the arm). The ILM learns the lookup
+# (the goal's parent) late and then jumps; when is seed-dependent: seed 2 has not jumped by
+# 3000 updates (in a 5000-update run it reaches 0.808 at 4000 and 1.000 at 5000, AR 0.326).
+# So the assertion below is of the stated seed (0), not of every seed.
+STAR_DEGREE, STAR_ARM_LEN, STAR_STEPS = 3, 2, 3000
 
 
 @pytest.fixture(scope="module")
 def star_graph_accuracies() -> tuple[float, float]:
-    """(AR, ILM) exact path accuracy on 500 held-out graphs of degree 2, arm length 3."""
-    task = StarGraph(degree=2, arm_len=3)
+    """(AR, ILM) exact path accuracy on 500 held-out graphs, seed 0."""
+    task = StarGraph(degree=STAR_DEGREE, arm_len=STAR_ARM_LEN)
     test = task.sample(torch.Generator().manual_seed(12345), 500)
     ar = ar_path_accuracy(train_ar(task, steps=STAR_STEPS, seed=0), task, test)
     ilm_model = train_ilm(task, steps=STAR_STEPS, seed=0)
     ilm = ilm_path_accuracy(ilm_model, task, test, torch.Generator().manual_seed(0))
-    print(f"star graph d=2 l=3, {STAR_STEPS} steps: AR {ar:.3f}  ILM {ilm:.3f}")
+    print(
+        f"star graph d={STAR_DEGREE} l={STAR_ARM_LEN}, {STAR_STEPS} steps: AR {ar:.3f}  ILM {ilm:.3f}"
+    )
     return ar, ilm
 
 
 @pytest.mark.slow
 def test_star_graph_ar_sits_near_chance(star_graph_accuracies: tuple[float, float]) -> None:
     # The AR baseline learns to pick an arm but not which one: near 1/degree, not above.
-    # (ILM > AR, the paper's claim, is not reproduced at this CPU budget - measured AR 0.506
-    # vs ILM 0.066 at 2000 steps, seed 0 - so it is reported in the issue note, not tested.)
     ar, _ = star_graph_accuracies
-    assert 0.5 - 0.1 <= ar <= 0.5 + 0.1  # 1/degree, plus sampling noise on 500 graphs
+    assert abs(ar - 1 / STAR_DEGREE) <= 0.1  # 1/3 plus sampling noise (s.e. 0.021 on 500)
+
+
+@pytest.mark.slow
+def test_star_graph_ilm_beats_ar(star_graph_accuracies: tuple[float, float]) -> None:
+    # The paper's claim at this CPU budget, seed 0: ILM well above AR (a margin of 0.3 is
+    # > 10 binomial standard errors on 500 graphs) and well above chance.
+    ar, ilm = star_graph_accuracies
+    assert ilm >= 0.7
+    assert ilm - ar >= 0.3

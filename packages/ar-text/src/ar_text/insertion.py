@@ -1,7 +1,7 @@
 """Insertion language models (ILM): training targets, loss and the insertion sampler.
 
 Patel et al., "Insertion Language Models: Sequence Generation with Arbitrary-Position
-Insertions" (2025, arXiv:2505.05755 -- id unverified).
+Insertions" (2025, arXiv:2505.05755).
 
 * Noise (:func:`drop_tokens`): drop a uniformly drawn number ``k`` of random positions
   (among the droppable ones) from each sequence.
@@ -16,7 +16,9 @@ Insertions" (2025, arXiv:2505.05755 -- id unverified).
   bidirectional, padding-only mask (:func:`padding_mask`), plus a linear stop head.
 * Inference (:func:`insert_until_stop`): while ``P(stop) < threshold`` and the row is
   shorter than ``max_len``, sample ``(gap, token)`` jointly from the flattened softmax
-  and insert. Given a partial sequence this is infilling of unknown length.
+  and insert; greedy decoding takes either the argmax pair or (as the authors' predictor
+  does) the argmax gap of the gap marginal, then the argmax token in it. Given a partial
+  sequence this is infilling of unknown length.
 
 Notation: B batch, N padded length of the clean sequences, L = 1 + N slots (CLS first),
 V vocabulary, C model dim.
@@ -25,7 +27,7 @@ V vocabulary, C model dim.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -199,6 +201,7 @@ def insert_until_stop(
     allowed_tokens: Tensor | None = None,
     min_slot: Tensor | None = None,
     greedy: bool = False,
+    greedy_by: Literal["pair", "gap"] = "pair",
 ) -> tuple[Tensor, Tensor]:
     """Insert jointly sampled (gap, token) pairs until each row stops.
 
@@ -206,12 +209,17 @@ def insert_until_stop(
     slots. A row stops when ``sigmoid(stop) >= stop_threshold`` or it holds ``max_len``
     slots (CLS included). ``allowed_tokens`` (V,) bool restricts the inserted ids (e.g. no
     CLS/PAD); ``min_slot`` (B,) forbids gaps before that slot (a fixed prompt);
-    ``greedy`` takes the most likely pair instead of sampling one.
+    ``greedy`` takes the most likely pair instead of sampling one: with ``greedy_by="pair"``
+    the argmax of the joint (gap x token) distribution; with ``"gap"`` the argmax gap of
+    the marginal ``p(gap) = sum_token p(gap, token)``, then the argmax token in that gap
+    (the official ILM predictor's top-1/top-1 setting). Sampling is the same either way.
     Returns ``(tokens (B, max_len), lengths (B,))``.
     """
     _check_ids(tokens, "insert_until_stop tokens")
     if not (stop_threshold > 0.0 and stop_threshold <= 1.0):
         raise ConfigError(f"stop_threshold must lie in (0, 1], got {stop_threshold}")
+    if greedy_by not in ("pair", "gap"):
+        raise ConfigError(f"greedy_by must be 'pair' or 'gap', got {greedy_by!r}")
     B, T = tokens.shape
     if lengths.shape != (B,) or bool((lengths < 1).any()):
         raise InputError(f"lengths must be (B,) = ({B},) with every row >= 1 (the CLS slot)")
@@ -247,10 +255,14 @@ def insert_until_stop(
             raise InputError("no (gap, token) pair is allowed in a running row; check min_slot")
         for b in (~done).nonzero().flatten().tolist():
             row = probs[b].cpu()  # (W*V,), flat index = gap * V + token
-            flat = (
-                int(row.argmax()) if greedy else int(torch.multinomial(row, 1, generator=generator))
-            )
-            g, tok = divmod(flat, V)
+            if not greedy:
+                g, tok = divmod(int(torch.multinomial(row, 1, generator=generator)), V)
+            elif greedy_by == "pair":
+                g, tok = divmod(int(row.argmax()), V)
+            else:
+                grid = row.view(width, V)
+                g = int(grid.sum(1).argmax())
+                tok = int(grid[g].argmax())
             seq[b] = _insert(seq[b], int(lens[b]), g, tok)
             lens[b] += 1
     return seq, lens
