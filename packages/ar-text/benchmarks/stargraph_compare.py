@@ -9,8 +9,8 @@ One torch thread.
     uv run python packages/ar-text/benchmarks/stargraph_compare.py \\
         --degree 3 --arm-len 2 --steps 2000 --evals 500,1000,2000 --seed 0 [--models ar,ilm]
 
-Prints one JSON line per (model, step) with the accuracy, its binomial standard error and
-the wall time so far.
+Prints one JSON line per (model, step) as it goes (the accuracy, its binomial standard
+error and the wall time so far), then a table, and writes all rows to ``--out``.
 
 Measured (2-core CPU, 1 thread; 500 held-out graphs; accuracy at the end of the run):
 
@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -53,11 +54,13 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--n-test", type=int, default=500)
     ap.add_argument("--models", default="ar,ilm")
+    ap.add_argument("--out", default=".bench/stargraph_compare.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     task = StarGraph(degree=args.degree, arm_len=args.arm_len)
     test = task.sample(torch.Generator().manual_seed(12345), args.n_test)
     evals = sorted({int(s) for s in args.evals.split(",") if s} | {args.steps})
+    rows: list[dict[str, object]] = []
     for name in args.models.split(","):
         make = {"ar": ar_trainer, "ilm": ilm_trainer}[name]
         trainer = make(task, steps=args.steps, lr=args.lr, seed=args.seed)
@@ -85,6 +88,17 @@ def main() -> None:
                 "wall_s": round(time.perf_counter() - start, 1),
             }
             print(json.dumps(row), flush=True)
+            rows.append(row)
+    print(f"\n{'model':6s} {'step':>6s} {'accuracy':>9s} {'+-se':>7s} {'loss':>7s} {'wall s':>7s}")
+    for r in rows:
+        print(
+            f"{r['model']!s:6s} {r['step']!s:>6s} {r['acc']!s:>9s} {r['se']!s:>7s} "
+            f"{r['loss']!s:>7s} {r['wall_s']!s:>7s}"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
