@@ -8,6 +8,11 @@ import torch
 from ar_core import Transformer, TransformerConfig
 from ar_core.errors import ConfigError, InputError
 from ar_text import sequencematch as sm
+from ar_text.recipes_sequencematch import DYCK_BKSP as D_BKSP
+from ar_text.recipes_sequencematch import DYCK_BOS as D_BOS
+from ar_text.recipes_sequencematch import DYCK_EOS as D_EOS
+from ar_text.recipes_sequencematch import DYCK_NOISE as D_NOISE
+from ar_text.recipes_sequencematch import dyck2, dyck2_valid
 
 torch.set_num_threads(1)
 
@@ -342,39 +347,6 @@ def test_bad_inputs_raise() -> None:
 
 
 # -- slow: validity under injected noise on Dyck-2 ----------------------------------------
-
-D_BOS, D_EOS, D_BKSP = 0, 1, 8  # "(" 2, ")" 3, "[" 4, "]" 5, fillers 6 7
-D_NOISE = [2, 3, 4, 5, 6, 7]
-D_PAIRS = {2: 3, 4: 5}
-
-
-def dyck2(g: torch.Generator, max_pairs: int = 6) -> list[int]:
-    """A random balanced Dyck-2 word with 1..max_pairs pairs, as BOS ... EOS."""
-    n = int(torch.randint(1, max_pairs + 1, (), generator=g))
-    out, stack, opened = [D_BOS], [], 0
-    while opened < n or stack:
-        if opened < n and (not stack or float(torch.rand((), generator=g)) < 0.5):
-            o = [2, 4][int(torch.randint(0, 2, (), generator=g))]
-            out.append(o)
-            stack.append(o)
-            opened += 1
-        else:
-            out.append(D_PAIRS[stack.pop()])
-    return [*out, D_EOS]
-
-
-def dyck2_valid(seq: list[int]) -> bool:
-    if len(seq) < 2 or seq[0] != D_BOS or seq[-1] != D_EOS:
-        return False
-    stack: list[int] = []
-    for t in seq[1:-1]:
-        if t in D_PAIRS:
-            stack.append(t)
-        elif stack and D_PAIRS[stack[-1]] == t:
-            stack.pop()
-        else:
-            return False
-    return not stack
 
 
 def test_dyck2_checker() -> None:
