@@ -42,6 +42,11 @@ def test_registered() -> None:
     assert registry.recipes.get("text-code") is text_code
     assert registry.recipes.get("text-chars") is text_chars
     assert text_code.in_demo and not text_chars.in_demo
+    from ar_text import recipes_hyperfit, recipes_sequencematch, recipes_stargraph
+
+    assert registry.recipes.get("text-hyperfit") is recipes_hyperfit.recipe
+    assert registry.recipes.get("text-stargraph") is recipes_stargraph.recipe
+    assert registry.recipes.get("text-sequencematch") is recipes_sequencematch.recipe
 
 
 def test_text_code_end_to_end(tmp_path: Path) -> None:
