@@ -51,11 +51,13 @@ from ar_core.recipes import (
     torch_threads,
 )
 from ar_core.trainer import Trainer
-from ar_text.insertion import InsertionModel, insert_until_stop
+from ar_text.insertion import InsertionModel
 from ar_text.stargraph import (
     StarGraph,
+    ar_greedy_paths,
     ar_path_accuracy,
     ar_trainer,
+    ilm_greedy_paths,
     ilm_path_accuracy,
     ilm_trainer,
 )
@@ -144,17 +146,11 @@ def accuracy(name: ModelName, model: torch.nn.Module, task: StarGraph, test: Ten
 # -- decoding for the shown graphs ----------------------------------------------------------
 
 
-@torch.no_grad()
 def ar_paths(model: Transformer, task: StarGraph, test: Tensor) -> list[list[int]]:
     """Greedy paths of the AR model (the decoding of :func:`ar_path_accuracy`)."""
-    model.eval()
-    seq = test[:, : task.prompt_len]
-    for _ in range(task.path_len):
-        seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
-    return seq[:, task.prompt_len :].tolist()
+    return ar_greedy_paths(model, task, test).tolist()
 
 
-@torch.no_grad()
 def ilm_paths(
     model: InsertionModel, task: StarGraph, test: Tensor
 ) -> tuple[list[list[int]], list[list[list[int]]]]:
@@ -169,20 +165,7 @@ def ilm_paths(
         out: tuple[Tensor, Tensor] = model(tokens, lengths)
         return out
 
-    allowed = torch.zeros(task.vocab_size, dtype=torch.bool)
-    allowed[: task.n_nodes] = True
-    seq, lens = insert_until_stop(
-        scorer,
-        torch.cat([torch.full((B, 1), task.cls), test[:, :P]], 1),
-        torch.full((B,), 1 + P),
-        max_len=1 + P + task.path_len,
-        pad_id=task.pad,
-        generator=torch.Generator().manual_seed(0),
-        allowed_tokens=allowed,
-        min_slot=torch.full((B,), P),
-        greedy=True,
-        greedy_by="gap",
-    )
+    seq, lens = ilm_greedy_paths(scorer, task, test, torch.Generator().manual_seed(0))
     paths = [seq[b, 1 + P : int(lens[b])].tolist() for b in range(B)]
     # the path part of every state the sampler scored, then the final one; a row that
     # stopped keeps its state, so dropping repeats leaves one state per insertion

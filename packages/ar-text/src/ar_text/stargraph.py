@@ -50,6 +50,7 @@ from ar_core.trainer import TrainConfig, Trainer
 from ar_text.insertion import (
     InsertionBatch,
     InsertionModel,
+    InsertionScorer,
     drop_tokens,
     ilm_loss,
     insert_until_stop,
@@ -57,8 +58,10 @@ from ar_text.insertion import (
 
 __all__ = [
     "StarGraph",
+    "ar_greedy_paths",
     "ar_path_accuracy",
     "ar_trainer",
+    "ilm_greedy_paths",
     "ilm_path_accuracy",
     "ilm_trainer",
     "train_ar",
@@ -186,15 +189,21 @@ def train_ar(
 
 
 @torch.no_grad()
-def ar_path_accuracy(model: Transformer, task: StarGraph, test: Tensor) -> float:
-    """Exact-match rate of greedily decoded paths on ``test`` (B, T)."""
+def ar_greedy_paths(model: Transformer, task: StarGraph, test: Tensor) -> Tensor:
+    """Greedily decoded paths (B, path_len) after the prompts of ``test`` (B, T)."""
     model.eval()
     P = task.prompt_len
     seq = test[:, :P]  # (B, P)
     for _ in range(task.path_len):  # uncached: T is tiny
         nxt = model(seq).logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
         seq = torch.cat([seq, nxt], 1)
-    return float((seq[:, P:] == test[:, P:]).all(1).float().mean())
+    return seq[:, P:]
+
+
+def ar_path_accuracy(model: Transformer, task: StarGraph, test: Tensor) -> float:
+    """Exact-match rate of greedily decoded paths on ``test`` (B, T)."""
+    paths = ar_greedy_paths(model, task, test)  # (B, path_len)
+    return float((paths == test[:, task.prompt_len :]).all(1).float().mean())
 
 
 # -- ILM ----------------------------------------------------------------------------------
@@ -248,28 +257,31 @@ def train_ilm(
 
 
 @torch.no_grad()
-def ilm_path_accuracy(
-    model: InsertionModel,
+def ilm_greedy_paths(
+    scorer: InsertionScorer,
     task: StarGraph,
     test: Tensor,
     generator: torch.Generator,
     *,
     greedy_by: Literal["pair", "gap"] = "gap",
-) -> float:
-    """Exact-match rate of paths built by greedy insertion after the prompt of ``test``.
+) -> tuple[Tensor, Tensor]:
+    """Paths built by greedy insertion after the prompts of ``test`` (B, T): the final
+    ``[CLS ; prompt ; path ; PAD...]`` rows and their lengths (B,).
 
-    The sampler may insert only node ids, only after the prompt, and stops by its own
-    stop head or at the true length (``max_len``); a path of the wrong length fails.
-    ``greedy_by``: ``"gap"`` (default, the authors' top-1 gap then top-1 token) or
-    ``"pair"`` (the joint argmax); see :func:`insert_until_stop`.
+    ``scorer`` is the InsertionModel (put in eval mode here) or any callable with its
+    signature (e.g. one that records the states it scores). The sampler may insert only
+    node ids, only after the prompt, and stops by its own stop head or at the true length
+    (``max_len``). ``greedy_by``: ``"gap"`` (default, the authors' top-1 gap then top-1
+    token) or ``"pair"`` (the joint argmax); see :func:`insert_until_stop`.
     """
-    model.eval()
+    if isinstance(scorer, nn.Module):
+        scorer.eval()
     B, P = test.shape[0], task.prompt_len
     start = torch.cat([torch.full((B, 1), task.cls), test[:, :P]], 1)  # (B, 1 + P)
     allowed = torch.zeros(task.vocab_size, dtype=torch.bool)
     allowed[: task.n_nodes] = True
-    seq, lens = insert_until_stop(
-        model,
+    return insert_until_stop(
+        scorer,
         start,
         torch.full((B,), 1 + P),
         max_len=1 + P + task.path_len,
@@ -280,5 +292,19 @@ def ilm_path_accuracy(
         greedy=True,
         greedy_by=greedy_by,
     )
+
+
+def ilm_path_accuracy(
+    model: InsertionModel,
+    task: StarGraph,
+    test: Tensor,
+    generator: torch.Generator,
+    *,
+    greedy_by: Literal["pair", "gap"] = "gap",
+) -> float:
+    """Exact-match rate of the paths of :func:`ilm_greedy_paths`; a path of the wrong
+    length fails."""
+    seq, lens = ilm_greedy_paths(model, task, test, generator, greedy_by=greedy_by)
+    P = task.prompt_len
     right = (lens == 1 + P + task.path_len) & (seq[:, 1 + P :] == test[:, P:]).all(1)
     return float(right.float().mean())
