@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ar_core import masks
 from ar_core.errors import ConfigError, InputError
-from ar_core.model import Transformer
+from ar_core.model import Transformer, TransformerConfig
 
 __all__ = [
     "InsertionBatch",
@@ -66,24 +66,11 @@ class InsertionScorer(Protocol):
     def __call__(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
-def padding_mask(lengths: Tensor) -> masks.MaskSpec:
-    """Bidirectional attention over the first ``lengths[b]`` positions of each row."""
-    lens = lengths.detach().to(torch.long).clone()
-
-    def factory(device: torch.device) -> masks.MaskMod:
-        lens_d = lens.to(device)
-
-        def padding_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-            return kv < lens_d[b]
-
-        return padding_mod
-
-    return masks.MaskSpec(
-        factory(lens.device),
-        name=f"padding(B={lens.numel()})",
-        cache_key=("ilm_padding", tuple(lens.tolist())),
-        factory=factory,
-    )
+def padding_mask(lengths: Tensor, n: int) -> masks.MaskSpec:
+    """Bidirectional attention over the first ``lengths[b]`` of ``n`` positions of each
+    row: ``ar_core.masks.key_padding`` of the valid slots."""
+    slots = torch.arange(n, device=lengths.device)[None, :]  # (1, n)
+    return masks.key_padding(slots < lengths[:, None])  # (B, n) bool
 
 
 def _check_ids(tokens: Tensor, what: str) -> None:
@@ -152,9 +139,14 @@ class InsertionModel(nn.Module):
         self.transformer = transformer
         self.stop_head = nn.Linear(transformer.cfg.dim, 1)
 
+    @property
+    def cfg(self) -> TransformerConfig:
+        """The inner Transformer's config (``ar_core.checkpoint.save_model`` writes it)."""
+        return self.transformer.cfg
+
     def forward(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Insertion logits (B, L, V) and stop logits (B,) for ``tokens`` (B, L)."""
-        out = self.transformer(tokens, mask=padding_mask(lengths))
+        out = self.transformer(tokens, mask=padding_mask(lengths, tokens.shape[1]))
         return out.logits, self.stop_head(out.hidden[:, 0]).squeeze(-1)  # (B, L, V), (B,)
 
 

@@ -28,17 +28,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-import safetensors.torch
 import torch
 from torch import Tensor
 
 from ar_core.checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
-    atomic_write_bytes,
     load_weights,
     read_config,
-    state_for_saving,
+    save_model,
 )
 from ar_core.errors import CheckpointError, ConfigError
 from ar_core.model import Transformer
@@ -46,7 +44,6 @@ from ar_core.recipes import (
     Progress,
     RecipeResult,
     Table,
-    atomic_write_text,
     read_recipe_file,
     torch_threads,
 )
@@ -260,13 +257,8 @@ def shown_graphs(
 
 def save_ilm(model: InsertionModel, folder: Path) -> None:
     """``folder/config.json`` (the inner Transformer's config) and ``folder/model.safetensors``
-    (every weight, the stop head included), each written atomically."""
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / CONFIG_NAME, model.transformer.cfg.model_dump_json(indent=2) + "\n")
-    atomic_write_bytes(
-        folder / WEIGHTS_NAME,
-        safetensors.torch.save(state_for_saving(model), metadata={"format": "pt"}),
-    )
+    (every weight, the stop head included), written as one atomic folder."""
+    save_model(model, folder)
 
 
 def _check_shape(folder: Path, task: StarGraph, vocab: int, seq_len: int, want_len: int) -> None:
