@@ -81,13 +81,6 @@ def test_recipe_object() -> None:
     assert demo.methods == ["mle", "bc-augmented", "sequencematch"]  # on-policy: too slow
 
 
-def test_defaults_are_the_measured_settings() -> None:
-    c = SequenceMatchConfig()
-    assert (c.steps, c.batch_size, c.lr, c.warmup_steps, c.alpha) == (300, 32, 3e-3, 100, 0.2)
-    assert (c.chi2_coef, c.gamma, c.eps, c.n_eval, c.eval_seed) == (0.5, 0.99, 0.1, 200, 123)
-    assert c.max_seq_len == 96 and c.threads == 1 and c.seed == 0
-
-
 def test_end_to_end_files_table_curves_samples(trained: Trained) -> None:
     out, config, result, messages = trained
     methods = config.methods

@@ -8,11 +8,16 @@ import torch
 from ar_core import Transformer, TransformerConfig
 from ar_core.errors import ConfigError, InputError
 from ar_text import sequencematch as sm
-from ar_text.recipes_sequencematch import DYCK_BKSP as D_BKSP
 from ar_text.recipes_sequencematch import DYCK_BOS as D_BOS
 from ar_text.recipes_sequencematch import DYCK_EOS as D_EOS
-from ar_text.recipes_sequencematch import DYCK_NOISE as D_NOISE
-from ar_text.recipes_sequencematch import dyck2, dyck2_valid
+from ar_text.recipes_sequencematch import (
+    SequenceMatchConfig,
+    dyck2,
+    dyck2_valid,
+    sample_actions,
+    train_method,
+    z_test_greater,
+)
 
 torch.set_num_threads(1)
 
@@ -356,66 +361,23 @@ def test_dyck2_checker() -> None:
 
 
 def _train_dyck(kind: str, steps: int, seed: int) -> Transformer:
-    torch.manual_seed(seed)
-    cfg = TransformerConfig(vocab_size=9, dim=64, n_layers=2, n_heads=4, max_seq_len=96)
-    model = Transformer(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(seed)
-    g_roll = torch.Generator().manual_seed(10_000 + seed)  # rollouts; the data stream is g's
-    for step in range(steps):
-        batch = sm.augment_with_backspaces(
-            [dyck2(g) for _ in range(32)],
-            bksp_id=D_BKSP,
-            noise_ids=D_NOISE,
-            p_noise=0.0 if kind == "mle" else 0.3,
-            max_noise=2,
-            pad_id=D_EOS,
-            generator=g,
-        )
-        logits = sm.backtrack_logits(model, batch.actions, D_BKSP)  # (B, T, 9)
-        roll, plog = None, None
-        if kind == "sm_onpolicy" and step >= 100:  # 32 fresh rollouts a step, no noise
-            roll = sm.sample_rollouts(
-                model,
-                torch.full((32, 1), D_BOS),
-                bksp_id=D_BKSP,
-                eos_id=D_EOS,
-                max_actions=40,
-                pad_id=D_EOS,
-                generator=g_roll,
-            )
-            plog = sm.backtrack_logits(model, roll.actions, D_BKSP)
-        if kind == "mle":
-            loss = sm.bc_loss(logits, batch)
-        else:
-            loss = sm.mixed_loss(
-                logits,
-                batch,
-                step=step,
-                warmup_steps=100,
-                alpha=0.2,
-                eos_id=D_EOS,
-                policy_logits=plog,
-                policy_batch=roll,
-            )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    """One method trained by the ``text-sequencematch`` recipe's loop (its defaults: batch
+    32, lr 3e-3, 100 BC warm-up steps, then alpha 0.2; on-policy: 32 rollouts a step)."""
+    method = {"mle": "mle", "sm": "sequencematch", "sm_onpolicy": "sequencematch-onpolicy"}[kind]
+    config = SequenceMatchConfig(steps=steps, seed=seed, methods=[method], progress_bar=False)
+    model, _, _ = train_method(method, config, lambda _: None)
+    return model
 
 
 def _validity(model: Transformer, eps: float, n: int = 200, seed: int = 123) -> float:
-    outs = sm.sample_with_noise(
-        model,
-        torch.full((n, 1), D_BOS),
-        bksp_id=D_BKSP,
-        eos_id=D_EOS,
-        noise_ids=D_NOISE,
-        eps=eps,
-        max_actions=40,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    return sum(dyck2_valid(o) for o in outs) / n
+    _, words = sample_actions(model, n, SequenceMatchConfig(eps=eps, n_eval=n, eval_seed=seed))
+    return sum(map(dyck2_valid, words)) / n
+
+
+def _z(p_sm: float, p_mle: float) -> float:
+    test = z_test_greater(p_sm, p_mle, 200)
+    assert test is not None, (p_sm, p_mle)
+    return test[0]
 
 
 @pytest.mark.slow
@@ -425,8 +387,7 @@ def test_sequencematch_beats_mle_under_sampling_noise() -> None:
     mle, smm = _train_dyck("mle", 300, 0), _train_dyck("sm", 300, 0)
     p_mle, p_sm = _validity(mle, 0.1), _validity(smm, 0.1)
     print(f"validity eps=0.1: mle {p_mle:.3f}, sequencematch {p_sm:.3f}")
-    pooled = (p_mle + p_sm) / 2
-    z = (p_sm - p_mle) / (pooled * (1 - pooled) * 2 / 200) ** 0.5
+    z = _z(p_sm, p_mle)
     assert z > 2.33, (p_mle, p_sm, z)
 
 
@@ -440,6 +401,5 @@ def test_onpolicy_sequencematch_beats_mle_under_sampling_noise() -> None:
     mle, smo = _train_dyck("mle", 300, 0), _train_dyck("sm_onpolicy", 300, 0)
     p_mle, p_sm = _validity(mle, 0.1), _validity(smo, 0.1)
     print(f"validity eps=0.1: mle {p_mle:.3f}, sequencematch on-policy {p_sm:.3f}")
-    pooled = (p_mle + p_sm) / 2
-    z = (p_sm - p_mle) / (pooled * (1 - pooled) * 2 / 200) ** 0.5
+    z = _z(p_sm, p_mle)
     assert z > 2.33, (p_mle, p_sm, z)
