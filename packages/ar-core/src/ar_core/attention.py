@@ -172,11 +172,8 @@ def dense_visibility(
     return DenseVisibility(visible=visible[:, None], has_key=has_key)
 
 
-class MathBackend:
-    """The reference: explicit (B, Tq, Tk) boolean mask, GQA by repeating K/V heads,
-    softmax in float32. Slow and memory-hungry; use it to check the others."""
-
-    name = "math"
+class _DenseMaskBackend:
+    """Backends whose prepared state is the dense mask of :func:`dense_visibility`."""
 
     def prepare(
         self,
@@ -190,6 +187,13 @@ class MathBackend:
     ) -> DenseVisibility:
         """The mask of one forward, built once; see :func:`dense_visibility`."""
         return dense_visibility(mask, q_offset, kv_len, q_len, k_len, keys_all_valid=keys_all_valid)
+
+
+class MathBackend(_DenseMaskBackend):
+    """The reference: explicit (B, Tq, Tk) boolean mask, GQA by repeating K/V heads,
+    softmax in float32. Slow and memory-hungry; use it to check the others."""
+
+    name = "math"
 
     def attend_prepared(
         self, q: Tensor, k: Tensor, v: Tensor, state: DenseVisibility, scale: float | None
@@ -257,24 +261,11 @@ def _decode_one_query(
     return (torch.softmax(scores, dim=-1) @ v).view(B, H, 1, D)  # (B, H, 1, D)
 
 
-class SdpaBackend:
+class SdpaBackend(_DenseMaskBackend):
     """``torch.nn.functional.scaled_dot_product_attention``: the ``is_causal`` fast path
     when it is exact, else a dense boolean mask; GQA through ``enable_gqa``."""
 
     name = "sdpa"
-
-    def prepare(
-        self,
-        *,
-        mask: MaskSpec | None,
-        q_offset: Tensor,
-        kv_len: Tensor,
-        q_len: int,
-        k_len: int,
-        keys_all_valid: bool = False,
-    ) -> DenseVisibility:
-        """The mask of one forward, built once; see :func:`dense_visibility`."""
-        return dense_visibility(mask, q_offset, kv_len, q_len, k_len, keys_all_valid=keys_all_valid)
 
     def attend_prepared(
         self, q: Tensor, k: Tensor, v: Tensor, state: DenseVisibility, scale: float | None
