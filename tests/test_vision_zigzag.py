@@ -12,7 +12,7 @@ pytest.importorskip("ar_vision")
 from ar_core import registry
 from ar_core.trainer import TrainConfig, Trainer
 from ar_vision.model import build_step_model
-from ar_vision.recipe import TokenData, plan_loss
+from ar_vision.recipes.digits import TokenData, plan_loss
 from ar_vision.sampling import generate_images
 
 

@@ -89,3 +89,37 @@ def test_torch_threads_sets_and_restores_even_on_error():
     assert torch.get_num_threads() == before
     with torch_threads(0):  # 0: leave torch's setting alone
         assert torch.get_num_threads() == before
+
+
+def test_recipe_base_checks_the_config_and_runs_under_its_threads(tmp_path: Path):
+    import torch
+
+    from ar_core.recipes import Recipe, RecipeBase, RecipeResult
+
+    class _Threaded(_Config):
+        threads: int = 1
+
+    class _R(RecipeBase):
+        name = "t-recipe"
+        description = "test"
+        config_class = _Threaded
+
+        def _run(self, config: _Threaded, out_dir: Path, progress) -> RecipeResult:
+            return RecipeResult(title=f"{torch.get_num_threads()} {type(out_dir).__name__}")
+
+    r = _R()
+    assert isinstance(r, Recipe)
+    before = torch.get_num_threads()
+    assert r.run(_Threaded(threads=1), str(tmp_path), print).title == "1 PosixPath"  # type: ignore[arg-type]
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="'t-recipe' expects a _Threaded, got _Config"):
+        r.run(_Config(), tmp_path, print)
+    write_recipe_file(tmp_path, "t-recipe", _Threaded(steps=4))
+    assert r.read_config(tmp_path, name="y") == _Threaded(steps=4, name="y")
+    with pytest.raises(ConfigError, match="holds no valid _Threaded"):
+        r.read_config(tmp_path, steps="many")
+    with pytest.raises(TypeError, match="must set config_class"):
+
+        class _Missing(RecipeBase):
+            name = "x"
+            description = "x"

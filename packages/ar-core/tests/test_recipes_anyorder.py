@@ -8,7 +8,7 @@ import pytest
 
 from ar_core import ConfigError, registry
 from ar_core.recipes import build_config, write_recipe_file
-from ar_core.recipes_anyorder import AnyOrderConfig
+from ar_core.recipes.anyorder import AnyOrderConfig
 
 
 def test_recipe_is_registered_and_runs(tmp_path: Path) -> None:

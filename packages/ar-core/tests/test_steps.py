@@ -13,7 +13,7 @@ import torch
 from ar_core import ConfigError, InputError, registry
 from ar_core.model import Transformer, TransformerConfig
 from ar_core.ordering import Block, Plan, RandomOrder, Raster
-from ar_core.recipes_anyorder import (
+from ar_core.recipes.anyorder import (
     AnyOrderConfig,
     ArithData,
     arith_sequences,

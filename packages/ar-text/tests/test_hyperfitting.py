@@ -169,7 +169,7 @@ RECIPE_TINY = dict(
 
 
 def test_count_copied_kgrams_by_hand() -> None:
-    from ar_text.recipes_hyperfit import count_copied_kgrams
+    from ar_text.recipes.hyperfit import count_copied_kgrams
 
     rows = torch.tensor([[1, 2, 3, 4, 1, 2, 3], [9, 9, 1, 2, 3, 5, 5]])
     kgrams: set[tuple[int, ...]] = {(1, 2, 3), (2, 3, 4)}
@@ -181,7 +181,7 @@ def test_count_copied_kgrams_by_hand() -> None:
 
 def test_recipe_registered() -> None:
     from ar_core import registry
-    from ar_text.recipes_hyperfit import recipe
+    from ar_text.recipes.hyperfit import recipe
 
     assert registry.recipes.get("text-hyperfit") is recipe
     assert not recipe.in_demo
@@ -190,7 +190,7 @@ def test_recipe_registered() -> None:
 def test_recipe_end_to_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from ar_core.errors import CheckpointError
     from ar_core.recipes import write_recipe_file
-    from ar_text.recipes_hyperfit import (
+    from ar_text.recipes.hyperfit import (
         SAMPLES_FILE,
         HyperfitRecipeConfig,
         load_samples,
@@ -231,7 +231,7 @@ def test_recipe_end_to_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / SAMPLES_FILE).write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="re-run ar train text-hyperfit"):
         recipe.sample(tmp_path, 2, lambda _: None)
-    from ar_text.recipes_hyperfit import save_samples
+    from ar_text.recipes.hyperfit import save_samples
 
     save_samples(tmp_path / SAMPLES_FILE, samples[:, :10])
     with pytest.raises(CheckpointError, match=r"shape \(8, 64\)"):

@@ -13,14 +13,11 @@ from ar_core.errors import ConfigError
 from ar_core.model import Transformer, TransformerConfig
 from ar_core.recipes import build_config, write_recipe_file
 from ar_text.data import pack
-from ar_text.recipes import (
-    TextCharsConfig,
-    TextCodeConfig,
-    encode_docs,
-    held_out_bits_per_byte,
-    text_chars,
-    text_code,
-)
+from ar_text.recipes._common import encode_docs, held_out_bits_per_byte
+from ar_text.recipes.chars import TextCharsConfig
+from ar_text.recipes.chars import recipe as text_chars
+from ar_text.recipes.code import TextCodeConfig
+from ar_text.recipes.code import recipe as text_code
 from ar_text.tokenizers import ByteTokenizer, load_tokenizer
 
 TINY = dict(
@@ -42,11 +39,11 @@ def test_registered() -> None:
     assert registry.recipes.get("text-code") is text_code
     assert registry.recipes.get("text-chars") is text_chars
     assert text_code.in_demo and not text_chars.in_demo
-    from ar_text import recipes_hyperfit, recipes_sequencematch, recipes_stargraph
+    from ar_text.recipes import hyperfit, sequencematch, stargraph
 
-    assert registry.recipes.get("text-hyperfit") is recipes_hyperfit.recipe
-    assert registry.recipes.get("text-stargraph") is recipes_stargraph.recipe
-    assert registry.recipes.get("text-sequencematch") is recipes_sequencematch.recipe
+    assert registry.recipes.get("text-hyperfit") is hyperfit.recipe
+    assert registry.recipes.get("text-stargraph") is stargraph.recipe
+    assert registry.recipes.get("text-sequencematch") is sequencematch.recipe
 
 
 def test_text_code_end_to_end(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests of the recipe ``text-sequencematch`` (ar_text.recipes_sequencematch), on tiny configs."""
+"""Tests of the recipe ``text-sequencematch`` (ar_text.recipes.sequencematch), on tiny configs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ar_core.errors import CheckpointError, ConfigError
 from ar_core.model import Transformer
 from ar_core.recipes import Recipe, RecipeResult, build_config, write_recipe_file
 from ar_text import sequencematch as sm
-from ar_text.recipes_sequencematch import (
+from ar_text.recipes.sequencematch import (
     DYCK_BKSP,
     DYCK_BOS,
     DYCK_EOS,

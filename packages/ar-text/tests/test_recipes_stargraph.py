@@ -15,7 +15,7 @@ import torch
 
 from ar_core.errors import CheckpointError, ConfigError
 from ar_core.recipes import Recipe, RecipeResult, build_config, torch_threads, write_recipe_file
-from ar_text.recipes_stargraph import (
+from ar_text.recipes.stargraph import (
     AR_DIR,
     ILM_DIR,
     StarGraphConfig,

@@ -8,9 +8,9 @@ import torch
 from ar_core import Transformer, TransformerConfig
 from ar_core.errors import ConfigError, InputError
 from ar_text import sequencematch as sm
-from ar_text.recipes_sequencematch import DYCK_BOS as D_BOS
-from ar_text.recipes_sequencematch import DYCK_EOS as D_EOS
-from ar_text.recipes_sequencematch import (
+from ar_text.recipes.sequencematch import DYCK_BOS as D_BOS
+from ar_text.recipes.sequencematch import DYCK_EOS as D_EOS
+from ar_text.recipes.sequencematch import (
     SequenceMatchConfig,
     dyck2,
     dyck2_valid,

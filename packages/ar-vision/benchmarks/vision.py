@@ -37,7 +37,7 @@ import torch
 
 from ar_core.generation import GenerationConfig
 from ar_core.recipes import Table
-from ar_vision.recipe import (
+from ar_vision.recipes.digits import (
     NUM_CLASSES,
     Evaluation,
     VisionDigitsConfig,

@@ -9,7 +9,7 @@ import pytest
 import ar_core
 from ar_core import registry
 from ar_core.recipes import Recipe, build_config, write_recipe_file
-from ar_vision.recipe import VisionDigitsConfig, recipe
+from ar_vision.recipes.digits import VisionDigitsConfig, recipe
 
 
 def test_registered_and_follows_the_recipe_protocol() -> None:

@@ -14,7 +14,7 @@ import torch
 from ar_core.trainer import TrainConfig, Trainer
 from ar_vision.data import load_digits
 from ar_vision.model import build_step_model
-from ar_vision.recipe import NUM_CLASSES, TokenData, plan_loss, sequence_nll
+from ar_vision.recipes.digits import NUM_CLASSES, TokenData, plan_loss, sequence_nll
 from ar_vision.representation import Representation, factorised_nll
 from ar_vision.sampling import generate_images
 from ar_vision.tokenizers import VQVAE, MultiScaleRVQ, PixelTokenizer

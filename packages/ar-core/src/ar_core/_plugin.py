@@ -56,6 +56,6 @@ def register_models(register: Register) -> None:
 
 @hookimpl
 def register_recipes(register: Register) -> None:
-    from ar_core.recipes_anyorder import recipe  # imports torch: only when recipes load
+    from ar_core.recipes.anyorder import recipe  # imports torch: only when recipes load
 
     register("core-anyorder", recipe)

@@ -15,13 +15,11 @@ def register_tokenizers(register: Register) -> None:
 
 @hookimpl
 def register_recipes(register: Register) -> None:
-    from ar_text.recipes import text_chars, text_code  # imports torch: only when recipes load
-    from ar_text.recipes_hyperfit import recipe as text_hyperfit
-    from ar_text.recipes_sequencematch import recipe as text_sequencematch
-    from ar_text.recipes_stargraph import recipe as text_stargraph
+    # one module per recipe, imported (with torch) only when recipes load
+    from ar_text.recipes import chars, code, hyperfit, sequencematch, stargraph
 
-    register("text-code", text_code)
-    register("text-chars", text_chars)
-    register("text-hyperfit", text_hyperfit)
-    register("text-stargraph", text_stargraph)
-    register("text-sequencematch", text_sequencematch)
+    register("text-code", code.recipe)
+    register("text-chars", chars.recipe)
+    register("text-hyperfit", hyperfit.recipe)
+    register("text-stargraph", stargraph.recipe)
+    register("text-sequencematch", sequencematch.recipe)

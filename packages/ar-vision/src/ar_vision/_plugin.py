@@ -27,6 +27,6 @@ def register_tokenizers(register: Register) -> None:
 
 @hookimpl
 def register_recipes(register: Register) -> None:
-    from ar_vision.recipe import recipe
+    from ar_vision.recipes.digits import recipe
 
     register("vision-digits", recipe)

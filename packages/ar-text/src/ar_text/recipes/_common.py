@@ -1,8 +1,7 @@
-"""Recipes ``text-code`` and ``text-chars``: a small causal language model on text.
+"""What the recipes ``text-code`` and ``text-chars`` share: a small causal language model
+on text (:mod:`ar_text.recipes.code`, :mod:`ar_text.recipes.chars`).
 
-``text-code`` trains a byte-level (or byte-level BPE) Llama-style Transformer on the
-Python standard library's own sources, the corpus that is on every machine; ``text-chars``
-does the same on any UTF-8 text file (``--set path=...``). Both are one linear pipeline:
+Both are one linear pipeline:
 
     corpus -> tokenizer -> pack documents (document mask) -> Trainer -> held-out bits per
     byte -> sample continuations of held-out prompts (KV cache, ``ar_core.generate``)
@@ -23,20 +22,17 @@ from typing import Literal
 import pydantic
 import torch
 
-from ar_core.errors import ConfigError
 from ar_core.generation import GenerationConfig, generate
 from ar_core.model import Transformer, TransformerConfig
-from ar_core.recipes import Progress, RecipeResult, Table, read_recipe_file, torch_threads
+from ar_core.recipes import Progress, RecipeResult, Table
 from ar_core.trainer import TrainConfig, Trainer, read_metrics
 from ar_text.data import (
     Corpus,
     Packed,
     PackedBatches,
-    file_corpus,
     pack,
     packed_lm_loss,
     packed_nll,
-    stdlib_corpus,
     target_mask,
 )
 from ar_text.tokenizers import (
@@ -82,19 +78,6 @@ class TextLMConfig(pydantic.BaseModel):
                 f"model's context seq_len ({self.seq_len}): at most seq_len - 2"
             )
         return self
-
-
-class TextCodeConfig(TextLMConfig):
-    """``text-code``: the standard library's ``*.py`` sources."""
-
-    source: Literal["stdlib"] = "stdlib"  # the only source that is always there
-    max_bytes: int = pydantic.Field(2_000_000, ge=1000)  # cap on the corpus read
-
-
-class TextCharsConfig(TextLMConfig):
-    """``text-chars``: one UTF-8 text file; its last ``held_out_fraction`` is held out."""
-
-    path: Path | None = None  # the text file; required (None only so `--set path=` can fill it)
 
 
 # -- pipeline pieces ----------------------------------------------------------------------------
@@ -311,94 +294,3 @@ def sample_checkpoint(
         samples=samples,
         metrics={"tokens_per_s": round(tokens_per_s, 1)},
     )
-
-
-# -- the recipes ----------------------------------------------------------------------------------
-
-
-class TextCodeRecipe:
-    name = "text-code"
-    description = "a small code language model (bytes or byte-level BPE) on the Python stdlib"
-    config_class = TextCodeConfig
-    in_demo = True
-
-    def demo_config(self) -> TextCodeConfig:
-        # byte-level BPE (1024) sees ~2.5x more text per update than bytes: measured on one
-        # thread of a shared 2-core machine, 300 updates of 16 x 128 tokens take ~30 s and
-        # reach ~2.7 held-out bits per byte (bytes: ~3.2 in the same time)
-        return TextCodeConfig(
-            tokenizer="bpe",
-            bpe_vocab_size=1024,
-            max_bytes=400_000,
-            seq_len=128,
-            steps=300,
-            batch_size=16,
-            dim=96,
-            n_layers=2,
-            n_heads=4,
-            eval_bytes=30_000,
-            n_samples=3,
-            prompt_chars=64,
-            sample_tokens=64,
-        )
-
-    def run(self, config: pydantic.BaseModel, out_dir: Path, progress: Progress) -> RecipeResult:
-        assert isinstance(config, TextCodeConfig)
-        with torch_threads(config.threads):
-            progress(f"reading up to {config.max_bytes} bytes of the standard library")
-            corpus = stdlib_corpus(config.max_bytes, config.held_out_fraction)
-            prompts = prompts_from(corpus.held_out, config.n_samples, config.prompt_chars)
-            return train_and_report(self.name, config, corpus, prompts, Path(out_dir), progress)
-
-    def sample(self, checkpoint_dir: Path, n: int, progress: Progress) -> RecipeResult:
-        _, fields = read_recipe_file(Path(checkpoint_dir))
-        config = TextCodeConfig.model_validate(fields)
-        corpus = stdlib_corpus(config.max_bytes, config.held_out_fraction)
-        prompts = prompts_from(corpus.held_out, n, config.prompt_chars)
-        progress(f"continuing {len(prompts)} held-out prompts")
-        return sample_checkpoint(Path(checkpoint_dir), config, prompts, "text-code samples")
-
-
-class TextCharsRecipe:
-    name = "text-chars"
-    description = "a small byte-level language model on any text file (--set path=FILE)"
-    config_class = TextCharsConfig
-    in_demo = False
-
-    def demo_config(self) -> TextCharsConfig:
-        # small settings; the file still comes from --set path=FILE
-        return TextCharsConfig(
-            seq_len=128,
-            steps=300,
-            dim=96,
-            n_layers=2,
-            eval_bytes=30_000,
-            prompt_chars=64,
-            sample_tokens=64,
-        )
-
-    def run(self, config: pydantic.BaseModel, out_dir: Path, progress: Progress) -> RecipeResult:
-        assert isinstance(config, TextCharsConfig)
-        with torch_threads(config.threads):
-            corpus = file_corpus(_require_path(config), config.held_out_fraction)
-            held = corpus.held_out[0]
-            prompts = window_prompts(held, config.n_samples, config.prompt_chars)
-            return train_and_report(self.name, config, corpus, prompts, Path(out_dir), progress)
-
-    def sample(self, checkpoint_dir: Path, n: int, progress: Progress) -> RecipeResult:
-        _, fields = read_recipe_file(Path(checkpoint_dir))
-        config = TextCharsConfig.model_validate(fields)
-        held = file_corpus(_require_path(config), config.held_out_fraction).held_out[0]
-        prompts = window_prompts(held, n, config.prompt_chars)
-        progress(f"continuing {len(prompts)} held-out prompts")
-        return sample_checkpoint(Path(checkpoint_dir), config, prompts, "text-chars samples")
-
-
-def _require_path(config: TextCharsConfig) -> Path:
-    if config.path is None:
-        raise ConfigError("text-chars needs a text file: ar train text-chars --set path=FILE")
-    return config.path
-
-
-text_code = TextCodeRecipe()
-text_chars = TextCharsRecipe()

@@ -24,7 +24,8 @@ import torch
 from ar_core import registry
 from ar_core.model import Transformer, TransformerConfig
 from ar_core.ordering import Plan
-from ar_core.recipes import Progress, RecipeResult, Table, read_recipe_file, torch_threads
+from ar_core.recipes import Progress, RecipeResult, Table
+from ar_core.recipes.base import RecipeBase
 from ar_core.steps import TwoStreamStepModel, generate_steps, query_stream_loss
 from ar_core.trainer import TrainConfig, Trainer, read_metrics
 
@@ -165,7 +166,7 @@ def evaluate(
 # -- the recipe ----------------------------------------------------------------------------------
 
 
-class AnyOrderRecipe:
+class AnyOrderRecipe(RecipeBase):
     name = "core-anyorder"
     description = "two-stream step model: train on random orders, generate in any order"
     config_class = AnyOrderConfig
@@ -174,11 +175,6 @@ class AnyOrderRecipe:
     def demo_config(self) -> AnyOrderConfig:
         # 8 positions and strides 1..3 learn to 100% in ~400 updates (~20 s on 2 cores)
         return AnyOrderConfig(length=8, max_stride=3, steps=400, eval_sequences=128)
-
-    def run(self, config: pydantic.BaseModel, out_dir: Path, progress: Progress) -> RecipeResult:
-        assert isinstance(config, AnyOrderConfig)
-        with torch_threads(config.threads):
-            return self._run(config, Path(out_dir), progress)
 
     def _run(self, config: AnyOrderConfig, out_dir: Path, progress: Progress) -> RecipeResult:
         for name in config.orderings:  # fail before training, not after
@@ -234,8 +230,7 @@ class AnyOrderRecipe:
         )
 
     def sample(self, checkpoint_dir: Path, n: int, progress: Progress) -> RecipeResult:
-        _, fields = read_recipe_file(Path(checkpoint_dir))
-        config = AnyOrderConfig.model_validate({**fields, "eval_sequences": n})
+        config = self.read_config(checkpoint_dir, eval_sequences=n)
         progress(f"loading {checkpoint_dir / 'model'}")
         model = TwoStreamStepModel.from_pretrained(Path(checkpoint_dir) / "model")
         rows, shown = evaluate(model, config)

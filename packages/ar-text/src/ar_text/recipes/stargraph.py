@@ -40,13 +40,8 @@ from ar_core.checkpoint import (
 )
 from ar_core.errors import CheckpointError, ConfigError
 from ar_core.model import Transformer
-from ar_core.recipes import (
-    Progress,
-    RecipeResult,
-    Table,
-    read_recipe_file,
-    torch_threads,
-)
+from ar_core.recipes import Progress, RecipeResult, Table, torch_threads
+from ar_core.recipes.base import RecipeBase
 from ar_core.trainer import Trainer
 from ar_text.insertion import InsertionModel
 from ar_text.stargraph import (
@@ -311,7 +306,7 @@ def load_ar(folder: Path, task: StarGraph) -> Transformer:
 TRAINERS: dict[str, Callable[..., Trainer]] = {"ar": ar_trainer, "ilm": ilm_trainer}
 
 
-class StarGraphRecipe:
+class StarGraphRecipe(RecipeBase):
     name = "text-stargraph"
     description = "star-graph planning: an insertion LM vs a left-to-right AR model"
     config_class = StarGraphConfig
@@ -327,11 +322,6 @@ class StarGraphRecipe:
         # The defaults (3000 updates), run through this recipe: 304 s, AR 0.338 +- 0.021,
         # ILM 0.856 +- 0.016 (ILM passes AR between steps 1000 and 1500), as the benchmark.
         return StarGraphConfig(steps=500, eval_every=100, n_test=300, n_show=2)
-
-    def run(self, config: pydantic.BaseModel, out_dir: Path, progress: Progress) -> RecipeResult:
-        assert isinstance(config, StarGraphConfig)
-        with torch_threads(config.threads):
-            return self._run(config, Path(out_dir), progress)
 
     def _run(self, config: StarGraphConfig, out_dir: Path, progress: Progress) -> RecipeResult:
         task = config.task()
@@ -439,8 +429,7 @@ class StarGraphRecipe:
         if n < 1:
             raise ConfigError(f"n must be >= 1 (held-out graphs to decode), got {n}")
         checkpoint_dir = Path(checkpoint_dir)
-        _, fields = read_recipe_file(checkpoint_dir)
-        config = StarGraphConfig.model_validate(fields)
+        config: StarGraphConfig = self.read_config(checkpoint_dir)
         task = config.task()
         with torch_threads(config.threads):
             models: dict[str, torch.nn.Module] = {}

@@ -24,9 +24,9 @@ from typing import Any, Literal
 import pydantic
 import torch
 
-from ar_core.errors import ConfigError
 from ar_core.ordering import Plan
-from ar_core.recipes import Progress, RecipeResult, Table, read_recipe_file, torch_threads
+from ar_core.recipes import Progress, RecipeResult, Table
+from ar_core.recipes.base import RecipeBase
 from ar_core.sampling import LogitsProcessor, TopK, TopP
 from ar_core.steps import plan_slots
 from ar_core.trainer import TrainConfig, Trainer, read_metrics
@@ -311,7 +311,7 @@ def save_samples(images: torch.Tensor, labels: torch.Tensor, path: Path, per_cla
 # -- the recipe ------------------------------------------------------------------------------
 
 
-class VisionDigitsRecipe:
+class VisionDigitsRecipe(RecipeBase):
     name = "vision-digits"
     description = "class-conditional digits: one step model, any ordering, CFG"
     config_class = VisionDigitsConfig
@@ -320,12 +320,6 @@ class VisionDigitsRecipe:
     def demo_config(self) -> VisionDigitsConfig:
         # raster over 16 VQ tokens: 28 s (idle) to 75 s (busy 2 cores), 97.5% class accuracy
         return VisionDigitsConfig(tokenizer_steps=200, steps=300, samples_per_class=8)
-
-    def run(self, config: pydantic.BaseModel, out_dir: Path, progress: Progress) -> RecipeResult:
-        if not isinstance(config, VisionDigitsConfig):
-            raise ConfigError(f"vision-digits expects a VisionDigitsConfig, got {type(config)}")
-        with torch_threads(config.threads):
-            return self._run(config, Path(out_dir), progress)
 
     def _run(self, config: VisionDigitsConfig, out_dir: Path, progress: Progress) -> RecipeResult:
         ev = train_and_evaluate(config, out_dir, progress)
@@ -360,8 +354,7 @@ class VisionDigitsRecipe:
         from ar_vision.metrics import class_accuracy
 
         checkpoint_dir = Path(checkpoint_dir)
-        _, fields = read_recipe_file(checkpoint_dir)
-        config = VisionDigitsConfig.model_validate(fields)
+        config: VisionDigitsConfig = self.read_config(checkpoint_dir)
         progress(f"loading {checkpoint_dir / 'model'}")
         rep = Representation.of(load_tokenizer(config.tokenizer, checkpoint_dir / "tokenizer"))
         model = ClassConditionalStepModel.from_pretrained(checkpoint_dir / "model").eval()

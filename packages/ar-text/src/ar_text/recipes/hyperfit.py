@@ -30,7 +30,8 @@ from ar_core.checkpoint import atomic_write_bytes
 from ar_core.errors import CheckpointError
 from ar_core.generation import GenerationConfig, generate
 from ar_core.model import Transformer
-from ar_core.recipes import Progress, RecipeResult, Table, read_recipe_file, torch_threads
+from ar_core.recipes import Progress, RecipeResult, Table
+from ar_core.recipes.base import RecipeBase
 from ar_text.hyperfitting import (
     HyperfitConfig,
     NgramBlocker,
@@ -156,7 +157,7 @@ def load_samples(path: Path, config: HyperfitRecipeConfig) -> Tensor:
     return samples
 
 
-class HyperfitRecipe:
+class HyperfitRecipe(RecipeBase):
     name = "text-hyperfit"
     description = "hyperfitting: fine-tune to near-zero loss on a tiny set, then measure"
     config_class = HyperfitRecipeConfig
@@ -167,11 +168,6 @@ class HyperfitRecipe:
         # hyperfitting (200 updates); training loss 2.217 -> 0.041, held-out entropy
         # 2.394 -> 0.620 nats, TTR 0.137 -> 0.285
         return HyperfitRecipeConfig(pretrain_steps=150, epochs=100, n_contexts=8)
-
-    def run(self, config: pydantic.BaseModel, out_dir: Path, progress: Progress) -> RecipeResult:
-        assert isinstance(config, HyperfitRecipeConfig)
-        with torch_threads(config.threads):
-            return self._run(config, Path(out_dir), progress)
 
     def _run(self, config: HyperfitRecipeConfig, out_dir: Path, progress: Progress) -> RecipeResult:
         report, model, samples = run_experiment(config, progress)
@@ -241,8 +237,7 @@ class HyperfitRecipe:
 
     def sample(self, checkpoint_dir: Path, n: int, progress: Progress) -> RecipeResult:
         checkpoint_dir = Path(checkpoint_dir)
-        _, fields = read_recipe_file(checkpoint_dir)
-        config = HyperfitRecipeConfig.model_validate(fields)
+        config: HyperfitRecipeConfig = self.read_config(checkpoint_dir)
         model = Transformer.from_pretrained(checkpoint_dir / "model")
         samples = load_samples(checkpoint_dir / SAMPLES_FILE, config)
         _, _, contexts, _ = experiment_data(config.model_copy(update={"n_contexts": max(1, n)}))

@@ -4,6 +4,10 @@ A package registers a recipe object through ``register_recipes``; ``ar train NAM
 k=v``, ``ar sample DIR`` and ``ar demo`` run it. A recipe is thin and linear: it wires
 the package's components together and returns a :class:`RecipeResult` of tables,
 images and curves that the CLI renders (terminal tables, ``index.html``).
+
+Each registered recipe is a module of its package's ``recipes`` folder
+(``ar_core.recipes.anyorder``, ``ar_text.recipes.code``, ``ar_vision.recipes.digits``,
+...) whose recipe class subclasses :class:`~ar_core.recipes.base.RecipeBase`.
 """
 
 from __future__ import annotations
@@ -166,3 +170,21 @@ def read_recipe_file(checkpoint_dir: Path) -> tuple[str, dict[str, Any]]:
         return str(payload["recipe"]), dict(payload["config"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path} is corrupted ({exc}); re-run `ar train`") from None
+
+
+from ar_core.recipes.base import RecipeBase  # noqa: E402  (base.py imports the names above)
+
+__all__ = [
+    "RECIPE_FILE",
+    "Progress",
+    "Recipe",
+    "RecipeBase",
+    "RecipeResult",
+    "Table",
+    "atomic_write_text",
+    "build_config",
+    "parse_overrides",
+    "read_recipe_file",
+    "torch_threads",
+    "write_recipe_file",
+]

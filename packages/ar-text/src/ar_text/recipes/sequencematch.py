@@ -46,7 +46,8 @@ import torch
 
 from ar_core.errors import CheckpointError, ConfigError
 from ar_core.model import Transformer, TransformerConfig
-from ar_core.recipes import Progress, RecipeResult, Table, read_recipe_file, torch_threads
+from ar_core.recipes import Progress, RecipeResult, Table, torch_threads
+from ar_core.recipes.base import RecipeBase
 from ar_text.sequencematch import (
     apply_backspaces,
     augment_with_backspaces,
@@ -368,7 +369,7 @@ def load_method_model(checkpoint_dir: Path, method: str) -> Transformer:
 # -- the recipe ---------------------------------------------------------------------------------
 
 
-class SequenceMatchRecipe:
+class SequenceMatchRecipe(RecipeBase):
     name = "text-sequencematch"
     description = (
         "SequenceMatch (backspace action): Dyck-2 validity under sampling noise vs MLE and BC"
@@ -382,11 +383,6 @@ class SequenceMatchRecipe:
         # each, 1-3 s of sampling, ~4 s of one-time torch.optim import) and gave validity
         # MLE 0.575, BC on augmented data 0.945, SequenceMatch 0.895 (z = 7.3 over MLE)
         return SequenceMatchConfig()
-
-    def run(self, config: pydantic.BaseModel, out_dir: Path, progress: Progress) -> RecipeResult:
-        assert isinstance(config, SequenceMatchConfig)
-        with torch_threads(config.threads):
-            return self._run(config, Path(out_dir), progress)
 
     def _run(self, config: SequenceMatchConfig, out_dir: Path, progress: Progress) -> RecipeResult:
         valid: dict[str, int] = {}
@@ -433,14 +429,7 @@ class SequenceMatchRecipe:
 
     def sample(self, checkpoint_dir: Path, n: int, progress: Progress) -> RecipeResult:
         checkpoint_dir = Path(checkpoint_dir)
-        _, fields = read_recipe_file(checkpoint_dir)
-        try:
-            config = SequenceMatchConfig.model_validate(fields)
-        except pydantic.ValidationError as exc:
-            raise ConfigError(
-                f"{checkpoint_dir}: recipe.json holds no valid SequenceMatchConfig "
-                f"({exc.error_count()} errors); re-run ar train text-sequencematch"
-            ) from None
+        config: SequenceMatchConfig = self.read_config(checkpoint_dir)
         if n < 1:
             raise ConfigError(f"n must be >= 1, got {n}")
         models = {m: load_method_model(checkpoint_dir, m) for m in config.methods}

@@ -1,0 +1,4 @@
+"""ar-vision's recipes, one module per registered recipe (imported only when recipes load):
+
+* ``vision-digits``: :mod:`ar_vision.recipes.digits`
+"""
