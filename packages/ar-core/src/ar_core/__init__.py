@@ -41,13 +41,29 @@ _LAZY: dict[str, str] = {
     "sampling": "ar_core.sampling",
     "attention": "ar_core.attention",
     "plugins": "ar_core.plugins",
+    "protocols": "ar_core.protocols",
+    "steps": "ar_core.steps",
+    "KVCache": "ar_core.protocols",
+    "CausalLM": "ar_core.protocols",
+    "Strategy": "ar_core.protocols",
+    "StepRunner": "ar_core.protocols",
+    "StepSampler": "ar_core.protocols",
+    "LogitsTransform": "ar_core.protocols",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ar_core import attention, masks, plugins, sampling
+    from ar_core import attention, masks, plugins, protocols, sampling, steps
     from ar_core.cache import StaticKVCache
     from ar_core.generation import GenerationConfig, GenerationResult, GenerationStats, generate
     from ar_core.masks import MaskSpec
+    from ar_core.protocols import (
+        CausalLM,
+        KVCache,
+        LogitsTransform,
+        StepRunner,
+        StepSampler,
+        Strategy,
+    )
     from ar_core.model import ModelOutput, Transformer, TransformerConfig
     from ar_core.trainer import TrainConfig, Trainer
 
@@ -64,6 +80,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ArError",
+    "CausalLM",
     "CheckpointError",
     "ConfigError",
     "DuplicateRegistrationError",
@@ -71,6 +88,8 @@ __all__ = [
     "GenerationResult",
     "GenerationStats",
     "InputError",
+    "KVCache",
+    "LogitsTransform",
     "MaskSpec",
     "ModelOutput",
     "Ordering",
@@ -78,6 +97,9 @@ __all__ = [
     "PlanError",
     "PluginError",
     "StaticKVCache",
+    "StepRunner",
+    "StepSampler",
+    "Strategy",
     "TrainConfig",
     "Trainer",
     "Transformer",
@@ -89,6 +111,8 @@ __all__ = [
     "hookspec",
     "masks",
     "plugins",
+    "protocols",
     "registry",
     "sampling",
+    "steps",
 ]

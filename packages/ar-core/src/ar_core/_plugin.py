@@ -49,6 +49,18 @@ def register_strategies(register: Register) -> None:
     register("sample", _sample)
 
 
+def _categorical(**kwargs: Any) -> Any:
+    """Step sampler ``categorical`` (ar_core.steps.Categorical: processors, temperature)."""
+    from ar_core.steps import Categorical
+
+    return Categorical(**kwargs)
+
+
+@hookimpl
+def register_step_samplers(register: Register) -> None:
+    register("categorical", _categorical)
+
+
 @hookimpl
 def register_models(register: Register) -> None:
     register("transformer", _transformer)
@@ -59,3 +71,10 @@ def register_recipes(register: Register) -> None:
     from ar_core.recipes.anyorder import recipe  # imports torch: only when recipes load
 
     register("core-anyorder", recipe)
+
+
+@hookimpl
+def register_benchmarks(register: Register) -> None:
+    from ar_core.benchmarks import lazy_benchmark  # the module itself imports when it runs
+
+    register("decode", lazy_benchmark("ar_core.benchmarks.decode"))

@@ -13,7 +13,14 @@ On top of that, what the strategies of ``ar`` need:
   context;
 * :meth:`crop` keeps the buffers (tensor identity) and only lowers ``lengths``
   (speculative decoding rolls back rejected draft tokens this way);
-* :meth:`fork` copies rows into an independent cache (beams, trees).
+* :meth:`fork` copies rows into an independent cache (beams, trees);
+* :meth:`move_entries` copies entries between slots of each row in every layer (a tree
+  path or a lookahead branch moved next to the context it extends), and
+  :meth:`set_lengths` sets every row's committed count (a view that keeps its own
+  bookkeeping, like ar-vision's causal-LM adapter). Nothing outside this class writes
+  the buffers: strategies go through these methods.
+
+:class:`StaticKVCache` implements the :class:`~ar_core.protocols.KVCache` protocol.
 
 Notation: B batch rows, H key/value heads, S = max_len, D head dim, T new entries,
 L layers.
@@ -72,6 +79,30 @@ class StaticKVCache:
         # a device sync on every layer of every step (the exact value is read only when
         # the bound says the write might overflow).
         self._max_length_bound = 0
+
+    @classmethod
+    def for_config(
+        cls,
+        config: object,
+        batch_size: int,
+        max_len: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> StaticKVCache:
+        """A cache shaped for any config with ``n_layers``, ``n_kv_heads`` (or
+        ``kv_heads``) and ``head_dim`` attributes (a ``TransformerConfig``, an adapter's
+        own config); no model needed."""
+        try:
+            n_layers = int(config.n_layers)  # type: ignore[attr-defined]
+            heads = getattr(config, "kv_heads", None) or config.n_kv_heads  # type: ignore[attr-defined]
+            head_dim = int(config.head_dim)  # type: ignore[attr-defined]
+        except AttributeError as exc:
+            raise InputError(
+                f"StaticKVCache.for_config needs n_layers, n_kv_heads (or kv_heads) and "
+                f"head_dim on the config; {type(config).__name__} lacks {exc.name!r}"
+            ) from None
+        return cls(n_layers, batch_size, int(heads), head_dim, max_len, dtype, device)
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -165,10 +196,53 @@ class StaticKVCache:
             self.lengths.clamp_(max=n)
             self._max_length_bound = min(self._max_length_bound, n)
 
+    def set_lengths(self, lengths: Tensor) -> None:
+        """Set every row's committed count to ``lengths`` (B,) (in ``[0, max_len]``); the
+        buffers are kept. For a view over this cache with its own bookkeeping."""
+        lengths = torch.as_tensor(lengths).to(device=self.lengths.device, dtype=torch.long)
+        if lengths.shape != (self.batch_size,):
+            raise InputError(
+                f"KV cache set_lengths: lengths must be ({self.batch_size},), got "
+                f"{tuple(lengths.shape)}"
+            )
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 0 or hi > self.max_len:
+            raise InputError(
+                f"KV cache set_lengths: lengths must lie in [0, {self.max_len}], got {lo}..{hi}"
+            )
+        self.lengths.copy_(lengths)
+        self._max_length_bound = hi
+
+    def move_entries(self, src: Tensor, dst: Tensor) -> None:
+        """Copy the entries at slots ``src`` (B, m) to slots ``dst`` (B, m) of each row, in
+        every layer; lengths are unchanged (commit or crop after). All sources are read
+        before any destination is written, so the two may overlap."""
+        src = torch.as_tensor(src).to(device=self.device, dtype=torch.long)
+        dst = torch.as_tensor(dst).to(device=self.device, dtype=torch.long)
+        if src.ndim != 2 or src.shape != dst.shape or src.shape[0] != self.batch_size:
+            raise InputError(
+                f"KV cache move_entries: src and dst must both be ({self.batch_size}, m), got "
+                f"{tuple(src.shape)} and {tuple(dst.shape)}"
+            )
+        if src.numel() == 0:
+            return
+        if not torch.compiler.is_compiling():
+            lo = int(torch.minimum(src.min(), dst.min()))
+            hi = int(torch.maximum(src.max(), dst.max()))
+            if lo < 0 or hi >= self.max_len:
+                raise InputError(
+                    f"KV cache move_entries: slots must lie in [0, {self.max_len}), got {lo}..{hi}"
+                )
+        L, B, H, _, D = self._k.shape
+        m = src.shape[1]
+        gather = src[None, :, None, :, None].expand(L, B, H, m, D)
+        scatter = dst[None, :, None, :, None].expand(L, B, H, m, D)
+        for buf in (self._k, self._v):  # (L, B, H, S, D): one gather and scatter per kind
+            buf.scatter_(3, scatter, buf.gather(3, gather))
+
     def reset(self) -> None:
         """Forget every entry (lengths = 0); the buffers are kept."""
         self.lengths.zero_()
-        self._max_length_bound = 0
         self._max_length_bound = 0
 
     def fork(self, index: Tensor | None = None) -> StaticKVCache:

@@ -16,10 +16,17 @@ tokens. Every row gets exactly ``max_new_tokens`` new tokens; after its EOS a ro
 ``pad_token_id``. ``sequences`` is (B, max(prompt_lengths) + max_new_tokens): row b is its
 prompt, its new tokens, then ``pad_token_id``.
 
-Strategies are plugins (``register_strategies``): ``fn(model, input_ids, config, *,
-prompt_lengths, streamer, **kwargs) -> GenerationResult``. Models follow the protocol
-of ``docs/design/contracts.md`` (``forward``, ``new_cache``, ``vocab_size``,
-``max_seq_len``).
+Strategies are plugins (``register_strategies``, :class:`~ar_core.protocols.Strategy`):
+``fn(model, input_ids, config, *, prompt_lengths, streamer, **kwargs) -> GenerationResult``.
+Models follow :class:`~ar_core.protocols.CausalLM` (``forward``, ``new_cache``,
+``vocab_size``, ``max_seq_len``).
+
+The scaffolding every strategy shares is public here, so no strategy repeats it:
+:func:`prefill` (with positions and a mask), :func:`cache_budget`, :func:`check_eos`,
+:func:`make_generator`, :func:`positive_int`, :func:`reject_repetition_penalty`,
+:class:`TokenPicker` (the one pick rule: greedy, or the config's processors and a
+categorical draw) and :class:`Rows` (per-row bookkeeping over a ragged batch, EOS,
+streaming, stats, timing and the final :class:`GenerationResult`).
 
 Notation: B rows, T prompt length (padded), N max_new_tokens, V vocabulary.
 """
@@ -38,6 +45,8 @@ from torch import Tensor
 
 from ar_core import registry
 from ar_core.errors import ConfigError, InputError
+from ar_core.masks import MaskSpec
+from ar_core.protocols import CausalLM, KVCache
 from ar_core.sampling import (
     LogitsProcessor,
     RepetitionPenalty,
@@ -52,13 +61,20 @@ __all__ = [
     "GenerationConfig",
     "GenerationResult",
     "GenerationStats",
+    "Rows",
     "Streamer",
+    "TokenPicker",
     "assemble_sequences",
+    "cache_budget",
+    "check_eos",
     "decode_n_tokens",
     "decode_one_token",
     "generate",
     "greedy",
+    "make_generator",
+    "positive_int",
     "prefill",
+    "reject_repetition_penalty",
     "sample_strategy",
 ]
 
@@ -196,13 +212,293 @@ def generate(
 # -- the loop -----------------------------------------------------------------------------
 
 
-def prefill(model: Any, input_ids: Tensor, cache: Any, prompt_lengths: Tensor) -> Tensor:
-    """Run the padded prompts (B, T), commit each row's own length; logits of each row's
-    last prompt token: (B, V)."""
-    logits = model(input_ids, cache=cache, commit=False).logits  # (B, T, V)
+def prefill(
+    model: CausalLM,
+    input_ids: Tensor,
+    cache: KVCache,
+    prompt_lengths: Tensor,
+    *,
+    positions: Tensor | None = None,
+    mask: MaskSpec | None = None,
+    all_logits: bool = False,
+) -> Tensor:
+    """Run the padded prompts (B, T) at RoPE ``positions`` (default: ``0..T-1``) under
+    ``mask`` (default: the model's causal mask) and commit each row's own length.
+
+    Returns the logits of each row's last prompt token (B, V), or with ``all_logits``
+    every position's (B, T, V). Rows are right-padded: the padding is written but not
+    committed, so each row's next tokens overwrite it.
+    """
+    out = model(input_ids, positions=positions, cache=cache, mask=mask, commit=False)
     cache.commit(prompt_lengths)
+    if all_logits:
+        return out.logits  # (B, T, V)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    return logits[rows, prompt_lengths - 1]  # (B, V)
+    return out.logits[rows, prompt_lengths - 1]  # (B, V)
+
+
+def cache_budget(
+    models: CausalLM | Sequence[CausalLM],
+    input_ids: Tensor,
+    prompt_lengths: Tensor,
+    n_new: int,
+    *,
+    extra: int = 0,
+    extra_required: bool = True,
+    fix: str = "shorten the prompt or lower max_new_tokens",
+) -> int:
+    """Cache slots for a decode of ``n_new`` tokens after right-padded prompts (B, T).
+
+    A row's committed context holds at most prompt + ``n_new`` - 1 tokens before its last
+    step, and a step writes up to ``extra`` slots more (draft tokens, a lookahead block).
+    ``extra_required``: the extra slots must fit every model's ``max_seq_len`` (else an
+    ``InputError`` naming ``fix``); otherwise they are capped by it (a strategy that
+    shrinks its drafts near the end). The prefill's T entries always fit.
+    """
+    group = [models] if not isinstance(models, Sequence) else list(models)
+    T = input_ids.shape[1]
+    longest = int(prompt_lengths.max())
+    need = max(T, longest + n_new - 1)
+    limit = min(int(m.max_seq_len) for m in group)
+    wanted = max(T, longest + n_new - 1 + extra) if extra_required else need
+    if wanted > limit:
+        slots = f" + {extra} extra slots" if extra_required and extra else ""
+        raise InputError(
+            f"prompt length {longest} + max_new_tokens {n_new}{slots} needs {wanted} "
+            f"positions (padded prompt: {T}) but the model's max_seq_len is {limit}; {fix}"
+        )
+    return wanted if extra_required else min(need + extra, limit)
+
+
+def check_eos(config: GenerationConfig, vocab_size: int) -> None:
+    """``ConfigError`` when an ``eos_token_id`` lies outside ``[0, vocab_size)``."""
+    for eos in config.eos_ids():
+        if not 0 <= eos < vocab_size:
+            raise ConfigError(f"eos_token_id {eos} is outside the vocabulary [0, {vocab_size})")
+
+
+def make_generator(
+    config: GenerationConfig, device: torch.device, generator: torch.Generator | None = None
+) -> torch.Generator:
+    """``generator`` if given, else one on ``device`` seeded from ``config.seed`` (or, when
+    that is None, from torch's global RNG, so ``torch.manual_seed`` makes runs repeatable)."""
+    if generator is not None:
+        return generator
+    seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()).item())
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def positive_int(value: Any, name: str, strategy: str, minimum: int = 1) -> int:
+    """``value`` when it is an int >= ``minimum``, else a ``ConfigError`` naming both."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{strategy}: {name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def reject_repetition_penalty(config: GenerationConfig, strategy: str) -> None:
+    """Strategies that score many positions at once without per-position histories
+    (Jacobi, lookahead, SJD, beam) refuse CTRL's penalty rather than apply it wrongly."""
+    if config.repetition_penalty != 1.0:
+        raise ConfigError(
+            f"strategy {strategy!r} does not support repetition_penalty="
+            f"{config.repetition_penalty}; set repetition_penalty=1.0 or use 'greedy'/'sample'"
+        )
+
+
+class TokenPicker:
+    """The one rule that turns logits into tokens, shared by every strategy.
+
+    Greedy (``do_sample=False``; the default when ``config.temperature == 0``): the argmax
+    after the repetition penalty only. Sampling: every processor of the config
+    (temperature, top-k/p, min-p, typical, penalty), then one categorical draw per row
+    from ``generator`` (seeded from ``config.seed`` when not given). Processors see each
+    position's own history (the sequence so far plus the draft tokens before it), so the
+    repetition penalty stays exact inside a draft. History columns holding -1 are unused.
+    """
+
+    def __init__(
+        self,
+        config: GenerationConfig,
+        do_sample: bool | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.greedy = not (config.temperature > 0 if do_sample is None else do_sample)
+        self.processors: list[LogitsProcessor]
+        if self.greedy:
+            self.processors = _penalty(config)
+            self.generator = generator
+        else:
+            self.processors = build_processors(config)
+            self.generator = make_generator(config, torch.device(device), generator)
+
+    def process(self, logits: Tensor, seq: Tensor, draft: Tensor | None = None) -> Tensor:
+        """Processed logits (B, t, V); position i sees ``seq`` plus ``draft[:, :i]``."""
+        if not self.processors:
+            return logits
+        out = []
+        for i in range(logits.shape[1]):
+            history = seq if draft is None or i == 0 else torch.cat([seq, draft[:, :i]], 1)
+            step = apply_processors(self.processors, logits[:, i], history)
+            if not self.greedy:
+                check_finite_rows(step)
+            out.append(step)
+        return torch.stack(out, 1)
+
+    def probs(self, logits: Tensor) -> Tensor:
+        """The config's processors, then softmax: logits (..., V) -> probs (..., V) float32
+        (no history: for strategies that refuse the repetition penalty)."""
+        shape = logits.shape
+        flat = apply_processors(self.processors, logits.reshape(-1, shape[-1]))
+        if not self.greedy:
+            check_finite_rows(flat)
+        return logits_to_probs(flat).reshape(shape)
+
+    def pick(self, logits: Tensor, seq: Tensor, draft: Tensor | None = None) -> Tensor:
+        """One token per row from (B, V) logits after the tokens ``seq`` (+ ``draft``)."""
+        token, _ = self.pick_with_probs(logits, seq, draft)
+        return token
+
+    def pick_with_probs(
+        self, logits: Tensor, seq: Tensor, draft: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """(token (B,), the probabilities it was drawn from (B, V), or None when greedy)."""
+        if not self.processors:  # no history needed: skip the concatenation
+            processed = logits
+        else:
+            history = seq if draft is None else torch.cat([seq, draft], 1)
+            processed = self.process(logits[:, None], history)[:, 0]  # (B, V)
+        if self.greedy:
+            return processed.argmax(-1), None
+        probs = logits_to_probs(processed)
+        return multinomial_sample_one_no_sync(probs, self.generator), probs
+
+
+class Rows:
+    """The bookkeeping of one decode over B rows that may advance by different counts.
+
+    Owns what every strategy would otherwise repeat: the timer and the
+    :class:`GenerationStats`, each row's new tokens (``new_tokens`` (B, N),
+    ``pad_token_id`` after its end), ``n_new`` and ``length`` (prompt + new) per row,
+    EOS and ``max_new_tokens`` (``finished``), streaming in order, and the final
+    :class:`GenerationResult` (:meth:`finish`). With ``scratch`` (an int), ``seq`` (B, W)
+    also holds each row's tokens so far (-1 marks unused slots) with ``scratch`` spare
+    columns for draft tokens. ``stats.accepted_lengths`` gets one entry per (step, row
+    active at the start of the step).
+
+    Streaming: a :class:`Streamer` receives (B, n) columns; a column is streamed once every
+    unfinished row has produced it (finished rows contribute ``pad_token_id``). The
+    concatenated stream equals the new tokens of ``sequences``.
+    """
+
+    def __init__(
+        self,
+        input_ids: Tensor,
+        prompt_lengths: Tensor,
+        config: GenerationConfig,
+        streamer: Streamer | None = None,
+        stats: GenerationStats | None = None,
+        scratch: int | None = None,
+    ) -> None:
+        self.start_time = time.perf_counter()
+        B, T = input_ids.shape
+        N = config.max_new_tokens
+        device = input_ids.device
+        self.input_ids, self.prompt_lengths = input_ids, prompt_lengths
+        self.N, self.pad, self.streamer = N, config.pad_token_id, streamer
+        self.stats = GenerationStats() if stats is None else stats
+        self.eos = torch.tensor(config.eos_ids(), dtype=torch.long, device=device)
+        self.rows = torch.arange(B, device=device)
+        self._seq: Tensor | None = None
+        if scratch is not None:
+            cols = torch.arange(T, device=device)[None, :]
+            self._seq = torch.full((B, T + N + scratch), -1, dtype=torch.long, device=device)
+            self._seq[:, :T] = torch.where(cols < prompt_lengths[:, None], input_ids, -1)
+        self.length = prompt_lengths.clone()  # (B,)
+        self.n_new = torch.zeros(B, dtype=torch.long, device=device)  # (B,)
+        self.new_tokens = torch.full((B, N), self.pad, dtype=torch.long, device=device)
+        self.finished = torch.full((B,), N == 0, dtype=torch.bool, device=device)
+        self._streamed = 0
+
+    @property
+    def seq(self) -> Tensor:
+        """Each row's tokens so far (B, W); only with ``scratch``."""
+        if self._seq is None:
+            raise AttributeError("Rows(..., scratch=None) keeps no sequences")
+        return self._seq
+
+    def all_finished(self) -> bool:
+        return bool(self.finished.all())
+
+    def remaining(self) -> Tensor:
+        """New tokens each row may still emit: (B,), 0 for finished rows."""
+        return torch.where(self.finished, 0, self.N - self.n_new)
+
+    def last(self) -> Tensor:
+        """Each row's last token: (B,)."""
+        return self.seq[self.rows, self.length - 1]
+
+    def emit(self, tokens: Tensor, counts: Tensor) -> Tensor:
+        """Append ``tokens[b, :counts[b]]`` (``tokens`` (B, k)) to each unfinished row b,
+        cut after its first EOS (kept) and at ``max_new_tokens``; returns how many each
+        row kept (B,), 0 for finished rows."""
+        k = tokens.shape[1]
+        steps = torch.arange(k, device=tokens.device)[None, :]  # (1, k)
+        active = ~self.finished
+        valid = (steps < counts[:, None]) & active[:, None]  # (B, k), a prefix per row
+        valid &= self.n_new[:, None] + steps < self.N
+        hit_eos = torch.zeros_like(active)
+        if self.eos.numel():
+            is_eos = torch.isin(tokens, self.eos) & valid  # (B, k)
+            after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after
+            valid &= ~after_eos
+            hit_eos = is_eos.any(-1)
+        kept = valid.sum(-1)  # (B,)
+        b, j = valid.nonzero(as_tuple=True)
+        if self._seq is not None:
+            self._seq[b, self.length[b] + j] = tokens[b, j]
+        self.new_tokens[b, self.n_new[b] + j] = tokens[b, j]
+        self.length += kept
+        self.n_new += kept
+        self.finished |= hit_eos | (self.n_new >= self.N)
+        self.stats.tokens_generated += int(kept.sum())
+        self.stats.accepted_lengths.extend(kept[active].tolist())
+        self._stream()
+        return kept
+
+    def retire_finished(self, cache: KVCache) -> None:
+        """Finished rows keep riding along in the batch; cropping their cache to 0 keeps
+        their writes inside it (their outputs are ignored)."""
+        cache.crop(torch.where(self.finished, 0, cache.lengths))
+
+    def _stream(self) -> None:
+        if self.streamer is None:
+            return
+        live = self.n_new[~self.finished]
+        frontier = int(live.min()) if live.numel() else self.N
+        if frontier > self._streamed:
+            self.streamer.put(self.new_tokens[:, self._streamed : frontier].clone())
+            self._streamed = frontier
+
+    def end(self) -> None:
+        """Stream any columns not streamed yet (none once every row finished), then end."""
+        if self.streamer is None:
+            return
+        if self._streamed < self.N:
+            self.streamer.put(self.new_tokens[:, self._streamed :].clone())
+            self._streamed = self.N
+        self.streamer.end()
+
+    def finish(self) -> GenerationResult:
+        """End the stream, assemble ``sequences`` and stop the timer."""
+        self.end()
+        sequences = assemble_sequences(
+            self.input_ids, self.prompt_lengths, self.new_tokens, self.pad, n=self.N
+        )
+        self.stats.wall_seconds = time.perf_counter() - self.start_time
+        return GenerationResult(
+            sequences=sequences, stats=self.stats, prompt_lengths=self.prompt_lengths
+        )
 
 
 def decode_one_token(model: Any, tokens: Tensor, cache: Any) -> Tensor:
@@ -303,20 +599,9 @@ def _run(
     start = time.perf_counter()
     B, T = input_ids.shape
     N = config.max_new_tokens
-    max_prompt = int(prompt_lengths.max())
     # the prefill writes T entries; row b then writes up to L_b + N - 1
-    cache_len = max(T, max_prompt + N - 1)
-    if cache_len > model.max_seq_len:
-        raise InputError(
-            f"prompt length {max_prompt} + max_new_tokens {N} needs {max_prompt + N - 1} "
-            f"positions (padded prompt: {T}) but the model's max_seq_len is "
-            f"{model.max_seq_len}; shorten the prompt or lower max_new_tokens"
-        )
-    for eos in config.eos_ids():
-        if not 0 <= eos < model.vocab_size:
-            raise ConfigError(
-                f"eos_token_id {eos} is outside the vocabulary [0, {model.vocab_size})"
-            )
+    cache_len = cache_budget(model, input_ids, prompt_lengths, N)
+    check_eos(config, model.vocab_size)
     stats = GenerationStats()
     device = input_ids.device
     eos_ids = torch.tensor(config.eos_ids(), dtype=torch.long, device=device)
@@ -392,7 +677,7 @@ def _penalty(config: GenerationConfig) -> list[LogitsProcessor]:
 
 
 def greedy(
-    model: Any,
+    model: CausalLM,
     input_ids: Tensor,
     config: GenerationConfig,
     *,
@@ -401,17 +686,13 @@ def greedy(
     compile: bool = False,
 ) -> GenerationResult:
     """Strategy ``greedy``: the argmax at every step (after the repetition penalty, if any)."""
-    processors = _penalty(config)
+    picker = TokenPicker(config, do_sample=False, device=input_ids.device)
     lengths = _prompt_lengths(input_ids, None, prompt_lengths)
-
-    def pick(logits: Tensor, history: Tensor) -> Tensor:
-        return apply_processors(processors, logits, history).argmax(-1)
-
-    return _run(model, input_ids, config, lengths, streamer, pick, compile)
+    return _run(model, input_ids, config, lengths, streamer, picker.pick, compile)
 
 
 def sample_strategy(
-    model: Any,
+    model: CausalLM,
     input_ids: Tensor,
     config: GenerationConfig,
     *,
@@ -421,19 +702,7 @@ def sample_strategy(
     generator: torch.Generator | None = None,
 ) -> GenerationResult:
     """Strategy ``sample``: processors from the config, then one categorical draw per row
-    with an explicit generator (seeded from ``config.seed``)."""
-    processors = build_processors(config)
+    with an explicit generator (seeded from ``config.seed``); temperature 0 is greedy."""
+    picker = TokenPicker(config, generator=generator, device=input_ids.device)
     lengths = _prompt_lengths(input_ids, None, prompt_lengths)
-    if generator is None:
-        seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()).item())
-        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
-    greedy_only = config.temperature == 0
-
-    def pick(logits: Tensor, history: Tensor) -> Tensor:
-        logits = apply_processors(processors, logits, history)
-        check_finite_rows(logits)
-        if greedy_only:
-            return logits.argmax(-1)
-        return multinomial_sample_one_no_sync(logits_to_probs(logits), generator)
-
-    return _run(model, input_ids, config, lengths, streamer, pick, compile)
+    return _run(model, input_ids, config, lengths, streamer, picker.pick, compile)

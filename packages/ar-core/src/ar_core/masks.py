@@ -24,7 +24,18 @@ Constructors and the idea each one implements:
   Without Fine Tuning" (McIlroy-Young et al., 2024, arXiv:2406.06581).
 * ``tree(parents, start)`` – speculative tree verification (SpecInfer, Miao et al. 2023,
   arXiv:2305.09781; Medusa).
-* ``document(ids)`` – packed sequences: causal within one document.
+* ``document(ids)`` – packed sequences: causal within one document;
+  ``document_inputs(ids, is_input)`` – bidirectional among one document's inputs
+  (packed non-causal decoders, Wang et al. 2022).
+* ``key_padding(valid)`` – keys that are real tokens.
+* ``table(visible, start)`` – a block whose visibility is given as a boolean table,
+  causal context before it (lookahead decoding's block, SequenceMatch's backtracking).
+* ``context_and_self(end)`` and ``two_stream_decode(...)`` – the cache-side masks of one
+  step call of a two-stream step model (queries read the context and themselves).
+
+Every mask of every package is built here: a package that needs a new pattern adds a
+constructor (with a content-based ``cache_key``: equal keys must mean equal masks, so
+keys are built from values, never from ``id()``).
 
 Notation: ``q``/``kv`` absolute query/key indices; ``N`` the length a mask covers.
 Constructors clamp their lookups into captured tensors to ``[0, N)`` so that padded
@@ -34,6 +45,7 @@ refuse queries and keys that lie beyond ``N`` (``MaskSpec.length``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -521,16 +533,164 @@ def key_padding(valid: Tensor | Sequence[bool]) -> MaskSpec:
     )
 
 
+def _digest(t: Tensor) -> str:
+    """A content hash of a tensor (shape, dtype and values) for cache keys."""
+    data = t.detach().to("cpu").contiguous()
+    h = hashlib.sha256(str((tuple(data.shape), str(data.dtype))).encode())
+    h.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return h.hexdigest()
+
+
+def table(
+    visible: Tensor, *, start: int | Tensor | Sequence[int] = 0, name: str = "table"
+) -> MaskSpec:
+    """A block whose visibility is a table, after a causal context.
+
+    ``visible``: (n, n) or (B, n, n) bool, ``visible[b, i, j]`` = slot ``i`` of the block
+    sees slot ``j``. The block of row ``b`` starts at absolute index ``start`` (an int or
+    (B,) per row). Query ``q`` sees key ``kv`` iff both lie in the block and the table says
+    so, or ``kv < start[b]`` and ``kv <= q`` (causal context before the block). With
+    ``start = 0`` the mask covers exactly n positions (``length = n``). The cache key is a
+    hash of the table's values and the starts, never an object's identity.
+    """
+    v = torch.as_tensor(visible)
+    if v.dtype != torch.bool:
+        raise ConfigError(f"table needs a bool visibility table, got dtype {v.dtype}")
+    if v.dim() not in (2, 3) or v.shape[-1] != v.shape[-2] or v.shape[-1] == 0:
+        raise ConfigError(f"table needs an (n, n) or (B, n, n) table, got shape {tuple(v.shape)}")
+    v = v.detach().clone()
+    n = v.shape[-1]
+    per_row = v.dim() == 3
+    per_row_start = not isinstance(start, int)
+    starts = _int_vector(start, "table start") if per_row_start else torch.tensor([int(start)])
+    if bool((starts < 0).any()):
+        raise ConfigError(f"table start must be >= 0, got {starts.tolist()}")
+    if per_row and per_row_start and starts.numel() != v.shape[0]:
+        raise ConfigError(
+            f"table: {v.shape[0]} per-row tables but {starts.numel()} starts; give one per row"
+        )
+
+    def factory(device: torch.device) -> MaskMod:
+        v_d, s_d = v.to(device), starts.to(device)
+
+        def table_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+            s = s_d[b] if per_row_start else s_d[0]
+            rq, rk = q - s, kv - s
+            inside = (rq >= 0) & (rq < n) & (rk >= 0) & (rk < n)
+            rq_c, rk_c = rq.clamp(0, n - 1), rk.clamp(0, n - 1)
+            seen = v_d[b, rq_c, rk_c] if per_row else v_d[rq_c, rk_c]
+            return (inside & seen) | ((kv < s) & (kv <= q))
+
+        return table_mod
+
+    return _spec(
+        factory,
+        name=f"{name}(n={n})",
+        cache_key=("table", name, _digest(v), _key(starts), per_row_start),
+        length=None if per_row_start or int(starts[0]) else n,
+        device=v.device,
+    )
+
+
+def document_inputs(ids: Tensor, is_input: Tensor) -> MaskSpec:
+    """Bidirectional block of each packed document's input prefix: ``q`` sees ``kv`` iff
+    both are inputs (``is_input``) of the same document (``ids``); both (B, N). Combine
+    with ``document(ids)`` for a packed non-causal decoder."""
+    d, inp = torch.as_tensor(ids), torch.as_tensor(is_input)
+    if d.dim() != 2 or inp.shape != d.shape or d.shape[-1] == 0:
+        raise ConfigError(
+            f"document_inputs needs ids and is_input of one (B, N) shape, got "
+            f"{tuple(d.shape)} and {tuple(inp.shape)}"
+        )
+    if inp.dtype != torch.bool:
+        raise ConfigError(f"document_inputs needs a bool is_input, got dtype {inp.dtype}")
+    d, inp = d.detach().to(torch.long).clone(), inp.detach().clone()
+    n = d.shape[1]
+
+    def factory(device: torch.device) -> MaskMod:
+        d_d, i_d = d.to(device), inp.to(device)
+
+        def inputs_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+            q_c, kv_c = q.clamp(0, n - 1), kv.clamp(0, n - 1)
+            return (d_d[b, q_c] == d_d[b, kv_c]) & i_d[b, q_c] & i_d[b, kv_c]
+
+        return inputs_mod
+
+    return _spec(
+        factory,
+        name=f"document_inputs(N={n})",
+        cache_key=("document_inputs", _digest(d), _digest(inp)),
+        length=n,
+        device=d.device,
+    )
+
+
+def context_and_self(end: int) -> MaskSpec:
+    """Cache-side mask of one step call of a two-stream step model: key ``kv`` is visible
+    iff ``kv < end`` (the committed context and this call's content) or ``kv == q`` (a
+    query sees itself)."""
+    if end < 0:
+        raise ConfigError(f"context_and_self needs end >= 0, got {end}")
+
+    def context_and_self_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        return (kv < end) | (kv == q)
+
+    return MaskSpec(context_and_self_mod, name=f"context_and_self({end})", cache_key=("cas", end))
+
+
+def two_stream_decode(written_from: Tensor, seq_start: Tensor, n_content: int) -> MaskSpec:
+    """Cache-side mask of a two-stream step model decoded as a causal LM (one position a
+    step; ar-vision's ``CausalLMAdapter``), over rows of different lengths.
+
+    Row ``b`` writes ``n_content`` content entries from cache index ``written_from[b]``,
+    then one query per new token. Content at index ``q`` sees ``kv <= max(q, 1)`` (causal;
+    the first two entries, ``[BOS]`` and the conditioning, see each other). Query ``i``
+    sees the context through the ``i``-th new content entry (cache index
+    ``seq_start[b] + i + 1``) and itself. ``written_from``, ``seq_start``: (B,) long.
+    """
+    w = _int_vector(written_from, "written_from")
+    s = _int_vector(seq_start, "seq_start")
+    if w.shape != s.shape:
+        raise ConfigError(
+            f"two_stream_decode: written_from {tuple(w.shape)} and seq_start {tuple(s.shape)} "
+            f"must both be (B,)"
+        )
+
+    def factory(device: torch.device) -> MaskMod:
+        w_d, s_d = w.to(device), s.to(device)
+
+        def two_stream_decode_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+            rel = q - w_d[b]
+            is_query = rel >= n_content
+            limit = s_d[b] + (rel - n_content) + 1  # the content this query reads through
+            query_ok = (kv <= limit) | (kv == q)
+            content_ok = kv <= torch.clamp(q, min=1)
+            return torch.where(is_query, query_ok, content_ok)
+
+        return two_stream_decode_mod
+
+    return _spec(
+        factory,
+        name=f"two_stream_decode(content={n_content})",
+        cache_key=("two_stream_decode", _key(w), _key(s), n_content),
+        device=written_from.device if isinstance(written_from, Tensor) else torch.device("cpu"),
+    )
+
+
 __all__ = [
     "MaskMod",
     "MaskSpec",
     "block_causal",
     "causal",
+    "context_and_self",
     "document",
+    "document_inputs",
     "key_padding",
     "prefix",
     "sets",
     "sliding_window",
+    "table",
     "tree",
     "two_stream",
+    "two_stream_decode",
 ]

@@ -35,7 +35,7 @@ positions of one step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,13 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ar_core import masks, sampling
+from ar_core import masks, registry, sampling
 from ar_core.cache import StaticKVCache
 from ar_core.checkpoint import atomic_write_bytes
 from ar_core.errors import CheckpointError, ConfigError, InputError
 from ar_core.masks import MaskSpec
 from ar_core.model import ModelOutput, Transformer
 from ar_core.ordering import Plan
+from ar_core.protocols import KVCache, LogitsTransform, StepRunner, StepSampler
 
 RESERVED_IDS = 2  # [BOS], [QUERY]
 TWO_STREAM_FILE = "two_stream.safetensors"
@@ -122,33 +123,76 @@ class TwoStreamStepModel(nn.Module):
             model.pos_embed.weight.copy_(weight)
         return model.to(transformer.device)
 
+    # -- the forward both paths share --------------------------------------------------
+    def run(
+        self,
+        tokens: Tensor,
+        positions: Tensor,
+        *,
+        mask: MaskSpec,
+        cache: KVCache | None = None,
+        commit: bool = True,
+    ) -> ModelOutput:
+        """The Transformer on ``tokens`` (B, T) at RoPE ``positions`` (B, T), with the
+        learned position embedding added to the token embeddings: every call of this model
+        (training, the cached loop, adapters) goes through here."""
+        embeds = self.transformer.tok_embeddings(tokens) + self.pos_embed(positions)  # (B, T, C)
+        return self.transformer(
+            tokens, positions=positions, cache=cache, mask=mask, commit=commit, query_embeds=embeds
+        )
+
     # -- training: both streams at once --------------------------------------------------
-    def forward(self, tokens: Tensor, order: Tensor, slot_steps: Tensor) -> Tensor:
+    def forward(
+        self, tokens: Tensor, order: Tensor, slot_steps: Tensor, condition: Tensor | None = None
+    ) -> Tensor:
         """Query-stream logits (B, N, V) in slot order: row ``b``, slot ``t`` predicts the
-        token at position ``order[b, t]`` from the content of steps < ``slot_steps[t]``.
+        token at position ``order[b, t]`` from the content of steps < ``slot_steps[t]``
+        (and the ``condition``, which every step sees).
 
         ``tokens`` (B, N) data ids in position order; ``order`` (B, N) a permutation of
         ``0..N-1`` per row (slot -> position); ``slot_steps`` (N,) the non-decreasing step
-        of each slot, shared by all rows (``plan_slots(plan)`` gives both for a Plan).
+        of each slot, shared by all rows (``plan_slots(plan)`` gives both for a Plan);
+        ``condition`` (B, c) optional content ids (a class token, a prompt) that join
+        ``[BOS]`` in step 0 at object positions ``0..c-1`` (the object's positions
+        follow them).
         """
+        return self.query_outputs(tokens, order, slot_steps, condition).logits
+
+    def query_outputs(
+        self, tokens: Tensor, order: Tensor, slot_steps: Tensor, condition: Tensor | None = None
+    ) -> ModelOutput:
+        """:meth:`forward` with the query stream's hidden states too: ``logits`` (B, N, V)
+        and ``hidden`` (B, N, C), both in slot order."""
         B, N = tokens.shape
-        self._check_positions(N)
+        c = 0 if condition is None else condition.shape[1]
+        self._check_positions(N + c)
         if order.shape != (B, N) or slot_steps.shape != (N,):
             raise InputError(
                 f"order must be (B, N) = {(B, N)} and slot_steps (N,) = ({N},); got "
                 f"{tuple(order.shape)} and {tuple(slot_steps.shape)}"
             )
+        if condition is not None and condition.shape[0] != B:
+            raise InputError(f"condition must be (B, c) with B = {B}, got {tuple(condition.shape)}")
         bos = torch.full((B, 1), self.bos_id, dtype=torch.long, device=tokens.device)
-        content = torch.cat([bos, tokens.gather(1, order)], dim=1)  # (B, S)
-        queries = torch.full_like(content, self.query_id)  # (B, S)
-        pos = torch.cat([torch.zeros_like(bos), order + 1], dim=1)  # (B, S)
-        step_ids = torch.cat([slot_steps.new_zeros(1), slot_steps + 1])  # (S,), BOS = step 0
-        out = self._run(
-            torch.cat([content, queries], dim=1),  # (B, 2S)
-            torch.cat([pos, pos], dim=1),  # (B, 2S)
+        content = [bos, tokens.gather(1, order)]
+        pos = [torch.zeros_like(bos), order + c + 1]
+        if condition is not None:  # condition slots: object positions 0..c-1, step 0
+            content.insert(1, condition.to(tokens.device))
+            cpos = torch.arange(1, c + 1, device=tokens.device).expand(B, c)
+            pos.insert(1, cpos)
+        x = torch.cat(content, dim=1)  # (B, S), S = 1 + c + N
+        p = torch.cat(pos, dim=1)  # (B, S)
+        step_ids = torch.cat([slot_steps.new_zeros(1 + c), slot_steps + 1])  # (S,)
+        out = self.run(
+            torch.cat([x, torch.full_like(x, self.query_id)], dim=1),  # (B, 2S)
+            torch.cat([p, p], dim=1),  # (B, 2S)
             mask=masks.two_stream(step_ids),
         )
-        return out.logits[:, N + 2 :, : self.vocab_size]  # query slots 1..N: (B, N, V)
+        S = x.shape[1]
+        first = S + 1 + c  # query slot of the object's first position
+        return ModelOutput(
+            logits=out.logits[:, first:, : self.vocab_size], hidden=out.hidden[:, first:]
+        )
 
     def loss(self, tokens: Tensor, order: Tensor, slot_steps: Tensor) -> Tensor:
         """Mean cross-entropy of the query stream against the tokens it predicts."""
@@ -156,34 +200,37 @@ class TwoStreamStepModel(nn.Module):
 
     # -- sampling: one call per step ----------------------------------------------------
     def new_cache(self, batch_size: int, num_positions: int, max_step: int) -> StaticKVCache:
-        """A cache for BOS, the content of ``num_positions`` and one step's pending queries."""
+        """A cache for BOS, the content of ``num_positions`` (condition included) and one
+        step's pending queries."""
         return self.transformer.new_cache(batch_size, max_len=1 + num_positions + max_step)
 
     def prefill(
-        self, cache: StaticKVCache, content: Tensor, rope_positions: Tensor, slot_steps: Tensor
+        self, cache: KVCache, content: Tensor, rope_positions: Tensor, slot_steps: Tensor
     ) -> None:
         """Commit ``[BOS] + content`` (B, 1 + g) to an empty ``cache``: the given steps of a
-        prompt, at RoPE ``rope_positions`` (g,), block-causal by ``slot_steps`` (g,)."""
+        prompt (and any condition, at step -1), at RoPE ``rope_positions`` (g,),
+        block-causal by ``slot_steps`` (g,)."""
         B = content.shape[0]
         bos = torch.full((B, 1), self.bos_id, dtype=torch.long, device=content.device)
-        step_ids = torch.cat([slot_steps.new_zeros(1), slot_steps + 1])  # (1 + g,)
-        self._run(
+        step_ids = torch.cat([slot_steps.new_full((1,), -1), slot_steps]) + 1  # (1 + g,)
+        self.run(
             torch.cat([bos, content], dim=1),  # (B, 1 + g)
             torch.cat([rope_positions.new_zeros(1), rope_positions]).expand(B, -1),
             cache=cache,
             mask=masks.block_causal(step_ids),
         )
 
-    def step_logits(
+    def step(
         self,
-        cache: StaticKVCache,
+        cache: KVCache,
         context_end: int,
         content: Tensor,
         content_positions: Tensor,
         query_positions: Tensor,
-    ) -> Tensor:
+    ) -> ModelOutput:
         """Commit ``content`` (B, Tc) at RoPE ``content_positions`` (B, Tc) and return the
-        logits (B, m, V) of queries at object positions ``query_positions`` (m,).
+        output for queries at object positions ``query_positions`` (m,): ``logits``
+        (B, m, V) and ``hidden`` (B, m, C).
 
         ``context_end`` = committed entries + Tc: the content queries see every key below
         it, each query sees that context and itself. The queries stay pending.
@@ -191,31 +238,15 @@ class TwoStreamStepModel(nn.Module):
         B, Tc = content.shape
         m = query_positions.numel()
         queries = torch.full((B, m), self.query_id, dtype=torch.long, device=content.device)
-        out = self._run(
+        out = self.run(
             torch.cat([content, queries], dim=1),  # (B, Tc + m)
             torch.cat([content_positions, (query_positions + 1).expand(B, m)], dim=1),
             cache=cache,
-            mask=context_and_self(context_end),
+            mask=masks.context_and_self(context_end),
             commit=False,
         )
         cache.commit(Tc)  # the content becomes context; the queries are overwritten next call
-        return out.logits[:, Tc:, : self.vocab_size]  # (B, m, V)
-
-    def _run(
-        self,
-        tokens: Tensor,
-        positions: Tensor,
-        *,
-        mask: MaskSpec,
-        cache: StaticKVCache | None = None,
-        commit: bool = True,
-    ) -> ModelOutput:
-        """The Transformer on ``tokens`` (B, T) at RoPE ``positions`` (B, T), with the learned
-        position embedding added to the token embeddings."""
-        embeds = self.transformer.tok_embeddings(tokens) + self.pos_embed(positions)  # (B, T, C)
-        return self.transformer(
-            tokens, positions=positions, cache=cache, mask=mask, commit=commit, query_embeds=embeds
-        )
+        return ModelOutput(logits=out.logits[:, Tc:, : self.vocab_size], hidden=out.hidden[:, Tc:])
 
     def _check_positions(self, n: int) -> None:
         if n > self.max_positions:
@@ -233,15 +264,6 @@ def query_stream_loss(logits: Tensor, tokens: Tensor, order: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def context_and_self(end: int) -> MaskSpec:
-    """Cache-side mask of a step call: key ``kv`` is visible iff ``kv < end`` or ``kv == q``."""
-
-    def context_and_self_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-        return (kv < end) | (kv == q)
-
-    return MaskSpec(context_and_self_mod, name=f"context_and_self({end})", cache_key=("cas", end))
-
-
 def plan_slots(plan: Plan) -> tuple[Tensor, Tensor]:
     """``(order, slot_steps)`` of a Plan: positions in generation order (N,) and the step
     of each slot (N,), the inputs of :meth:`TwoStreamStepModel.forward` (add a batch
@@ -254,12 +276,18 @@ def plan_slots(plan: Plan) -> tuple[Tensor, Tensor]:
 
 
 # -- the step loop -------------------------------------------------------------------------
+#
+# One loop for every step model: a StepRunner makes one network call per step (the
+# KV-cached runner, or the uncached reference that reruns the training forward), the
+# LogitsTransforms change the step's logits (classifier-free guidance, constraints), a
+# StepSampler draws the step's values, and the runner commits them as context.
 
 
 @dataclass
 class StepOutput:
-    """``tokens`` (B, N) in position order; ``step_logits[k]`` (B, m_k, V) the raw
-    logits each sampled step drew from (when asked for); ``calls`` network calls."""
+    """``tokens`` (B, N) in position order; ``step_logits[k]`` (B, m_k, V) the logits each
+    sampled step drew from, after the transforms and before the sampler's processors
+    (when asked for); ``calls`` network calls."""
 
     tokens: Tensor
     calls: int
@@ -278,66 +306,299 @@ def sample_step(
     return sampling.sample(flat, generator, temperature=temperature).view(B, m)
 
 
+class Categorical:
+    """Step sampler ``categorical``: independent draws for every position of a step, after
+    the logits processors, at ``temperature`` (0 = argmax)."""
+
+    name = "categorical"
+
+    def __init__(
+        self, processors: Sequence[sampling.LogitsProcessor] = (), temperature: float = 1.0
+    ) -> None:
+        if temperature < 0:
+            raise ConfigError(f"categorical sampler: temperature must be >= 0, got {temperature}")
+        self.processors = list(processors)
+        self.temperature = temperature
+
+    def sample(self, out: ModelOutput, generator: torch.Generator | None) -> Tensor:
+        return sample_step(out.logits, self.processors, generator, self.temperature)
+
+
+def guidance_scale(scale: float, schedule: str, index: int, num_steps: int) -> float:
+    """``s_k``: ``scale`` (``constant``) or linear from 1 at step 0 to ``scale`` at the last
+    (``linear``, VAR's schedule)."""
+    if schedule == "constant" or num_steps == 1:
+        return scale
+    if schedule == "linear":
+        return 1.0 + (scale - 1.0) * index / (num_steps - 1)
+    raise ConfigError(f"unknown CFG schedule {schedule!r}; use 'constant' or 'linear'")
+
+
+def guide(logits: Tensor, scale: float) -> Tensor:
+    """``uncond + s * (cond - uncond)`` for logits (2B, ...) = [cond; uncond] -> (B, ...)."""
+    cond, uncond = logits.chunk(2, dim=0)
+    return uncond + scale * (cond - uncond)
+
+
+class ClassifierFreeGuidance:
+    """Logits transform: classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598)
+    on logits, as image AR models use it (VAR, LlamaGen): the rows are
+    ``[conditional; unconditional]`` (2B) and become ``uncond + s_k (cond - uncond)`` (B);
+    ``s_k`` is constant or linear in the step index over ``num_steps`` steps."""
+
+    def __init__(self, scale: float, num_steps: int, schedule: str = "constant") -> None:
+        if scale < 0:
+            raise ConfigError(f"cfg_scale must be >= 0 (1.0 = no guidance), got {scale}")
+        guidance_scale(scale, schedule, 0, max(num_steps, 1))  # validates the schedule
+        self.scale, self.num_steps, self.schedule = scale, num_steps, schedule
+
+    def __call__(self, logits: Tensor, *, index: int, step: Tensor, values: Tensor) -> Tensor:
+        return guide(logits, guidance_scale(self.scale, self.schedule, index, self.num_steps))
+
+
+class AllowedValues:
+    """Logits transform: a constraint. ``allowed(step, values) -> (B, m, V)`` bool says
+    which ids each position of the step may take (given the values drawn so far); the
+    others get -inf."""
+
+    def __init__(self, allowed: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.allowed = allowed
+
+    def __call__(self, logits: Tensor, *, index: int, step: Tensor, values: Tensor) -> Tensor:
+        return logits.masked_fill(~self.allowed(step, values), float("-inf"))
+
+
+class CachedStepRunner:
+    """The KV-cached runner: each call commits the previous step's values (the first call:
+    ``[BOS]`` and the condition) and reads this step's queries; the given steps of a
+    prompt are committed by one prefill call.
+
+    ``rows`` R: the batch of the network (2B with classifier-free guidance);
+    ``condition`` (R, c) content ids that join ``[BOS]`` in step 0 (object position p
+    sits at model position c + p); ``given`` (R, N) the prompt whose first
+    ``given_steps`` steps are committed up front; ``vocab_size`` cuts the logits to the
+    ids a step may take (default: the model's data vocabulary).
+    """
+
+    def __init__(
+        self,
+        model: TwoStreamStepModel,
+        plan: Plan,
+        rows: int,
+        *,
+        condition: Tensor | None = None,
+        given: Tensor | None = None,
+        given_steps: int = 0,
+        vocab_size: int | None = None,
+    ) -> None:
+        device = model.transformer.device
+        self.model, self.calls = model, 0
+        self.c = 0 if condition is None else condition.shape[1]
+        self.vocab_size = vocab_size or model.vocab_size
+        self.cache = model.new_cache(rows, self.c + plan.num_positions, max(plan.step_sizes))
+        bos = torch.full((rows, 1), model.bos_id, dtype=torch.long, device=device)
+        cond = bos[:, :0] if condition is None else condition.to(device)
+        self.content = torch.cat([bos, cond], dim=1)  # (R, 1 + c)
+        self.content_pos = torch.arange(1 + self.c, device=device).expand(rows, -1)
+        self.committed = 0
+        if given_steps:  # one prefill: BOS, the condition and the given steps
+            assert given is not None
+            steps = torch.cat([s.to(device) for s in plan.steps[:given_steps]])  # (g,)
+            slot_steps = plan_slots(plan)[1][: steps.numel()].to(device)
+            model.prefill(
+                self.cache,
+                torch.cat([cond, given[:, steps]], dim=1),
+                torch.cat([torch.arange(1, self.c + 1, device=device), steps + self.c + 1]),
+                torch.cat([slot_steps.new_full((self.c,), -1), slot_steps]),
+            )
+            self.calls += 1
+            self.committed = 1 + self.c + steps.numel()
+            self.content, self.content_pos = self.content[:, :0], self.content_pos[:, :0]
+
+    def predict(self, step: Tensor) -> ModelOutput:
+        self.committed += self.content.shape[1]
+        out = self.model.step(
+            self.cache, self.committed, self.content, self.content_pos, step + self.c
+        )
+        self.calls += 1
+        return ModelOutput(logits=out.logits[..., : self.vocab_size], hidden=out.hidden)
+
+    def commit(self, step: Tensor, values: Tensor) -> None:
+        self.content = values  # written to the cache by the next call
+        self.content_pos = (step + self.c + 1).expand(values.shape[0], -1)
+
+
+class UncachedStepRunner:
+    """The reference: the full two-stream training forward over everything drawn so far,
+    once per step (positions not drawn yet hold 0; the block-causal mask hides them from
+    the current step). Same arguments as :class:`CachedStepRunner`; given steps cost no
+    call of their own."""
+
+    def __init__(
+        self,
+        model: TwoStreamStepModel,
+        plan: Plan,
+        rows: int,
+        *,
+        condition: Tensor | None = None,
+        given: Tensor | None = None,
+        given_steps: int = 0,
+        vocab_size: int | None = None,
+    ) -> None:
+        device = model.transformer.device
+        self.model, self.condition, self.calls = model, condition, 0
+        self.vocab_size = vocab_size or model.vocab_size
+        order, slot_steps = plan_slots(plan)
+        self.order = order.to(device).expand(rows, -1)
+        self.slot_steps = slot_steps.to(device)
+        self.current = torch.zeros((rows, plan.num_positions), dtype=torch.long, device=device)
+        self.start = 0  # first slot of the current step
+        for step in plan.steps[:given_steps]:
+            assert given is not None
+            step = step.to(device)
+            self.commit(step, given[:, step])
+
+    def predict(self, step: Tensor) -> ModelOutput:
+        out = self.model.query_outputs(self.current, self.order, self.slot_steps, self.condition)
+        self.calls += 1
+        m = step.numel()
+        return ModelOutput(
+            logits=out.logits[:, self.start : self.start + m, : self.vocab_size],
+            hidden=out.hidden[:, self.start : self.start + m],
+        )
+
+    def commit(self, step: Tensor, values: Tensor) -> None:
+        self.current[:, step] = values
+        self.start += step.numel()
+
+
+def step_sampler(name: str, **kwargs: object) -> StepSampler:
+    """The step sampler registered as ``name`` (``ar_core.registry.step_samplers``),
+    built with ``kwargs`` (``categorical``: ``processors``, ``temperature``)."""
+    factory = registry.step_samplers.get(name)
+    sampler: StepSampler = factory(**kwargs)
+    return sampler
+
+
+@torch.no_grad()
+def run_steps(
+    runner: StepRunner,
+    plan: Plan,
+    *,
+    batch_size: int,
+    sampler: StepSampler,
+    transforms: Sequence[LogitsTransform] = (),
+    values: Tensor | None = None,
+    first_step: int = 0,
+    generator: torch.Generator | None = None,
+    return_logits: bool = False,
+) -> StepOutput:
+    """The loop itself: for each step of ``plan`` from ``first_step``, one call of the
+    ``runner``, the ``transforms`` in order, one draw of the ``sampler``, and the values
+    committed to every network row (the same values for the conditional and the
+    unconditional rows of guidance). ``values`` (B, N) holds what is known (-1 elsewhere)
+    and is filled in place."""
+    device = plan.steps[0].device if values is None else values.device
+    if values is None:
+        values = torch.full((batch_size, plan.num_positions), -1, dtype=torch.long, device=device)
+    out = StepOutput(tokens=values, calls=0)
+    for index in range(first_step, plan.num_steps):
+        step = plan.steps[index].to(values.device)  # (m,)
+        pred = runner.predict(step)  # (R, m, V)
+        logits = pred.logits
+        for transform in transforms:
+            logits = transform(logits, index=index, step=step, values=values)
+        if logits.shape[0] != batch_size:
+            raise ConfigError(
+                f"the step's logits have {logits.shape[0]} rows after the transforms, the "
+                f"batch has {batch_size}: a guided run needs a ClassifierFreeGuidance transform"
+            )
+        x = sampler.sample(ModelOutput(logits=logits, hidden=pred.hidden), generator)  # (B, m)
+        if return_logits:
+            out.step_logits.append(logits)
+        values[:, step] = x
+        rows = pred.logits.shape[0]
+        runner.commit(step, x.repeat(rows // batch_size, *([1] * (x.dim() - 1))))
+    out.calls = runner.calls
+    return out
+
+
 @torch.no_grad()
 def generate_steps(
     model: TwoStreamStepModel,
     plan: Plan,
     *,
     batch_size: int = 1,
+    condition: Tensor | None = None,
     prompt: Tensor | None = None,
     given_steps: int = 0,
+    transforms: Sequence[LogitsTransform] = (),
+    sampler: StepSampler | None = None,
     processors: Sequence[sampling.LogitsProcessor] = (),
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     return_logits: bool = False,
+    use_cache: bool = True,
+    vocab_size: int | None = None,
 ) -> StepOutput:
     """Generate an object step by step in the order of ``plan``.
 
-    The first ``given_steps`` steps are copied from ``prompt`` (B, N) instead of sampled
-    (conditioning; one prefill call commits them). Every other step is one network call:
-    the previous step's tokens are committed to the cache and this step's queries read
-    the context. Tokens are drawn with
-    ``processors`` and ``temperature`` (0 = argmax) from ``generator``.
+    ``condition`` (R, c) content ids every step sees (a class token; R = 2B rows
+    ``[cond; uncond]`` with a :class:`ClassifierFreeGuidance` transform). The first
+    ``given_steps`` steps are copied from ``prompt`` (B, N) instead of sampled (one
+    prefill call commits them). Every other step is one network call. Values are drawn by
+    ``sampler`` (default: ``categorical`` with ``processors`` and ``temperature``, 0 =
+    argmax) from ``generator``. ``use_cache=False`` runs the uncached reference (same
+    logits, one full forward per step). ``vocab_size`` cuts the logits to the ids a step
+    may take (default: the model's data vocabulary).
     """
     n = plan.num_positions
-    model._check_positions(n)
+    c = 0 if condition is None else condition.shape[1]
+    model._check_positions(n + c)
     if not 0 <= given_steps < plan.num_steps:
         raise ConfigError(
             f"given_steps={given_steps} must be in [0, {plan.num_steps}) for a plan of "
             f"{plan.num_steps} steps; at least one step must be generated"
         )
     device = model.transformer.device
+    rows = batch_size if condition is None else condition.shape[0]
+    if rows % batch_size:
+        raise InputError(
+            f"condition has {rows} rows, not a multiple of batch_size={batch_size} (use B rows, "
+            f"or 2B for classifier-free guidance)"
+        )
+    values = torch.full((batch_size, n), -1, dtype=torch.long, device=device)
+    given = None
     if prompt is not None:
         if prompt.shape != (batch_size, n):
             raise InputError(
                 f"prompt must be (batch_size, N) = {(batch_size, n)}, got {tuple(prompt.shape)}"
             )
         prompt = prompt.to(device)
+        if given_steps:
+            known = torch.cat([s.to(device) for s in plan.steps[:given_steps]])
+            values[:, known] = prompt[:, known]
+        given = prompt.repeat(rows // batch_size, 1)  # (R, N)
     elif given_steps:
         raise ConfigError(f"given_steps={given_steps} needs a prompt (B, N) to copy them from")
-
-    steps = [s.to(device) for s in plan.steps]
-    tokens = torch.full((batch_size, n), -1, dtype=torch.long, device=device)  # (B, N)
-    content = torch.full((batch_size, 1), model.bos_id, dtype=torch.long, device=device)
-    content_pos = torch.zeros((batch_size, 1), dtype=torch.long, device=device)
-    cache = model.new_cache(batch_size, n, max(plan.step_sizes))
-    out, committed = StepOutput(tokens=tokens, calls=0), 0
-    if given_steps:  # prefill: BOS and the given steps, block-causal among themselves
-        assert prompt is not None
-        given = torch.cat(steps[:given_steps])  # (g,)
-        tokens[:, given] = prompt[:, given]
-        model.prefill(cache, prompt[:, given], given + 1, plan_slots(plan)[1][: given.numel()])
-        out.calls += 1
-        committed = 1 + given.numel()
-        content, content_pos = content[:, :0], content_pos[:, :0]  # nothing left to commit
-
-    for step in steps[given_steps:]:  # (m,)
-        committed += content.shape[1]
-        logits = model.step_logits(cache, committed, content, content_pos, step)  # (B, m, V)
-        out.calls += 1
-        x = sample_step(logits, processors, generator, temperature)  # (B, m)
-        if return_logits:
-            out.step_logits.append(logits)
-        tokens[:, step] = x
-        content, content_pos = x, (step + 1).expand(batch_size, -1)
-    return out
+    runner_class = CachedStepRunner if use_cache else UncachedStepRunner
+    runner = runner_class(
+        model,
+        plan,
+        rows,
+        condition=condition,
+        given=given,
+        given_steps=given_steps,
+        vocab_size=vocab_size,
+    )
+    return run_steps(
+        runner,
+        plan,
+        batch_size=batch_size,
+        sampler=sampler if sampler is not None else Categorical(processors, temperature),
+        transforms=transforms,
+        values=values,
+        first_step=given_steps,
+        generator=generator,
+        return_logits=return_logits,
+    )

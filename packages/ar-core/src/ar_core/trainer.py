@@ -19,7 +19,9 @@ micro-batches. Because the loss of each micro-batch is a mean and all shards are
 large, the update equals the single-process update on the full global batch.
 
 ``loss_fn(model, batch) -> scalar loss`` (a mean over the rows of ``batch``); under DDP
-``model`` is the ``DistributedDataParallel`` wrapper.
+``model`` is the ``DistributedDataParallel`` wrapper. A ``loss_fn`` that also takes a
+``step`` keyword receives the number of updates done so far (0 for the first; in
+evaluation the current count), for losses with schedules (warm-ups, mixing weights).
 
 Files in ``out_dir`` (only rank 0 writes): ``metrics.jsonl`` (one JSON object per logged
 step: ``step, loss, lr, grad_norm, seconds``; eval lines carry ``eval_loss``) and
@@ -31,6 +33,7 @@ python, the step, and the data generator's state).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -52,7 +55,7 @@ from ar_core.errors import CheckpointError, ConfigError
 
 Batch = Any  # a tensor, or a tuple / list / dict of tensors with the batch first
 DataFn = Callable[[torch.Generator, int], Batch]
-LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+LossFn = Callable[..., torch.Tensor]  # loss_fn(model, batch) or loss_fn(model, batch, *, step)
 
 STATE_DIR = "train_state"  # a checkpoint folder of ar_core.checkpoint
 METRICS_FILE = "metrics.jsonl"
@@ -226,6 +229,19 @@ def _shard(batch: Batch, index: int, parts: int) -> Batch:
     return _map_batch(batch, lambda t: t[index * size : (index + 1) * size])
 
 
+def _takes_step(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` accepts a ``step`` keyword (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    return any(
+        (p.name == "step" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        or p.kind == p.VAR_KEYWORD
+        for p in params
+    )
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -259,6 +275,7 @@ class Trainer:
             raise ConfigError("eval_every > 0 needs eval_data; pass eval_data or set eval_every=0")
         self.config = config
         self.loss_fn = loss_fn
+        self._loss_takes_step = _takes_step(loss_fn)
         self.train_data = train_data
         self.eval_data = eval_data
         self.dist = dist_info_from_env()
@@ -330,6 +347,11 @@ class Trainer:
         return float(value)
 
     # -- the loop -----------------------------------------------------------------------
+    def _loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        if self._loss_takes_step:
+            return self.loss_fn(model, batch, step=self.step)  # type: ignore[call-arg]
+        return self.loss_fn(model, batch)
+
     def train_step(self) -> tuple[float, float]:
         """One update on the next global batch; returns (loss, grad norm before clipping)."""
         cfg = self.config
@@ -347,7 +369,7 @@ class Trainer:
             )
             with sync:
                 with self._autocast():
-                    loss = self.loss_fn(self.train_model, micro)
+                    loss = self._loss(self.train_model, micro)
                 if loss.dim() != 0:
                     raise ConfigError(
                         f"loss_fn returned shape {tuple(loss.shape)}; it must return a scalar "
@@ -378,7 +400,7 @@ class Trainer:
             batch = self.eval_data(generator, cfg.batch_size)
             shard = self._to_device(_shard(batch, self.dist.rank, self.dist.world_size))
             with self._autocast():
-                total += self.loss_fn(self.model, shard).float()
+                total += self._loss(self.model, shard).float()
         self.model.train()
         return self._mean_over_ranks(total / cfg.eval_batches)
 
