@@ -149,3 +149,22 @@ def test_cli_with_no_plugins(monkeypatch):
     proc = _ar("plugins", "--json", env={"AR_PLUGINS": ""})
     assert proc.returncode == 0, proc.stderr
     assert all(p["status"] == "skipped" for p in json.loads(proc.stdout))
+
+
+def test_known_providers_name_only_what_the_packages_register():
+    """Every name in KNOWN_PROVIDERS is registered, by the package it names; every name our
+    other packages register is in it (so a missing package is always named)."""
+    from ar_core.registry import HOOK_REGISTRIES, KNOWN_PROVIDERS
+
+    plugin_package = {i.name: i.distribution for i in plugins.plugin_infos()}
+    ours = {"ar-kernels", "ar-decoding", "ar-vision", "ar-text"}
+    by_kind = {reg.kind: reg for reg in HOOK_REGISTRIES.values()}
+    assert set(KNOWN_PROVIDERS) <= set(by_kind)
+    for kind, reg in by_kind.items():
+        known = KNOWN_PROVIDERS.get(kind, {})
+        registered = {
+            name: plugin_package[reg.provider(name)]
+            for name in reg.names()
+            if plugin_package[reg.provider(name)] in ours
+        }
+        assert registered == known, kind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,30 @@ def test_sample_refuses_a_folder_without_recipe_file(tmp_path: Path, capsys):
     assert "recipe.json" in capsys.readouterr().err
 
 
-def test_bench_lists_workspace_benchmarks(capsys, monkeypatch):
-    monkeypatch.chdir(Path(__file__).parents[3])
+def test_bench_lists_installed_benchmarks_anywhere(tmp_path: Path, capsys, monkeypatch):
+    """Benchmarks come from the installed plugins, not from a checkout's folders."""
+    monkeypatch.chdir(tmp_path)
     assert main(["bench", "--json"]) == 0
-    out = capsys.readouterr().out
-    assert "decode" in out and "flex_vs_sdpa" in out
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["decode"] == "plugin core (ar_core.benchmarks.decode)"
+
+
+@pytest.mark.parametrize(
+    ("argv", "package"),
+    [
+        (["train", "text-code"], "ar-text"),
+        (["train", "vision-digits", "--demo"], "ar-vision"),
+        (["bench", "vision"], "ar-vision"),
+        (["bench", "flex_vs_sdpa"], "ar-kernels"),
+        (["demo", "--only", "text-stargraph"], "ar-text"),
+    ],
+)
+def test_a_recipe_or_benchmark_of_a_missing_package_names_it(argv, package, capsys, monkeypatch):
+    monkeypatch.setenv("AR_PLUGINS", "core")  # as if only ar-core and ar-cli were installed
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"pip install {package}" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_html_report_has_tables_and_images(tmp_path: Path):
@@ -83,3 +103,4 @@ def test_terminal_report_prints_brackets_verbatim():
     for needle in ["[b]title[/b]", "a [red]summary[/red]", "[t]", "[col]", "[cell]", "[/note]"]:
         assert needle in text, needle
     assert "'[before] x[0] = [/y]'" in text
+

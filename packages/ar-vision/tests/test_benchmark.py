@@ -1,23 +1,26 @@
-"""``benchmarks/vision.py --quick`` runs end to end (slow: it trains two models)."""
+"""``ar bench vision -- --quick`` runs end to end (slow: it trains two models)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "vision.py"
+from ar_core import registry
+
+
+def test_registered_lazily() -> None:
+    bench = registry.benchmarks.get("vision")
+    assert registry.benchmarks.provider("vision") == "vision"
+    assert bench.module == "ar_vision.benchmarks.vision"
 
 
 @pytest.mark.slow
 def test_quick_benchmark(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("vision_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "vision.json"
-    report = module.main(["--quick", "--runs", "raster-vq,coarse-to-fine", "--out", str(out)])
+    report = registry.benchmarks.get("vision")(
+        ["--quick", "--runs", "raster-vq,coarse-to-fine", "--out", str(out)]
+    )
     assert out.is_file()
     assert report["runs"]["raster-vq"]["network_calls_per_image"] == 16
     assert report["runs"]["coarse-to-fine"]["network_calls_per_image"] == 17  # 16 coarse + 1

@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             err_console.print(f"error: {exc}", markup=False)
         return 2
     except ArError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        # soft_wrap: one line whatever the terminal width (a wrapped line splits names)
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
     return int(result) if isinstance(result, int) else 0
 

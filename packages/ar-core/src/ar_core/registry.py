@@ -14,13 +14,14 @@ from ar_core.errors import DuplicateRegistrationError, UnknownNameError
 
 T = TypeVar("T")
 
-# Names our own packages provide, so that an unknown-name error can say what to install.
+# Names our own packages (other than ar-core) register, so that an unknown-name error can
+# say what to install. Only names that exist: a test of the full install checks each entry
+# against what its package registers.
 KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     "orderings": {
         "next-scale": "ar-vision",
         "next-frequency": "ar-vision",
         "coarse-to-fine": "ar-vision",
-        "frame": "ar-video",
     },
     "strategies": {
         name: "ar-decoding"
@@ -34,11 +35,9 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
             "lantern",
             "beam",
             "constrained",
-            "mtp",
-            "assd",
         )
     },
-    "attention_backends": {"flex": "ar-kernels", "xformers": "ar-kernels", "triton": "ar-kernels"},
+    "attention_backends": {"flex": "ar-kernels", "xformers": "ar-kernels"},
     "tokenizers": {
         "byte": "ar-text",
         "bpe": "ar-text",
@@ -51,7 +50,17 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     "recipes": {
         "text-code": "ar-text",
         "text-chars": "ar-text",
+        "text-hyperfit": "ar-text",
+        "text-stargraph": "ar-text",
+        "text-sequencematch": "ar-text",
         "vision-digits": "ar-vision",
+    },
+    "benchmarks": {
+        "decoding": "ar-decoding",
+        "flex_vs_sdpa": "ar-kernels",
+        "hf_strategies": "ar-text",
+        "stargraph_compare": "ar-text",
+        "vision": "ar-vision",
     },
 }
 

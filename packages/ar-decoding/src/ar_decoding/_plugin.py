@@ -1,4 +1,4 @@
-"""ar-decoding's plugin: registers its strategies.
+"""ar-decoding's plugin: registers its strategies and its benchmark.
 
 Each strategy module is imported when the strategy first runs, so loading the plugin
 (every ``ar`` command does) stays cheap.
@@ -42,3 +42,10 @@ def _lazy(module: str, attr: str) -> Callable[..., Any]:
 def register_strategies(register: Register) -> None:
     for name, (module, attr) in STRATEGIES.items():
         register(name, _lazy(module, attr))
+
+
+@hookimpl
+def register_benchmarks(register: Register) -> None:
+    from ar_core.benchmarks import lazy_benchmark  # the module itself imports when it runs
+
+    register("decoding", lazy_benchmark("ar_decoding.benchmarks.decoding"))

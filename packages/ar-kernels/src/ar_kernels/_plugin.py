@@ -1,4 +1,4 @@
-"""ar-kernels' plugin: registers its attention backends (``flex``, ``xformers``)."""
+"""ar-kernels' plugin: registers its attention backends (``flex``, ``xformers``) and its benchmark."""
 
 from __future__ import annotations
 
@@ -11,3 +11,10 @@ from ar_kernels.xformers_backend import XformersBackend
 def register_attention_backends(register: Register) -> None:
     register("flex", FlexBackend())
     register("xformers", XformersBackend())
+
+
+@hookimpl
+def register_benchmarks(register: Register) -> None:
+    from ar_core.benchmarks import lazy_benchmark  # the module itself imports when it runs
+
+    register("flex_vs_sdpa", lazy_benchmark("ar_kernels.benchmarks.flex_vs_sdpa"))

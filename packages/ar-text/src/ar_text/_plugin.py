@@ -1,4 +1,4 @@
-"""ar-text's plugin: registers its tokenizers and recipes."""
+"""ar-text's plugin: registers its tokenizers, recipes and benchmarks."""
 
 from __future__ import annotations
 
@@ -23,3 +23,11 @@ def register_recipes(register: Register) -> None:
     register("text-hyperfit", hyperfit.recipe)
     register("text-stargraph", stargraph.recipe)
     register("text-sequencematch", sequencematch.recipe)
+
+
+@hookimpl
+def register_benchmarks(register: Register) -> None:
+    from ar_core.benchmarks import lazy_benchmark  # the module itself imports when it runs
+
+    register("hf_strategies", lazy_benchmark("ar_text.benchmarks.hf_strategies"))
+    register("stargraph_compare", lazy_benchmark("ar_text.benchmarks.stargraph_compare"))

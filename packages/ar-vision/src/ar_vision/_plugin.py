@@ -1,4 +1,4 @@
-"""ar-vision's plugin: registers its orderings, tokenizers and recipes.
+"""ar-vision's plugin: registers its orderings, tokenizers, recipes and benchmark.
 
 Built-ins register exactly like a third-party plugin (entry point ``vision`` of group
 ``ar``). Heavy modules (torch models, the recipe) are imported only when a hook runs.
@@ -30,3 +30,10 @@ def register_recipes(register: Register) -> None:
     from ar_vision.recipes.digits import recipe
 
     register("vision-digits", recipe)
+
+
+@hookimpl
+def register_benchmarks(register: Register) -> None:
+    from ar_core.benchmarks import lazy_benchmark  # the module itself imports when it runs
+
+    register("vision", lazy_benchmark("ar_vision.benchmarks.vision"))

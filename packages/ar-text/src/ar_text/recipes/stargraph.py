@@ -1,10 +1,11 @@
 """Recipe ``text-stargraph``: an insertion LM (ILM) vs a left-to-right AR model on
 star-graph path finding (Bachmann & Nagarajan 2024; Patel et al. 2025), end to end.
 
-One linear pipeline over :mod:`ar_text.stargraph`, as ``benchmarks/stargraph_compare.py``
-runs it: train each model in stages up to every evaluation step, measure the exact-match
-path accuracy on held-out graphs (generator seed 12345; greedy decoding, the ILM taking the
-argmax gap then the argmax token), and report
+One linear pipeline over :mod:`ar_text.stargraph`, as ``ar bench stargraph_compare``
+(:mod:`ar_text.benchmarks.stargraph_compare`) runs it: train each model in stages up to
+every evaluation step, measure the exact-match path accuracy on held-out graphs (generator
+seed 12345; greedy decoding, the ILM taking the argmax gap then the argmax token), and
+report
 
 * a table: final path accuracy, its binomial standard error, the ``1 / degree`` chance
   line (where a teacher-forced AR model that learned the Clever-Hans shortcut sits) and
@@ -54,7 +55,7 @@ from ar_text.stargraph import (
     ilm_trainer,
 )
 
-TEST_SEED = 12345  # the held-out graphs' generator seed (as benchmarks/stargraph_compare.py)
+TEST_SEED = 12345  # the held-out graphs' generator seed (as ar_text.benchmarks.stargraph_compare)
 AR_DIR = "ar"
 ILM_DIR = "ilm"
 ModelName = Literal["ar", "ilm"]

@@ -10,7 +10,7 @@ factorised baseline, network calls and seconds per image -> a grid PNG and a tab
 The survey's three levels (Xiong et al. 2024, arXiv:2411.05902) are three settings:
 ``tokenizer=pixel, ordering=raster`` (64 calls), ``tokenizer=vqvae, ordering=raster``
 (16 calls), ``tokenizer=msrvq, ordering=next-scale`` (4 calls). The default is the best
-of them on digits (raster over VQ tokens; ``benchmarks/vision.py`` compares them all).
+of them on digits (raster over VQ tokens; ``ar bench vision`` compares them all).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ sequence is negligible beside it).
 Tokens/s = new tokens / wall time of the whole ``generate`` call (prefill of an 8-token
 prompt included, for both libraries), median of a few runs after a warm-up.
 
-    uv run python packages/ar-core/benchmarks/decode.py [--quick] [--device cuda] [--out PATH]
+    uv run ar bench decode -- [--quick] [--device cuda] [--out PATH]
 """
 
 from __future__ import annotations

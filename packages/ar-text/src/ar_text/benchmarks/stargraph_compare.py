@@ -6,7 +6,7 @@ AdamW, cosine schedule over ``--steps``) and evaluated on the same held-out grap
 then argmax token, as the authors' predictor; ``acc_greedy_pair`` is the joint argmax).
 One torch thread.
 
-    uv run python packages/ar-text/benchmarks/stargraph_compare.py \\
+    uv run ar bench stargraph_compare -- \\
         --degree 3 --arm-len 2 --steps 2000 --evals 500,1000,2000 --seed 0 [--models ar,ilm]
 
 Prints one JSON line per (model, step) as it goes (the accuracy, its binomial standard
@@ -30,8 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,7 +46,7 @@ from ar_text.stargraph import (
 )
 
 
-def main() -> None:
+def main(argv: list[str]) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--degree", type=int, default=3)
     ap.add_argument("--arm-len", type=int, default=2)
@@ -55,7 +57,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=500)
     ap.add_argument("--models", default="ar,ilm")
     ap.add_argument("--out", default=".bench/stargraph_compare.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     task = StarGraph(degree=args.degree, arm_len=args.arm_len)
     test = task.sample(torch.Generator().manual_seed(12345), args.n_test)
@@ -97,9 +99,11 @@ def main() -> None:
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
+    report: dict[str, Any] = {"settings": vars(args), "rows": rows}
+    out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
+    return report
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -21,7 +21,7 @@ ar_vision.lm_adapter; CFG inside the adapter): plain ``sample`` vs ``sjd`` (Teng
 from the VQ codebook by ``codebook_neighbours``): forward passes, mean accepted length,
 wall-clock speed-up over plain sampling, class accuracy. Needs ar-decoding.
 
-    uv run python packages/ar-vision/benchmarks/vision.py [--quick] [--out PATH]
+    uv run ar bench vision -- [--quick] [--out PATH]
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ whether the output equals greedy's. Hugging Face's ``generate`` (greedy,
 ``assistant_model=``, ``prompt_lookup_num_tokens=``) runs on the converted weights
 (:mod:`ar_core.interop.hf_llama`); we report its tokens/s, our/HF ratio and equality.
 
-    uv run python packages/ar-decoding/benchmarks/decoding.py [--quick] [--out PATH]
+    uv run ar bench decoding -- [--quick] [--out PATH]
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         hf_draft.generation_config.num_assistant_tokens = k
         hf_draft.generation_config.num_assistant_tokens_schedule = "constant"
         hf_draft.generation_config.assistant_confidence_threshold = 0.0
-        hf_runs = {
+        hf_runs: dict[str, tuple[str, dict[str, Any]]] = {
             "greedy": ("greedy", {}),
             f"speculative k={k}": ("assisted", dict(assistant_model=hf_draft)),
             "prompt-lookup": ("prompt-lookup", dict(prompt_lookup_num_tokens=10)),

@@ -17,7 +17,7 @@ bfloat16 (CUDA). For each length and block size:
 
 Times are medians of ``--repeats`` runs after ``--warmup`` runs.
 
-    uv run python packages/ar-kernels/benchmarks/flex_vs_sdpa.py [--quick] [--device cuda]
+    uv run ar bench flex_vs_sdpa -- [--quick] [--device cuda]
 """
 
 from __future__ import annotations

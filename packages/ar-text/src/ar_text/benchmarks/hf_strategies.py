@@ -14,7 +14,7 @@ tokens/s (best of ``--repeats`` after one warm-up), target forward passes (for H
 of the target's ``forward``), mean accepted length where ar counts it, and whether the
 tokens equal HF greedy's.
 
-    uv run python packages/ar-text/benchmarks/hf_strategies.py [--quick] [--out PATH]
+    uv run ar bench hf_strategies -- [--quick] [--out PATH]
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""ar-decoding's benchmarks (``ar bench NAME``): ``decoding`` (:mod:`ar_decoding.benchmarks.decoding`)."""
