@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from ar_cli.main import main
 from ar_cli.report import write_html
-from ar_core.recipes import RecipeResult, Table
+from ar_core.recipes import RecipeBase, RecipeResult, Table
 
 
 @pytest.mark.parametrize(
@@ -104,3 +105,87 @@ def test_terminal_report_prints_brackets_verbatim():
         assert needle in text, needle
     assert "'[before] x[0] = [/y]'" in text
 
+
+def _shown_cells(table: dict) -> list[str]:
+    from ar_cli.report import fmt
+
+    return [fmt(v) for row in table["rows"] for v in row]
+
+
+def test_train_writes_result_json_matching_the_report(tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    sets = ["steps=3", "eval_sequences=4", "batch_size=4", "progress_bar=false", "dim=16"]
+    argv = ["train", "core-anyorder", "--out", str(out)]
+    assert main([*argv, *(x for s in sets for x in ("--set", s))]) == 0
+    terminal = capsys.readouterr().out
+    payload = json.loads((out / "result.json").read_text())
+    page = (out / "index.html").read_text()
+    assert payload["title"] == "ar train core-anyorder"
+    (run,) = payload["runs"]
+    assert run["recipe"] == "core-anyorder"
+    assert run["config"]["steps"] == 3 and run["config"]["dim"] == 16
+    assert run["seconds"] > 0
+    assert set(run["metrics"]) >= {"loss_floor", "exact_match/raster", "exact_match/reverse"}
+    (table,) = run["tables"]
+    assert table["title"] == "exact match per ordering"
+    assert [r[0] for r in table["rows"]] == ["raster", "reverse", "random", "block"]
+    for cell in _shown_cells(table):  # the same numbers as the page and the terminal
+        assert f"<td>{cell}</td>" in page and cell in terminal
+    assert run["curves"]["train loss"] and all(len(p) == 2 for p in run["curves"]["train loss"])
+    for image in run["images"]:
+        assert (out / image["path"]).is_file()
+        assert f"src='{image['path']}'" in page
+
+
+class _FakeConfig(pydantic.BaseModel):
+    value: float = 0.5
+
+
+class _FakeRecipe(RecipeBase):
+    description = "a test recipe"
+    config_class = _FakeConfig
+    name = "fake"
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # type: ignore[misc]
+
+    def _run(self, config: _FakeConfig, out_dir: Path, progress) -> RecipeResult:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        png = out_dir / "pic.png"
+        plt.imsave(png, [[0.0, 1.0], [1.0, 0.0]])
+        return RecipeResult(
+            title=f"{self.name} result",
+            summary="s",
+            tables=[Table("t", ["k", "v"], [["a", config.value], ["nan", float("nan")]])],
+            images=[("pic", png)],
+            curves={"loss": [(0, 1.0), (1, 0.5)]},
+            metrics={"value": config.value},
+        )
+
+
+def test_demo_writes_one_result_json_with_a_run_per_recipe(tmp_path: Path, capsys):
+    from ar_core import plugins, registry
+
+    plugins.ensure_loaded()
+    for name in ("fake-a", "fake-b"):
+        registry.recipes.register(name, _FakeRecipe(name), provider="test")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--only", "fake-a", "--only", "fake-b"]) == 0
+    payload = json.loads((out / "result.json").read_text())
+    page = (out / "index.html").read_text()
+    assert payload["title"] == "ar demo" and payload["total_seconds"] > 0
+    assert [r["recipe"] for r in payload["runs"]] == ["fake-a", "fake-b"]
+    for run in payload["runs"]:
+        assert run["config"] == {"value": 0.5} and run["metrics"] == {"value": 0.5}
+        assert run["tables"][0]["rows"] == [["a", 0.5], ["nan", None]]  # NaN: null
+        assert run["curves"] == {"loss": [[0, 1.0], [1, 0.5]]}
+        paths = [i["path"] for i in run["images"]]
+        assert paths[0] == f"{run['recipe']}/pic.png"  # the run's own folder, inside OUT
+        assert [i["caption"] for i in run["images"]] == ["pic", "training curves"]
+        for path in paths:
+            assert (out / path).is_file() and f"src='{path}'" in page
+    assert "<td>0.5</td>" in page

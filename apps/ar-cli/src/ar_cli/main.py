@@ -14,7 +14,7 @@ from rich.console import Console
 from typer.exceptions import TyperException
 
 from ar_cli import bench as bench_mod
-from ar_cli.report import print_result, print_table, write_html
+from ar_cli.report import RESULT_FILE, Run, print_result, print_table, write_report
 from ar_core import plugins, registry
 from ar_core.errors import ArError
 from ar_core.recipes import (
@@ -79,7 +79,8 @@ def train_cmd(
         bool, typer.Option("--demo", help="Start from the small demo settings.")
     ] = False,
 ) -> None:
-    """Run a recipe: data, training, sampling, evaluation; results under --out."""
+    """Run a recipe: data, training, sampling, evaluation; results under --out
+    (index.html, and result.json for scripts)."""
     r = registry.recipes.get(recipe)
     base = r.demo_config() if demo else r.config_class()
     config = build_config(r.config_class, base, parse_overrides(set_ or []))
@@ -90,8 +91,10 @@ def train_cmd(
     result = r.run(config, out_dir, _progress)
     seconds = time.perf_counter() - start
     print_result(console, result)
-    index = write_html(out_dir, f"ar train {recipe}", [(result, seconds)], [])
-    console.print(f"wrote {out_dir} (report: {index})")
+    index, _ = write_report(
+        out_dir, f"ar train {recipe}", [Run(recipe, config, result, seconds)], []
+    )
+    console.print(f"wrote {out_dir} (report: {index}, results: {RESULT_FILE})")
 
 
 @app.command("sample")
@@ -137,7 +140,7 @@ def demo_cmd(
         list[str] | None, typer.Option("--only", help="Run only these recipes.")
     ] = None,
 ) -> None:
-    """Run the small default recipes end to end; write OUT/index.html."""
+    """Run the small default recipes end to end; write OUT/index.html and OUT/result.json."""
     names = [
         n for n in registry.recipes.names() if getattr(registry.recipes.get(n), "in_demo", True)
     ]
@@ -147,7 +150,7 @@ def demo_cmd(
         names = [n for n in names if n in only] or list(only)
     if not names:
         raise ArError("no recipe is installed; install ar-core (and ar-text, ar-vision, ...)")
-    sections = []
+    runs: list[Run] = []
     total = time.perf_counter()
     for i, name in enumerate(names, 1):
         r = registry.recipes.get(name)
@@ -160,15 +163,22 @@ def demo_cmd(
         result = r.run(config, run_dir, _progress)
         seconds = time.perf_counter() - start
         print_result(console, result)
-        sections.append((result, seconds))
+        runs.append(Run(name, config, result, seconds))
+    total_seconds = time.perf_counter() - total
     timing = Table(
         "Demo timings",
         ["recipe", "seconds"],
-        [[n, round(s, 1)] for n, (_, s) in zip(names, sections)]
-        + [["total", round(time.perf_counter() - total, 1)]],
+        [[run.recipe, round(run.seconds, 1)] for run in runs]
+        + [["total", round(total_seconds, 1)]],
     )
-    index = write_html(out, "ar demo", sections, [plugins_table(), timing])
-    console.print(f"[bold]wrote {index}[/bold]")
+    index, result_json = write_report(
+        out,
+        "ar demo",
+        runs,
+        [plugins_table(), timing],
+        extra={"total_seconds": round(total_seconds, 3)},
+    )
+    console.print(f"[bold]wrote {index} and {result_json}[/bold]")
 
 
 def _add_plugin_commands() -> None:

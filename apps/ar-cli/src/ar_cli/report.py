@@ -1,18 +1,25 @@
-"""Rendering of recipe results: rich tables in the terminal, an HTML page on disk."""
+"""Rendering of recipe results: rich tables in the terminal, an HTML page and its
+``result.json`` on disk."""
 
 from __future__ import annotations
 
 import html
+import json
+import math
 import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pydantic
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
 from ar_core.recipes import RecipeResult, Table, atomic_write_text
+
+RESULT_FILE = "result.json"  # beside index.html: the same results, for scripts
 
 
 def fmt(value: Any) -> str:
@@ -96,27 +103,26 @@ def _html_table(table: Table) -> str:
     )
 
 
-def write_html(
-    out_dir: Path, title: str, sections: list[tuple[RecipeResult, float]], preamble: list[Table]
-) -> Path:
-    """Write ``out_dir/index.html`` with every result; images are copied next to it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-        f"<p class='note'>Written {datetime.now(UTC):%Y-%m-%d %H:%M UTC}.</p>",
-    ]
-    for table in preamble:
-        parts.append(_html_table(table))
-    for i, (result, seconds) in enumerate(sections):
-        parts.append(f"<h2>{html.escape(result.title)}</h2>")
-        parts.append(f"<p class='note'>{seconds:.1f} s</p>")
-        if result.summary:
-            parts.append(f"<p>{html.escape(result.summary)}</p>")
-        for table in result.tables:
-            parts.append(_html_table(table))
+@dataclass
+class Run:
+    """One recipe run of a report: what ``result.json`` records beside ``index.html``."""
+
+    recipe: str
+    config: pydantic.BaseModel
+    result: RecipeResult
+    seconds: float
+
+
+def place_images(
+    out_dir: Path, sections: list[tuple[RecipeResult, float]]
+) -> list[list[tuple[str, Path]]]:
+    """Each section's images (its own, then its training curves) as paths relative to
+    ``out_dir``: images from elsewhere are copied under ``out_dir/img``."""
+    placed: list[list[tuple[str, Path]]] = []
+    for i, (result, _) in enumerate(sections):
         curve = plot_curves(result, out_dir / "img" / f"curves-{i}.png")
         images = list(result.images) + ([("training curves", curve)] if curve else [])
+        mine: list[tuple[str, Path]] = []
         for caption, path in images:
             path = Path(path)
             if path.resolve().is_relative_to(out_dir.resolve()):  # already in the report
@@ -125,6 +131,33 @@ def write_html(
                 rel = Path("img") / f"{i}-{path.name}"
                 (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, out_dir / rel)
+            mine.append((caption, rel))
+        placed.append(mine)
+    return placed
+
+
+def _render_html(
+    out_dir: Path,
+    title: str,
+    sections: list[tuple[RecipeResult, float]],
+    preamble: list[Table],
+    placed: list[list[tuple[str, Path]]],
+) -> Path:
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p class='note'>Written {datetime.now(UTC):%Y-%m-%d %H:%M UTC}.</p>",
+    ]
+    for table in preamble:
+        parts.append(_html_table(table))
+    for (result, seconds), images in zip(sections, placed, strict=True):
+        parts.append(f"<h2>{html.escape(result.title)}</h2>")
+        parts.append(f"<p class='note'>{seconds:.1f} s</p>")
+        if result.summary:
+            parts.append(f"<p>{html.escape(result.summary)}</p>")
+        for table in result.tables:
+            parts.append(_html_table(table))
+        for caption, rel in images:
             parts.append(
                 f"<figure><img src='{html.escape(str(rel))}' alt='{html.escape(caption)}'>"
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -137,3 +170,69 @@ def write_html(
     index = out_dir / "index.html"
     atomic_write_text(index, "\n".join(parts))
     return index
+
+
+def write_html(
+    out_dir: Path, title: str, sections: list[tuple[RecipeResult, float]], preamble: list[Table]
+) -> Path:
+    """Write ``out_dir/index.html`` with every result; images are copied next to it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _render_html(out_dir, title, sections, preamble, place_images(out_dir, sections))
+
+
+def _finite(value: Any) -> Any:
+    """JSON that any parser reads: NaN and infinities become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def table_json(table: Table) -> dict[str, Any]:
+    return {"title": table.title, "columns": table.columns, "rows": table.rows, "note": table.note}
+
+
+def run_json(run: Run, images: list[tuple[str, Path]]) -> dict[str, Any]:
+    """One run as ``result.json`` records it (image paths relative to the report folder)."""
+    r = run.result
+    return {
+        "recipe": run.recipe,
+        "config": run.config.model_dump(mode="json"),
+        "seconds": round(run.seconds, 3),
+        "title": r.title,
+        "summary": r.summary,
+        "metrics": r.metrics,
+        "tables": [table_json(t) for t in r.tables],
+        "images": [{"caption": c, "path": rel.as_posix()} for c, rel in images],
+        "curves": {name: [list(p) for p in points] for name, points in r.curves.items()},
+        "samples": r.samples,
+    }
+
+
+def write_report(
+    out_dir: Path,
+    title: str,
+    runs: list[Run],
+    preamble: list[Table],
+    extra: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write ``out_dir/index.html`` and ``out_dir/result.json`` (for scripts: one entry
+    per run under ``"runs"``, with the tables shown on the page), both atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = [(run.result, run.seconds) for run in runs]
+    placed = place_images(out_dir, sections)
+    index = _render_html(out_dir, title, sections, preamble, placed)
+    payload = {
+        "title": title,
+        "written": datetime.now(UTC).isoformat(timespec="seconds"),
+        **(extra or {}),
+        "runs": [run_json(run, images) for run, images in zip(runs, placed, strict=True)],
+    }
+    result_path = out_dir / RESULT_FILE
+    atomic_write_text(result_path, json.dumps(_finite(payload), indent=2, allow_nan=False))
+    return index, result_path
