@@ -16,6 +16,7 @@ RUNNABLE = [
     README,
     *sorted(ROOT.glob("packages/*/README.md")),
     ROOT / "docs" / "packages" / "ar-text.md",
+    ROOT / "docs" / "concepts" / "loop.md",
 ]
 
 
