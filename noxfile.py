@@ -8,8 +8,11 @@ package installs and passes its tests alone. ``slow`` (long tests) is not in the
 from __future__ import annotations
 
 import glob
+import json
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import nox
@@ -73,15 +76,27 @@ for _name in MEMBERS:
         _tests(session, _n)
 
 
+def _wheel(dist: Path, name: str) -> str:
+    (found,) = glob.glob(str(dist / f"{name.replace('-', '_')}-*.whl"))
+    return found
+
+
 @nox.session
 def wheels(session: nox.Session) -> None:
-    """Build each member without workspace sources, install the wheels into a clean venv."""
+    """Build each member without workspace sources; install every wheel into this session's
+    venv (all imports, all plugins), then ONLY ar-core, ar-cli and ar-vision into a fresh
+    venv: the vision demo trains there, `ar bench` lists the vision benchmark, and a text
+    recipe fails naming ar-text. Takes a few minutes (the vision demo: 30-75 s)."""
+    started = time.perf_counter()
     dist = Path(tempfile.mkdtemp(prefix="ar-wheels-"))
     try:
         for path in MEMBERS.values():
             session.run(
                 "uv", "build", "--no-sources", "--wheel", "-o", str(dist), path, external=True
             )
+        session.log(f"built {len(MEMBERS)} wheels in {time.perf_counter() - started:.0f} s")
+
+        # every wheel
         session.install(*sorted(glob.glob(str(dist / "*.whl"))))
         session.run(
             "python",
@@ -91,6 +106,41 @@ def wheels(session: nox.Session) -> None:
         session.run("ar", "plugins")
         out = session.run("ar", "plugins", "--json", silent=True)
         assert out and '"ar-core"' in out and '"ar-kernels"' in out, out
+        out = session.run("ar", "bench", "--json", silent=True)
+        listed = json.loads(out[out.index("{") :]) if out else {}
+        benchmarks = {"decode", "decoding", "flex_vs_sdpa", "hf_strategies", "stargraph_compare"}
+        assert benchmarks | {"vision"} <= set(listed), listed
+        session.log(f"full install checked at {time.perf_counter() - started:.0f} s")
+
+        # ar-core + ar-cli + ar-vision only, in a fresh venv, run outside the checkout
+        venv = dist / "venv-vision"
+        session.run("uv", "venv", "-q", "--python", sys.executable, str(venv), external=True)
+        python = str(venv / "bin" / "python")
+        wheels = [_wheel(dist, n) for n in ("ar-core", "ar-cli", "ar-vision")]
+        session.run("uv", "pip", "install", "-q", "--python", python, *wheels, external=True)
+        ar = str(venv / "bin" / "ar")
+        session.chdir(dist)
+        session.run(
+            python,
+            "-c",
+            "import importlib.util as u; missing = [m for m in ('transformers', 'ar_text', "
+            "'ar_decoding', 'ar_kernels') if u.find_spec(m)]; assert not missing, missing",
+            external=True,
+        )
+        demo = time.perf_counter()
+        out_dir = dist / "digits"
+        session.run(ar, "train", "vision-digits", "--demo", "--out", str(out_dir), external=True)
+        result = json.loads((out_dir / "result.json").read_text())
+        (run,) = result["runs"]
+        assert run["recipe"] == "vision-digits" and "class_accuracy" in run["metrics"], run
+        assert (out_dir / "index.html").is_file()
+        session.log(f"vision demo from wheels: {time.perf_counter() - demo:.0f} s")
+        out = session.run(ar, "bench", "--json", silent=True, external=True)
+        listed = json.loads(out[out.index("{") :]) if out else {}
+        assert "vision" in listed and not benchmarks & set(listed), listed
+        out = session.run(ar, "train", "text-code", silent=True, success_codes=[2], external=True)
+        assert out and "pip install ar-text" in out, out
+        session.log(f"wheels session: {time.perf_counter() - started:.0f} s")
     finally:
         shutil.rmtree(dist, ignore_errors=True)
 
