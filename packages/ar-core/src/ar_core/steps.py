@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -368,7 +369,39 @@ class AllowedValues:
         return logits.masked_fill(~self.allowed(step, values), float("-inf"))
 
 
-class CachedStepRunner:
+class _TwoStreamRunner:
+    """What both runners of a :class:`TwoStreamStepModel` take: the model, the plan, R
+    network rows, an optional ``condition`` (R, c), a ``given`` prompt (R, N) whose first
+    ``given_steps`` steps are known, and the ``vocab_size`` cut of the logits."""
+
+    def __init__(
+        self,
+        model: TwoStreamStepModel,
+        plan: Plan,
+        rows: int,
+        *,
+        condition: Tensor | None = None,
+        given: Tensor | None = None,
+        given_steps: int = 0,
+        vocab_size: int | None = None,
+    ) -> None:
+        if given_steps and given is None:
+            raise ConfigError(f"given_steps={given_steps} needs the prompt (R, N) as given=")
+        self.model, self.plan, self.rows, self.calls = model, plan, rows, 0
+        self.device = model.transformer.device
+        self.condition = None if condition is None else condition.to(self.device)
+        self.c = 0 if condition is None else condition.shape[1]
+        self.vocab_size = vocab_size or model.vocab_size
+        self.given, self.given_steps = given, given_steps
+
+    def _cut(self, out: ModelOutput, start: int = 0, m: int | None = None) -> ModelOutput:
+        end = None if m is None else start + m
+        return ModelOutput(
+            logits=out.logits[:, start:end, : self.vocab_size], hidden=out.hidden[:, start:end]
+        )
+
+
+class CachedStepRunner(_TwoStreamRunner):
     """The KV-cached runner: each call commits the previous step's values (the first call:
     ``[BOS]`` and the condition) and reads this step's queries; the given steps of a
     prompt are committed by one prefill call.
@@ -380,39 +413,27 @@ class CachedStepRunner:
     ids a step may take (default: the model's data vocabulary).
     """
 
-    def __init__(
-        self,
-        model: TwoStreamStepModel,
-        plan: Plan,
-        rows: int,
-        *,
-        condition: Tensor | None = None,
-        given: Tensor | None = None,
-        given_steps: int = 0,
-        vocab_size: int | None = None,
-    ) -> None:
-        device = model.transformer.device
-        self.model, self.calls = model, 0
-        self.c = 0 if condition is None else condition.shape[1]
-        self.vocab_size = vocab_size or model.vocab_size
-        self.cache = model.new_cache(rows, self.c + plan.num_positions, max(plan.step_sizes))
+    def __init__(self, model: TwoStreamStepModel, plan: Plan, rows: int, **kwargs: Any) -> None:
+        super().__init__(model, plan, rows, **kwargs)
+        device, c = self.device, self.c
+        self.cache = model.new_cache(rows, c + plan.num_positions, max(plan.step_sizes))
         bos = torch.full((rows, 1), model.bos_id, dtype=torch.long, device=device)
-        cond = bos[:, :0] if condition is None else condition.to(device)
+        cond = bos[:, :0] if self.condition is None else self.condition
         self.content = torch.cat([bos, cond], dim=1)  # (R, 1 + c)
-        self.content_pos = torch.arange(1 + self.c, device=device).expand(rows, -1)
+        self.content_pos = torch.arange(1 + c, device=device).expand(rows, -1)
         self.committed = 0
-        if given_steps:  # one prefill: BOS, the condition and the given steps
-            assert given is not None
-            steps = torch.cat([s.to(device) for s in plan.steps[:given_steps]])  # (g,)
+        if self.given_steps:  # one prefill: BOS, the condition and the given steps
+            assert self.given is not None
+            steps = torch.cat([s.to(device) for s in plan.steps[: self.given_steps]])  # (g,)
             slot_steps = plan_slots(plan)[1][: steps.numel()].to(device)
             model.prefill(
                 self.cache,
-                torch.cat([cond, given[:, steps]], dim=1),
-                torch.cat([torch.arange(1, self.c + 1, device=device), steps + self.c + 1]),
-                torch.cat([slot_steps.new_full((self.c,), -1), slot_steps]),
+                torch.cat([cond, self.given[:, steps]], dim=1),
+                torch.cat([torch.arange(1, c + 1, device=device), steps + c + 1]),
+                torch.cat([slot_steps.new_full((c,), -1), slot_steps]),
             )
             self.calls += 1
-            self.committed = 1 + self.c + steps.numel()
+            self.committed = 1 + c + steps.numel()
             self.content, self.content_pos = self.content[:, :0], self.content_pos[:, :0]
 
     def predict(self, step: Tensor) -> ModelOutput:
@@ -421,51 +442,37 @@ class CachedStepRunner:
             self.cache, self.committed, self.content, self.content_pos, step + self.c
         )
         self.calls += 1
-        return ModelOutput(logits=out.logits[..., : self.vocab_size], hidden=out.hidden)
+        return self._cut(out)
 
     def commit(self, step: Tensor, values: Tensor) -> None:
         self.content = values  # written to the cache by the next call
         self.content_pos = (step + self.c + 1).expand(values.shape[0], -1)
 
 
-class UncachedStepRunner:
+class UncachedStepRunner(_TwoStreamRunner):
     """The reference: the full two-stream training forward over everything drawn so far,
     once per step (positions not drawn yet hold 0; the block-causal mask hides them from
     the current step). Same arguments as :class:`CachedStepRunner`; given steps cost no
     call of their own."""
 
-    def __init__(
-        self,
-        model: TwoStreamStepModel,
-        plan: Plan,
-        rows: int,
-        *,
-        condition: Tensor | None = None,
-        given: Tensor | None = None,
-        given_steps: int = 0,
-        vocab_size: int | None = None,
-    ) -> None:
-        device = model.transformer.device
-        self.model, self.condition, self.calls = model, condition, 0
-        self.vocab_size = vocab_size or model.vocab_size
+    def __init__(self, model: TwoStreamStepModel, plan: Plan, rows: int, **kwargs: Any) -> None:
+        super().__init__(model, plan, rows, **kwargs)
         order, slot_steps = plan_slots(plan)
-        self.order = order.to(device).expand(rows, -1)
-        self.slot_steps = slot_steps.to(device)
-        self.current = torch.zeros((rows, plan.num_positions), dtype=torch.long, device=device)
+        self.order = order.to(self.device).expand(rows, -1)
+        self.slot_steps = slot_steps.to(self.device)
+        self.current = torch.zeros(
+            (rows, plan.num_positions), dtype=torch.long, device=self.device
+        )  # (R, N)
         self.start = 0  # first slot of the current step
-        for step in plan.steps[:given_steps]:
-            assert given is not None
-            step = step.to(device)
-            self.commit(step, given[:, step])
+        for step in plan.steps[: self.given_steps]:
+            assert self.given is not None
+            step = step.to(self.device)
+            self.commit(step, self.given[:, step])
 
     def predict(self, step: Tensor) -> ModelOutput:
         out = self.model.query_outputs(self.current, self.order, self.slot_steps, self.condition)
         self.calls += 1
-        m = step.numel()
-        return ModelOutput(
-            logits=out.logits[:, self.start : self.start + m, : self.vocab_size],
-            hidden=out.hidden[:, self.start : self.start + m],
-        )
+        return self._cut(out, self.start, step.numel())
 
     def commit(self, step: Tensor, values: Tensor) -> None:
         self.current[:, step] = values
