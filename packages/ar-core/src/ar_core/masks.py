@@ -562,7 +562,10 @@ def table(
     n = v.shape[-1]
     per_row = v.dim() == 3
     per_row_start = not isinstance(start, int)
-    starts = _int_vector(start, "table start") if per_row_start else torch.tensor([int(start)])
+    if isinstance(start, int):
+        starts = torch.tensor([start])
+    else:
+        starts = _int_vector(start, "table start")
     if bool((starts < 0).any()):
         raise ConfigError(f"table start must be >= 0, got {starts.tolist()}")
     if per_row and per_row_start and starts.numel() != v.shape[0]:
