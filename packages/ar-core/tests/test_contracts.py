@@ -147,8 +147,9 @@ def test_document_inputs_and_context_and_self() -> None:
             want = ids[0, q] == ids[0, kv] and is_input[0, q] and is_input[0, kv]
             assert bool(dense[q, kv]) == bool(want)
     cas = masks.context_and_self(3).to_dense(2, 6, q_offset=4)[0]
-    assert cas.tolist() == [[True, True, True, False, True, False]] + [
-        [True, True, True, False, False, True]
+    assert cas.tolist() == [
+        [True, True, True, False, True, False],
+        [True, True, True, False, False, True],
     ]
 
 

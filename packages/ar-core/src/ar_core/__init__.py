@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ar_core.cache import StaticKVCache
     from ar_core.generation import GenerationConfig, GenerationResult, GenerationStats, generate
     from ar_core.masks import MaskSpec
+    from ar_core.model import ModelOutput, Transformer, TransformerConfig
     from ar_core.protocols import (
         CausalLM,
         KVCache,
@@ -64,7 +65,6 @@ if TYPE_CHECKING:  # pragma: no cover
         StepSampler,
         Strategy,
     )
-    from ar_core.model import ModelOutput, Transformer, TransformerConfig
     from ar_core.trainer import TrainConfig, Trainer
 
 
