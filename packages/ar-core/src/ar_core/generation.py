@@ -25,7 +25,8 @@ The scaffolding every strategy shares is public here, so no strategy repeats it:
 :func:`prefill` (with positions and a mask), :func:`cache_budget`, :func:`check_eos`,
 :func:`make_generator`, :func:`positive_int`, :func:`reject_repetition_penalty`,
 :class:`TokenPicker` (the one pick rule: greedy, or the config's processors and a
-categorical draw) and :class:`Rows` (per-row bookkeeping over a ragged batch, EOS,
+categorical draw), :func:`decode_with_pick` (the greedy/sample loop with another pick
+rule) and :class:`Rows` (per-row bookkeeping over a ragged batch, EOS,
 streaming, stats, timing and the final :class:`GenerationResult`).
 
 Notation: B rows, T prompt length (padded), N max_new_tokens, V vocabulary.
@@ -69,6 +70,7 @@ __all__ = [
     "check_eos",
     "decode_n_tokens",
     "decode_one_token",
+    "decode_with_pick",
     "generate",
     "greedy",
     "make_generator",
@@ -637,6 +639,23 @@ def _run(
     sequences = assemble_sequences(input_ids, prompt_lengths, new, config.pad_token_id, n=N)
     stats.wall_seconds = time.perf_counter() - start
     return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)
+
+
+def decode_with_pick(
+    model: CausalLM,
+    input_ids: Tensor,
+    config: GenerationConfig,
+    *,
+    prompt_lengths: Tensor,
+    pick: Picker,
+    streamer: Streamer | None = None,
+    compile: bool = False,
+) -> GenerationResult:
+    """The loop of ``greedy`` and ``sample`` with another pick rule ``pick(logits (B, V),
+    history (B, T + N)) -> tokens (B,)``; ``history`` holds each row's prompt (padding as
+    -1), then its new tokens (-1 after its EOS). ar-decoding's ``constrained`` strategy
+    passes one that masks the tokens its callback forbids."""
+    return _run(model, input_ids, config, prompt_lengths, streamer, pick, compile)
 
 
 def assemble_sequences(
