@@ -9,6 +9,7 @@ import torch
 import ar_core
 from ar_core.generation import GenerationConfig
 from ar_core.ordering import Raster
+from ar_core.protocols import CausalLM, KVCache
 from ar_core.steps import plan_slots
 from ar_vision.lm_adapter import CausalLMAdapter, generate_tokens
 from ar_vision.model import ClassConditionalStepModel, build_step_model
@@ -74,3 +75,56 @@ def test_adapter_refuses_multi_position_steps_and_wrong_lengths() -> None:
     adapter = CausalLMAdapter(_model(), PLAN)
     with pytest.raises(ar_core.ConfigError, match="max_new_tokens"):
         generate_tokens(adapter, torch.tensor([1]), GenerationConfig(max_new_tokens=4))
+
+
+def test_adapter_follows_the_causal_lm_and_cache_protocols() -> None:
+    adapter = CausalLMAdapter(_model(), PLAN, cfg_scale=2.0)
+    assert isinstance(adapter, CausalLM)
+    cache = adapter.new_cache(3, max_len=10)
+    assert isinstance(cache, KVCache)
+    assert (cache.batch_size, cache.max_len, cache.inner.batch_size) == (3, 10, 6)
+    with pytest.raises(ar_core.InputError, match="max_seq_len"):
+        adapter.new_cache(1, max_len=adapter.max_seq_len + 1)
+    adapter(torch.tensor([[1], [2], [3]]), cache=cache)
+    with pytest.raises(ar_core.InputError, match="max_len=10"):
+        cache.commit(torch.tensor([0, 10, 0]))
+    with pytest.raises(ar_core.InputError, match="own cache"):
+        adapter(torch.tensor([[1]]), cache=_model().step_model.transformer.new_cache(2))
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_fork_reset_and_move_entries(cfg_scale: float) -> None:
+    adapter = CausalLMAdapter(_model(), PLAN, cfg_scale=cfg_scale)
+    labels = torch.tensor([[3], [7], [C]])
+    tokens = torch.randint(0, V, (3, 6), generator=torch.Generator().manual_seed(1))
+    cache = adapter.new_cache(3)
+    adapter(labels, cache=cache)
+    adapter(tokens[:, :4], cache=cache)
+    cache.crop(torch.tensor([5, 3, 4]))  # ragged rows, as after a speculative rollback
+    # a fork of rows (2, 0) continues exactly like those rows of the original
+    fork = cache.fork(torch.tensor([2, 0]))
+    assert fork.lengths.tolist() == [4, 5]
+    nxt = torch.stack([tokens[0, 4:6], tokens[1, 2:4], tokens[2, 3:5]])
+    ref = adapter(nxt, cache=cache).logits  # (3, 2, V)
+    got = adapter(nxt[[2, 0]], cache=fork).logits
+    torch.testing.assert_close(got, ref[[2, 0]], rtol=0, atol=0)
+    assert cache.lengths.tolist() == [7, 5, 6] and fork.lengths.tolist() == [6, 7]
+    # reset: the cache starts over like a new one
+    fresh = adapter(labels, cache=adapter.new_cache(3)).logits
+    cache.reset()
+    assert cache.lengths.tolist() == [0, 0, 0] and cache.max_length() == 0
+    torch.testing.assert_close(adapter(labels, cache=cache).logits, fresh, rtol=0, atol=0)
+    # move_entries: sequence slot s is slot s + 1 of every copy of the row in the step model
+    adapter(tokens[:, :4], cache=cache)
+    before = [k.clone() for k in cache.inner.k]
+    cache.move_entries(torch.tensor([[1], [2], [0]]), torch.tensor([[4], [3], [2]]))
+    R = cache.inner.batch_size
+    for layer, k in enumerate(cache.inner.k):
+        for r in range(R):
+            b = r % 3
+            src, dst = [2, 3, 1][b], [5, 4, 3][b]
+            assert torch.equal(k[r, :, dst], before[layer][r, :, src])
+            keep = [s for s in range(k.shape[2]) if s != dst]
+            assert torch.equal(k[r, :, keep], before[layer][r, :, keep])
+    with pytest.raises(ar_core.InputError, match=r"\(3, m\)"):
+        cache.move_entries(torch.tensor([[1]]), torch.tensor([[2]]))

@@ -9,10 +9,10 @@ import torch
 import ar_core
 from ar_core.ordering import Raster
 from ar_core.sampling import TopK
-from ar_core.steps import plan_slots
+from ar_core.steps import guidance_scale, plan_slots
 from ar_vision.model import build_step_model
 from ar_vision.orderings import NextScale
-from ar_vision.sampling import generate_images, guidance_scale
+from ar_vision.sampling import generate_images
 
 V, C = 11, 10
 
@@ -68,6 +68,14 @@ def test_schedule_values_and_errors() -> None:
     model = build_step_model(vocab_size=V, num_classes=C, num_positions=4)
     with pytest.raises(ar_core.ConfigError, match="cfg_scale"):
         generate_images(model, Raster().plan((4,)), torch.tensor([0]), cfg_scale=-1.0)
+    with pytest.raises(ar_core.ConfigError, match="unknown CFG schedule"):
+        generate_images(
+            model,
+            Raster().plan((4,)),
+            torch.tensor([0]),
+            cfg_scale=2.0,
+            cfg_schedule="cosine",  # type: ignore[arg-type]
+        )
 
 
 def test_top_k_one_is_greedy_on_the_guided_logits() -> None:

@@ -19,9 +19,12 @@ under a plan of one position per step (raster, zigzag, ...):
   of the same call and returns the guided logits, so the strategies' logits processors
   and acceptance rules see the guided distribution.
 
-:class:`AdapterCache` keeps the protocol's view (``lengths`` = sequence tokens
+:class:`AdapterCache` is the ``KVCache`` of that view (``lengths`` = sequence tokens
 committed, per row) over the step model's cache (``[BOS]`` first, then the content;
-the queries of a call stay pending and are overwritten by the next one).
+the queries of a call stay pending and are overwritten by the next one); it sets the
+step-model cache's lengths with ``set_lengths`` and moves entries only through its
+methods. The forward is the step model's public ``run`` under
+``ar_core.masks.two_stream_decode``.
 
 Notation: B rows (2B with CFG: R), T new tokens, N image tokens, V image vocabulary.
 """
@@ -33,69 +36,102 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ar_core import registry
+from ar_core import masks, registry
 from ar_core.cache import StaticKVCache
 from ar_core.errors import ConfigError, InputError
 from ar_core.generation import GenerationConfig, GenerationStats, generate
 from ar_core.masks import MaskSpec
 from ar_core.model import ModelOutput
 from ar_core.ordering import Plan
+from ar_core.protocols import KVCache
+from ar_core.steps import guide
 from ar_vision.model import ClassConditionalStepModel
-from ar_vision.sampling import guide
 
 
 class AdapterCache:
-    """``lengths`` (B,) sequence tokens committed per row, over a step-model cache of R
-    rows that holds ``[BOS]`` and then the committed content of each row."""
+    """The :class:`~ar_core.protocols.KVCache` of :class:`CausalLMAdapter`: ``lengths``
+    (B,) sequence tokens committed per row (at most ``max_len``), over a step-model cache
+    of R = ``rows * B`` rows (``rows`` 2 with CFG: the conditional rows, then the
+    unconditional ones) that holds ``[BOS]`` and then the committed content of each row.
 
-    def __init__(self, inner: StaticKVCache, batch_size: int) -> None:
+    Sequence index ``i`` lives at slot ``i + 1`` of the step-model cache in every one of
+    a row's R / B copies; :meth:`move_entries` and :meth:`fork` map through that.
+    """
+
+    def __init__(self, inner: StaticKVCache, batch_size: int, max_len: int) -> None:
+        if batch_size < 1 or inner.batch_size % batch_size:
+            raise InputError(
+                f"AdapterCache: the step-model cache has {inner.batch_size} rows, not a "
+                f"multiple of batch_size={batch_size}"
+            )
         self.inner = inner
         self.batch_size = batch_size
+        self.max_len = max_len
+        self.rows = inner.batch_size // batch_size  # copies of each row (2 with CFG)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=inner.device)
         self.started = False  # BOS is written by the first forward
 
     def _sync(self) -> None:
-        rows = self.inner.batch_size // self.batch_size
-        inner = torch.where(self.lengths > 0, self.lengths + 1, 0).repeat(rows)  # (R,)
-        self.inner.crop(0)
-        self.inner.commit(inner)
+        inner = torch.where(self.lengths > 0, self.lengths + 1, 0).repeat(self.rows)  # (R,)
+        self.inner.set_lengths(inner)
+
+    def _inner_rows(self, index: Tensor) -> Tensor:
+        """Rows (B',) of this view -> their rows (rows * B',) of the step-model cache."""
+        return torch.cat([index + r * self.batch_size for r in range(self.rows)])
 
     def commit(self, n: int | Tensor) -> None:
-        self.lengths += n if isinstance(n, int) else n.to(self.lengths)
+        lengths = self.lengths + (n if isinstance(n, int) else n.to(self.lengths))
+        longest = int(lengths.max())
+        if longest > self.max_len:
+            raise InputError(
+                f"AdapterCache commit: a row would hold {longest} tokens, more than "
+                f"max_len={self.max_len}; create the cache with a larger max_len"
+            )
+        self.lengths = lengths
         self._sync()
 
     def crop(self, n: int | Tensor) -> None:
         self.lengths = torch.minimum(self.lengths, torch.as_tensor(n).to(self.lengths))
         self._sync()
 
+    def reset(self) -> None:
+        self.lengths = torch.zeros_like(self.lengths)
+        self.started = False
+        self.inner.reset()
+
     def max_length(self) -> int:
         return int(self.lengths.max())
 
+    def move_entries(self, src: Tensor, dst: Tensor) -> None:
+        """Copy the entries of sequence slots ``src`` (B, m) to ``dst`` (B, m) of each row
+        (in every copy of the row); lengths are unchanged."""
+        src, dst = torch.as_tensor(src), torch.as_tensor(dst)
+        if src.ndim != 2 or src.shape != dst.shape or src.shape[0] != self.batch_size:
+            raise InputError(
+                f"AdapterCache move_entries: src and dst must both be ({self.batch_size}, m), "
+                f"got {tuple(src.shape)} and {tuple(dst.shape)}"
+            )
+        self.inner.move_entries((src + 1).repeat(self.rows, 1), (dst + 1).repeat(self.rows, 1))
 
-def two_stream_step_mask(written_from: Tensor, seq_start: Tensor, n_content: int) -> MaskSpec:
-    """Mask of one adapter call over the step-model cache.
-
-    Row ``b`` writes ``n_content`` content entries from cache index ``written_from[b]``,
-    then one query per new sequence token. Content at index q sees ``kv <= max(q, 1)``
-    (causal; BOS and the class see each other, as in training). Query ``i`` sees the
-    context through the ``i``-th new token (cache index ``seq_start[b] + i + 1``) and
-    itself.
-    """
-
-    def step_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-        rel = q - written_from[b]
-        is_query = rel >= n_content
-        limit = seq_start[b] + (rel - n_content) + 1  # the content this query reads through
-        query_ok = (kv <= limit) | (kv == q)
-        content_ok = kv <= torch.clamp(q, min=1)
-        return torch.where(is_query, query_ok, content_ok)
-
-    return MaskSpec(step_mod, name="vision_lm_step")
+    def fork(self, index: Tensor | None = None) -> AdapterCache:
+        """An independent copy; ``index`` (long, (B',)) selects (and may repeat) rows."""
+        if index is None:
+            index = torch.arange(self.batch_size, device=self.lengths.device)
+        index = index.to(device=self.lengths.device, dtype=torch.long)
+        if index.ndim != 1 or index.numel() == 0:
+            raise InputError(
+                f"AdapterCache fork: index must be a non-empty 1-d tensor, got {index}"
+            )
+        out = AdapterCache(self.inner.fork(self._inner_rows(index)), index.numel(), self.max_len)
+        out.lengths = self.lengths.index_select(0, index)
+        out.started = self.started
+        return out
 
 
 class CausalLMAdapter:
-    """``ClassConditionalStepModel`` + a one-position-per-step ``plan`` as a causal LM over
-    ``[class, tokens in plan order]``; ``cfg_scale`` != 1 guides with the null class."""
+    """``ClassConditionalStepModel`` + a one-position-per-step ``plan`` as a
+    :class:`~ar_core.protocols.CausalLM` over ``[class, tokens in plan order]``;
+    ``cfg_scale`` != 1 guides with the null class."""
 
     def __init__(self, model: ClassConditionalStepModel, plan: Plan, cfg_scale: float = 1.0):
         if max(plan.step_sizes) != 1:
@@ -119,9 +155,18 @@ class CausalLMAdapter:
         return self.cfg_scale != 1.0
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> AdapterCache:
+        """A cache of ``batch_size`` rows of up to ``max_len`` (default and at most
+        ``max_seq_len``) sequence tokens."""
+        max_len = self.max_seq_len if max_len is None else max_len
+        if max_len > self.max_seq_len:
+            raise InputError(
+                f"new_cache: max_len={max_len} exceeds the adapter's max_seq_len="
+                f"{self.max_seq_len} (BOS, the class, {self.n} image tokens and one call's "
+                f"queries in the step model's {self.model.step_model.transformer.max_seq_len})"
+            )
         rows = 2 * batch_size if self.guided else batch_size
         inner = self.model.step_model.transformer.new_cache(rows)
-        return AdapterCache(inner, batch_size)
+        return AdapterCache(inner, batch_size, max_len)
 
     def to_image_tokens(self, sequences: Tensor) -> Tensor:
         """Generated ``[class, t_1..t_N]`` (B, N + 1) -> image tokens (B, N) in position order."""
@@ -134,25 +179,39 @@ class CausalLMAdapter:
         slot = (seq_index - 1).clamp(0, self.n - 1)
         return torch.where(seq_index == 0, 1, self.order[slot] + 2)
 
-    def __call__(self, *args: object, **kwargs: object) -> ModelOutput:
-        return self.forward(*args, **kwargs)  # type: ignore[arg-type]
+    def __call__(
+        self,
+        tokens: Tensor,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
+        mask: MaskSpec | None = None,
+        commit: bool = True,
+    ) -> ModelOutput:
+        return self.forward(tokens, positions, cache, mask, commit)
 
     @torch.no_grad()
     def forward(
         self,
         tokens: Tensor,
         positions: Tensor | None = None,
-        cache: AdapterCache | None = None,
+        cache: KVCache | None = None,
         mask: MaskSpec | None = None,
         commit: bool = True,
     ) -> ModelOutput:
-        """Logits (B, T, V): row ``b``, column ``i`` predicts the token after ``tokens[b, i]``."""
-        if cache is None:
-            raise InputError("CausalLMAdapter runs with a cache: pass adapter.new_cache(B)")
+        """Logits (B, T, V): row ``b``, column ``i`` predicts the token after ``tokens[b, i]``.
+
+        ``positions`` is ignored: a token's RoPE position is the image position of its
+        sequence index under the plan. ``mask`` must be causal (or None)."""
+        if not isinstance(cache, AdapterCache):
+            raise InputError(
+                "CausalLMAdapter runs with its own cache: pass adapter.new_cache(B), got "
+                f"{type(cache).__name__}"
+            )
         if mask is not None and not mask.is_causal:
             raise InputError(f"CausalLMAdapter supports the causal mask only, got {mask.name}")
         B, T = tokens.shape
         rows = 2 if self.guided else 1
+        step_model = self.model.step_model
         seq_start = cache.lengths.repeat(rows)  # (R,)
         seq_index = seq_start[:, None] + torch.arange(T, device=self.device)  # (R, T)
         content = tokens.repeat(rows, 1)  # (R, T)
@@ -168,20 +227,15 @@ class CausalLMAdapter:
         rope = self._rope(seq_index)  # (R, T)
         query_rope = self.order[seq_index.clamp(max=self.n - 1)] + 2  # (R, T)
         if first:  # BOS at cache index 0, RoPE 0, in the same step as the class
-            bos = torch.full((B * rows, 1), self.model.step_model.bos_id, device=self.device)
+            bos = torch.full((B * rows, 1), step_model.bos_id, device=self.device)
             content = torch.cat([bos, content], dim=1)
             rope = torch.cat([torch.zeros_like(bos), rope], dim=1)
         n_content = content.shape[1]
-        queries = torch.full_like(tokens.repeat(rows, 1), self.model.step_model.query_id)
+        queries = torch.full_like(tokens.repeat(rows, 1), step_model.query_id)
         x = torch.cat([content, queries], dim=1)  # (R, Tc + T)
-        pos = torch.cat([rope, query_rope], dim=1).clamp(max=self.model.step_model.max_positions)
-        written_from = cache.inner.lengths.clone()  # (R,)
-        step_mask = two_stream_step_mask(written_from, seq_start, n_content)
-        step_model = self.model.step_model
-        embeds = step_model.transformer.tok_embeddings(x) + step_model.pos_embed(pos)
-        out = step_model.transformer(
-            x, positions=pos, cache=cache.inner, mask=step_mask, commit=False, query_embeds=embeds
-        )
+        pos = torch.cat([rope, query_rope], dim=1).clamp(max=step_model.max_positions)
+        step_mask = masks.two_stream_decode(cache.inner.lengths, seq_start, n_content)
+        out = step_model.run(x, pos, mask=step_mask, cache=cache.inner, commit=False)
         cache.started = True
         logits = out.logits[:, n_content:, : self.vocab_size]  # (R, T, V)
         if self.guided:

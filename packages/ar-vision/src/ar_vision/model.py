@@ -6,14 +6,15 @@ model under different :class:`~ar_core.Plan`s: what changes is the vocabulary (p
 levels, VQ codes, multi-scale codes) and the ordering (raster, next-scale, ...).
 
 The model composes ar-core's :class:`~ar_core.steps.TwoStreamStepModel` (XLNet's two
-streams, Yang et al. 2019, arXiv:1906.08237) over an *extended* object of ``N + 1``
-positions: position 0 holds the class token, positions ``1..N`` the image tokens. The
-class token joins ``[BOS]`` in the conditioning step 0, so the first sampling call
+streams, Yang et al. 2019, arXiv:1906.08237) with the class token as its *condition*:
+the class joins ``[BOS]`` in step 0 at object position 0 and the image tokens follow at
+positions ``1..N``, in training and in sampling alike, so the first sampling call
 commits ``[BOS, class]`` together with the queries of the first image step: a plan of K
 steps costs exactly K network calls. Classifier-free guidance (Ho & Salimans,
 "Classifier-Free Diffusion Guidance", 2022, arXiv:2207.12598) needs an unconditional
 model too: label ``num_classes`` is the *null class*, used for a fraction of the
-training rows (label dropout, :func:`drop_labels`).
+training rows (label dropout, :func:`drop_labels`). Sampling is ar-core's step loop
+(:func:`ar_vision.sampling.generate_images`).
 
 Vocabulary of the wrapped two-stream model: ``[0, V)`` image tokens, ``V + c`` the
 class ``c`` (``c = num_classes``: null), then ar-core's ``[BOS]`` and ``[QUERY]``.
@@ -29,7 +30,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ar_core.cache import StaticKVCache
 from ar_core.errors import CheckpointError, ConfigError, InputError
 from ar_core.model import Transformer, TransformerConfig
 from ar_core.recipes import atomic_write_text
@@ -94,59 +94,22 @@ class ClassConditionalStepModel(nn.Module):
         ``order[t]`` from the class and the tokens of steps < ``slot_steps[t]``.
 
         ``tokens`` (B, N) in ``[0, V)``; ``labels`` (B,); ``order`` (N,) or (B, N) and
-        ``slot_steps`` (N,) from ``ar_core.steps.plan_slots(plan)``.
+        ``slot_steps`` (N,) from ``ar_core.steps.plan_slots(plan)``. The class token is
+        the two-stream model's ``condition``: it joins ``[BOS]`` in step 0, as in sampling.
         """
         B, N = tokens.shape
         self.check_tokens(N)
-        if order.ndim == 1:
-            order = order.expand(B, N)
         device = tokens.device
-        ext_tokens = torch.cat([self.class_tokens(labels)[:, None], tokens], dim=1)  # (B, N+1)
-        zero = torch.zeros((B, 1), dtype=torch.long, device=device)
-        ext_order = torch.cat([zero, order.to(device) + 1], dim=1)  # (B, N+1)
-        # the class slot joins BOS in step 0 (slot_steps -1 -> step id 0), as in sampling
-        ext_steps = torch.cat([slot_steps.new_full((1,), -1), slot_steps]).to(device)  # (N+1,)
-        logits = self.step_model(ext_tokens, ext_order, ext_steps)  # (B, N+1, V+C+1)
-        return logits[:, 1:, : self.vocab_size]  # (B, N, V)
+        order = order.to(device).expand(B, N)
+        condition = self.class_tokens(labels)[:, None]  # (B, 1)
+        logits = self.step_model(tokens, order, slot_steps.to(device), condition)  # (B, N, V+C+1)
+        return logits[..., : self.vocab_size]  # (B, N, V)
 
     def loss(self, tokens: Tensor, labels: Tensor, order: Tensor, slot_steps: Tensor) -> Tensor:
         """Mean cross-entropy (nats per token) of the image tokens."""
         B, N = tokens.shape
-        order = order.expand(B, N) if order.ndim == 1 else order
+        order = order.to(tokens.device).expand(B, N)
         return query_stream_loss(self(tokens, labels, order, slot_steps), tokens, order)
-
-    # -- sampling: one call per step ----------------------------------------------------
-    def new_cache(self, batch_size: int, num_tokens: int, max_step: int) -> StaticKVCache:
-        """A KV cache for BOS, the class, ``num_tokens`` image tokens and one step's queries."""
-        self.check_tokens(num_tokens)
-        return self.step_model.new_cache(batch_size, num_tokens + 1, max_step)
-
-    def first_content(self, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Content of the first call: ``[BOS, class]`` (B, 2) at RoPE positions (B, 2)."""
-        B = labels.shape[0]
-        bos = torch.full((B, 1), self.step_model.bos_id, dtype=torch.long, device=self.device)
-        content = torch.cat([bos, self.class_tokens(labels)[:, None]], dim=1)  # (B, 2)
-        return content, torch.arange(2, device=self.device).expand(B, 2)
-
-    @staticmethod
-    def content_positions(positions: Tensor, batch_size: int) -> Tensor:
-        """RoPE positions (B, m) of image tokens at ``positions`` (m,): BOS is 0, the class 1."""
-        return (positions + 2).expand(batch_size, -1)
-
-    def step_logits(
-        self,
-        cache: StaticKVCache,
-        context_end: int,
-        content: Tensor,
-        content_positions: Tensor,
-        positions: Tensor,
-    ) -> Tensor:
-        """Commit ``content`` (B, Tc) and return the logits (B, m, V) of the image tokens at
-        ``positions`` (m,); ``context_end`` = committed cache entries + Tc."""
-        logits = self.step_model.step_logits(
-            cache, context_end, content, content_positions, positions + 1
-        )  # (B, m, V+C+1)
-        return logits[..., : self.vocab_size]
 
     # -- persistence ---------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> Path:

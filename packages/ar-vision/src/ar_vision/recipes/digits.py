@@ -28,7 +28,7 @@ from ar_core.ordering import Plan
 from ar_core.recipes import Progress, RecipeResult, Table
 from ar_core.recipes.base import RecipeBase
 from ar_core.sampling import LogitsProcessor, TopK, TopP
-from ar_core.steps import plan_slots
+from ar_core.steps import plan_slots, query_stream_loss
 from ar_core.trainer import TrainConfig, Trainer, read_metrics
 from ar_vision.model import ClassConditionalStepModel, build_step_model, drop_labels
 from ar_vision.representation import Representation, factorised_nll, masked_log_probs
@@ -121,15 +121,15 @@ class TokenData:
 def plan_loss(
     plan: Plan,
 ) -> Callable[[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-    """The Trainer's ``loss_fn``: cross-entropy of the step model under one plan (it calls
-    the model itself, so a DDP wrapper sees the forward)."""
+    """The Trainer's ``loss_fn``: ar-core's query-stream cross-entropy of the step model
+    under one plan (it calls the model itself, so a DDP wrapper sees the forward)."""
     order, slot_steps = plan_slots(plan)
 
     def loss_fn(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         tokens, labels = batch
-        logits = model(tokens, labels, order, slot_steps)  # (B, N, V) in slot order
-        target = tokens[:, order.to(tokens.device)]  # (B, N)
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+        rows = order.to(tokens.device).expand(tokens.shape)  # (B, N)
+        logits = model(tokens, labels, rows, slot_steps)  # (B, N, V) in slot order
+        return query_stream_loss(logits, tokens, rows)
 
     return loss_fn
 
