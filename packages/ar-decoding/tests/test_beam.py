@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 import torch
-from _models import random_model
+from helpers import tiny
 
 from ar_core import generate
 from ar_core.errors import ConfigError
@@ -38,7 +38,7 @@ def brute_force(
 
 
 def test_one_beam_is_greedy() -> None:
-    model = random_model(32)
+    model = tiny(32, dim=32, ffn_hidden=64)
     x = torch.randint(0, 32, (3, 6), generator=torch.Generator().manual_seed(1))
     cfg = GenerationConfig(max_new_tokens=10)
     lengths = [6, 2, 4]
@@ -50,7 +50,7 @@ def test_one_beam_is_greedy() -> None:
 @pytest.mark.parametrize(("eos", "length_penalty"), [(None, 1.0), (2, 1.0), (2, 0.0), (0, 2.0)])
 def test_enough_beams_equal_exhaustive_search(eos: int | None, length_penalty: float) -> None:
     V, n = 4, 3
-    model = random_model(V, std=0.3, dim=16, n_heads=2, n_kv_heads=1)
+    model = tiny(V, dim=16, n_heads=2, n_kv_heads=1, ffn_hidden=64, std=0.3)
     x = torch.tensor([[1, 2, 3], [3, 0, 0], [2, 2, 0]])
     lengths = [3, 1, 2]
     cfg = GenerationConfig(max_new_tokens=n, eos_token_id=eos)
@@ -66,7 +66,7 @@ def test_enough_beams_equal_exhaustive_search(eos: int | None, length_penalty: f
 def test_beam_beats_greedy_somewhere() -> None:
     """The comparison is not vacuous: on this model beam search and greedy disagree."""
     V, n = 4, 3
-    model = random_model(V, std=0.3, dim=16, n_heads=2, n_kv_heads=1)
+    model = tiny(V, dim=16, n_heads=2, n_kv_heads=1, ffn_hidden=64, std=0.3)
     prompts = torch.tensor(list(itertools.product(range(V), repeat=2)))  # (16, 2)
     cfg = GenerationConfig(max_new_tokens=n)
     greedy = generate(model, prompts, cfg)
@@ -75,7 +75,7 @@ def test_beam_beats_greedy_somewhere() -> None:
 
 
 def test_bad_kwargs() -> None:
-    model = random_model(8)
+    model = tiny(8, dim=32, ffn_hidden=64)
     x = torch.zeros(1, 3, dtype=torch.long)
     with pytest.raises(ConfigError, match="num_beams"):
         generate(model, x, GenerationConfig(max_new_tokens=2), strategy="beam", num_beams=0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _models import random_model
+from helpers import tiny
 
 from ar_core import generate
 from ar_core.errors import InputError
@@ -21,7 +21,7 @@ def even_after_odd(tokens: torch.Tensor) -> list[int]:
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_every_token_is_allowed(temperature: float) -> None:
-    model = random_model(32)
+    model = tiny(32, dim=32, ffn_hidden=64)
     x = torch.randint(0, 32, (4, 5), generator=torch.Generator().manual_seed(2))
     lengths = [5, 3, 1, 4]
     cfg = GenerationConfig(max_new_tokens=12, temperature=temperature, top_k=3, seed=0)
@@ -35,7 +35,7 @@ def test_every_token_is_allowed(temperature: float) -> None:
 
 
 def test_unconstrained_equals_greedy_and_sampling() -> None:
-    model = random_model(32)
+    model = tiny(32, dim=32, ffn_hidden=64)
     x = torch.randint(0, 32, (2, 5), generator=torch.Generator().manual_seed(3))
     everything = lambda tokens: torch.arange(32)  # noqa: E731
     for cfg, strategy in [
@@ -48,7 +48,7 @@ def test_unconstrained_equals_greedy_and_sampling() -> None:
 
 
 def test_empty_allowed_set_names_the_row() -> None:
-    model = random_model(32)
+    model = tiny(32, dim=32, ffn_hidden=64)
     x = torch.zeros(3, 3, dtype=torch.long)
 
     def nothing_after_three(tokens: torch.Tensor) -> list[int]:
@@ -62,7 +62,7 @@ def test_empty_allowed_set_names_the_row() -> None:
 
 
 def test_finished_rows_are_not_asked() -> None:
-    model = random_model(32)
+    model = tiny(32, dim=32, ffn_hidden=64)
     x = torch.zeros(2, 2, dtype=torch.long)
     seen: list[int] = []
 

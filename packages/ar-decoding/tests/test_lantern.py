@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 import torch
-from _models import exact_joint, random_model
+from helpers import ALPHA, BROKEN, chi2_pvalue, exact_joint, tiny
 from scipy.stats import chisquare
-from test_sjd import ALPHA, BROKEN, chi2_pvalue
 
 import ar_decoding.lantern as lantern_module
 from ar_core import generate
@@ -49,7 +48,7 @@ def always_accept(
 
 def test_delta_zero_matches_target_and_always_accept_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     V, n, M = 4, 3, 8000
-    model = random_model(V, std=0.5, dim=16, n_heads=2, n_kv_heads=1)
+    model = tiny(V, dim=16, n_heads=2, n_kv_heads=1, ffn_hidden=64, std=0.5)
     joint = exact_joint(model, [1, 2], n)
     x = torch.tensor([[1, 2]] * M)
     kw: dict[str, Any] = dict(
@@ -64,7 +63,7 @@ def test_delta_zero_matches_target_and_always_accept_fails(monkeypatch: pytest.M
 
 @pytest.mark.parametrize("delta", [0.0, 0.3])
 def test_greedy_lantern_equals_greedy(delta: float) -> None:
-    model = random_model(32)
+    model = tiny(32, dim=32, ffn_hidden=64)
     x = torch.randint(0, 32, (3, 6), generator=torch.Generator().manual_seed(1))
     lengths = [6, 2, 4]
     cfg = GenerationConfig(max_new_tokens=12, temperature=0.0)
@@ -137,7 +136,7 @@ def test_total_variation_can_exceed_delta() -> None:
 
 def test_delta_raises_mean_accepted_length() -> None:
     V, M = 16, 512
-    model = random_model(V, std=0.15)
+    model = tiny(V, dim=32, ffn_hidden=64, std=0.15)
     x = torch.randint(0, V, (M, 4), generator=torch.Generator().manual_seed(0))
     nb = random_neighbours(V, 8, seed=5)
     cfg = GenerationConfig(max_new_tokens=12, seed=7)
@@ -149,7 +148,7 @@ def test_delta_raises_mean_accepted_length() -> None:
 
 
 def test_bad_kwargs() -> None:
-    model = random_model(8)
+    model = tiny(8, dim=32, ffn_hidden=64)
     x = torch.zeros(1, 3, dtype=torch.long)
     cfg = GenerationConfig(max_new_tokens=2)
     nb = random_neighbours(8, 3, 0)

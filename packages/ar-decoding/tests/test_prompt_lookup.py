@@ -1,12 +1,15 @@
-"""Prompt lookup decoding: n-gram drafts, exactly greedy on ragged batches with EOS, and
-fewer target passes than tokens on repetitive text."""
+"""Prompt lookup decoding: n-gram drafts, exactly greedy on ragged batches with EOS,
+fewer target passes than tokens on repetitive text, and sampled continuations that follow
+the target's exact joint (chi-square, significance level 0.001; a broken residual must
+fail with p < 1e-6)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import Recorder, tiny
+from helpers import ALPHA, BROKEN, Recorder, chi2_pvalue, exact_joint, new_tokens, tiny
 
+import ar_decoding.verify as verify
 from ar_core.errors import ConfigError
 from ar_core.generation import GenerationConfig, generate
 from ar_decoding.prompt_lookup import lookup_draft
@@ -64,8 +67,8 @@ def test_equals_greedy_ragged_with_eos_and_streamer() -> None:
         num_draft_tokens=4,
     )
     assert torch.equal(out.sequences, ref.sequences)
-    new = torch.stack([out.sequences[b, n : n + 20] for b, n in enumerate(lengths)])
-    assert torch.equal(torch.cat(rec.chunks, 1), new)
+    assert rec.ended
+    assert torch.equal(rec.tokens(), new_tokens(out.sequences, lengths, 20))
 
 
 def test_repetitive_text_needs_fewer_passes() -> None:
@@ -82,10 +85,27 @@ def test_repetitive_text_needs_fewer_passes() -> None:
     assert out.stats.mean_accepted_length > 1.0
 
 
-def test_sampling_runs_and_bad_kwargs() -> None:
+def test_sampling_matches_the_exact_joint_and_a_broken_residual_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The prompt repeats, so most steps verify a drafted n-gram continuation (a one-hot q:
+    accepted with probability p(x), else the next token comes from p without x)."""
+    model = tiny(4, dim=32, seed=11, scale=3.0)
+    prompt, n, M = [1, 2, 3, 1, 2, 3, 1, 2], 3, 4000
+    joint = exact_joint(model, prompt, n)
+    x = torch.tensor([prompt] * M)
+    cfg = GenerationConfig(max_new_tokens=n, seed=0)
+    out = generate(model, x, cfg, strategy="prompt-lookup")
+    assert chi2_pvalue(out.sequences[:, len(prompt) :], joint, 4) > ALPHA
+    drafted = torch.tensor(out.stats.accepted_lengths) > 1  # per (step, row)
+    assert drafted.float().mean() > 0.05  # measured: 6.6% of the steps accepted a draft
+    monkeypatch.setattr(verify, "residual_distribution", lambda p, q: p)
+    bad = generate(model, x, cfg, strategy="prompt-lookup")
+    assert chi2_pvalue(bad.sequences[:, len(prompt) :], joint, 4) < BROKEN
+
+
+def test_bad_kwargs() -> None:
     model, x = tiny(), torch.randint(0, 64, (2, 5))
-    out = generate(model, x, GenerationConfig(max_new_tokens=8, seed=0), strategy="prompt-lookup")
-    assert out.sequences.shape == (2, 13)
     with pytest.raises(ConfigError, match="num_draft_tokens"):
         generate(model, x, strategy="prompt-lookup", num_draft_tokens=0)
     with pytest.raises(ConfigError, match="ngram"):

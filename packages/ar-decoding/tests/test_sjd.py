@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from _models import copy_model, exact_joint, index_of, random_model
-from scipy.stats import chisquare
+from helpers import ALPHA, BROKEN, chi2_pvalue, copy_model, exact_joint, tiny
 
 import ar_decoding.sjd as sjd_module
 from ar_core import generate
@@ -19,25 +18,6 @@ from ar_core.errors import ConfigError
 from ar_core.generation import GenerationConfig
 from ar_core.sampling import multinomial_sample_one_no_sync
 from ar_decoding.verify import accept_sampling
-
-ALPHA = 1e-3  # the correct rule must pass at this level
-BROKEN = 1e-6  # the broken rule must fail below this
-
-
-def chi2_pvalue(samples: torch.Tensor, joint: torch.Tensor, V: int) -> float:
-    """Chi-square of sampled sequences (M, n) against the exact joint (V**n,); cells with
-    expected count < 5 are pooled into one."""
-    M = samples.shape[0]
-    counts = torch.bincount(index_of(samples, V), minlength=joint.numel()).double()
-    expected = joint * M
-    small = expected < 5
-    f_obs, f_exp = counts[~small], expected[~small]
-    if small.any():
-        f_obs = torch.cat([f_obs, counts[small].sum()[None]])
-        f_exp = torch.cat([f_exp, expected[small].sum()[None]])
-    return float(
-        chisquare(f_obs.numpy(), f_exp.numpy() * (f_obs.sum() / f_exp.sum()).item()).pvalue
-    )
 
 
 def broken_accept(
@@ -54,7 +34,7 @@ def test_sampled_joint_matches_target_and_broken_rule_fails(
     init: str, window: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     V, n, M = 4, 3, 8000
-    model = random_model(V, std=0.5, dim=16, n_heads=2, n_kv_heads=1)
+    model = tiny(V, dim=16, n_heads=2, n_kv_heads=1, ffn_hidden=64, std=0.5)
     prompt = [1, 2]
     joint = exact_joint(model, prompt, n)
     x = torch.tensor([prompt] * M)
@@ -69,7 +49,7 @@ def test_sampled_joint_matches_target_and_broken_rule_fails(
 
 @pytest.mark.parametrize("init", ["random", "spatial"])
 def test_greedy_sjd_equals_greedy_ragged_with_eos(init: str) -> None:
-    model = random_model(32)
+    model = tiny(32, dim=32, ffn_hidden=64)
     x = torch.randint(0, 32, (3, 6), generator=torch.Generator().manual_seed(1))
     lengths = [6, 2, 4]
     ref0 = generate(model, x, GenerationConfig(max_new_tokens=16), prompt_lengths=lengths)
@@ -95,7 +75,7 @@ def test_repetitive_image_rows_take_fewer_forwards(init: str) -> None:
 
 
 def test_bad_kwargs() -> None:
-    model = random_model(8)
+    model = tiny(8, dim=32, ffn_hidden=64)
     x = torch.zeros(1, 3, dtype=torch.long)
     cfg = GenerationConfig(max_new_tokens=2)
     with pytest.raises(ConfigError, match="init"):

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import ALPHA, BROKEN
 from scipy.stats import chisquare
 
 import ar_decoding.verify as verify
 from ar_core.errors import InputError
 from ar_decoding.verify import accept_greedy, accept_sampling, residual_distribution
-
-ALPHA = 1e-3  # significance level of the tests that must pass
-BROKEN = 1e-6  # p-value a broken rule must fall below
 
 
 def _logits_with_argmax(argmax: list[list[int]], V: int) -> torch.Tensor:

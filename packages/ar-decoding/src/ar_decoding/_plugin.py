@@ -13,13 +13,13 @@ from typing import Any
 
 from ar_core.hookspecs import Register, hookimpl
 
-# strategy name -> (module of ar_decoding, function)
+# strategy name -> (module of ar_decoding, function): one module per strategy
 STRATEGIES: dict[str, tuple[str, str]] = {
     "speculative": ("speculative", "speculative"),
-    "tree-speculative": ("speculative", "tree_speculative"),
+    "tree-speculative": ("tree_speculative", "tree_speculative"),
     "prompt-lookup": ("prompt_lookup", "prompt_lookup"),
     "jacobi": ("jacobi", "jacobi"),
-    "lookahead": ("jacobi", "lookahead"),
+    "lookahead": ("lookahead", "lookahead"),
     "sjd": ("sjd", "sjd"),
     "lantern": ("lantern", "lantern"),
     "beam": ("beam", "beam"),

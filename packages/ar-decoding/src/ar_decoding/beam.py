@@ -23,9 +23,6 @@ Notation: B rows, K beams, V vocabulary, N max_new_tokens.
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -33,18 +30,15 @@ from ar_core.errors import ConfigError
 from ar_core.generation import (
     GenerationConfig,
     GenerationResult,
-    GenerationStats,
-    Streamer,
-    assemble_sequences,
-)
-from ar_core.generation import prefill as prefill_prompt
-from ar_decoding.rows import (
     Rows,
+    Streamer,
     cache_budget,
     check_eos,
     positive_int,
+    prefill,
     reject_repetition_penalty,
 )
+from ar_core.protocols import CausalLM
 
 __all__ = ["beam"]
 
@@ -63,7 +57,7 @@ def _add_finished(
 
 
 def beam(
-    model: Any,
+    model: CausalLM,
     input_ids: Tensor,
     config: GenerationConfig,
     *,
@@ -74,7 +68,6 @@ def beam(
 ) -> GenerationResult:
     """Strategy ``beam``: the best of ``num_beams`` hypotheses per row (4: a common MT
     default); ``length_penalty`` > 1 favours longer finished hypotheses, < 1 shorter."""
-    start = time.perf_counter()
     reject_repetition_penalty(config, "beam")
     K = positive_int(num_beams, "num_beams", "beam")
     if not isinstance(length_penalty, int | float) or isinstance(length_penalty, bool):
@@ -83,14 +76,14 @@ def beam(
     B, _ = input_ids.shape
     N, V = config.max_new_tokens, model.vocab_size
     device = input_ids.device
-    cache_len = cache_budget(model, input_ids, prompt_lengths, N, 0, "lower max_new_tokens")
+    cache_len = cache_budget(model, input_ids, prompt_lengths, N, fix="lower max_new_tokens")
     eos = torch.tensor(config.eos_ids(), dtype=torch.long, device=device)
-    stats = GenerationStats()
-    out = Rows(input_ids, prompt_lengths, config, streamer, stats)
+    out = Rows(input_ids, prompt_lengths, config, streamer)
+    stats = out.stats
     with torch.no_grad():
         if N > 0:
             cache = model.new_cache(B, max_len=cache_len)
-            logits = prefill_prompt(model, input_ids, cache, prompt_lengths)  # (B, V)
+            logits = prefill(model, input_ids, cache, prompt_lengths)  # (B, V)
             stats.target_forward_passes += 1
             rows = torch.arange(B, device=device)
             cache = cache.fork(rows.repeat_interleave(K))  # (B K) rows, beam k of row b at b K + k
@@ -129,7 +122,4 @@ def beam(
             best = fin_scores.argmax(1)  # (B,)
             winner = fin_seqs[rows, best]  # (B, N)
             out.emit(winner, torch.full((B,), N, device=device))
-    out.end()
-    sequences = assemble_sequences(input_ids, prompt_lengths, out.new_tokens, config.pad_token_id)
-    stats.wall_seconds = time.perf_counter() - start
-    return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)
+    return out.finish()

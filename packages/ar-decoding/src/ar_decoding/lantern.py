@@ -40,13 +40,12 @@ Notation: B rows, L window, V vocabulary, K neighbours per token.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from ar_core.errors import ConfigError
 from ar_core.generation import GenerationConfig, GenerationResult, Streamer
+from ar_core.protocols import CausalLM
 from ar_core.sampling import multinomial_sample_one_no_sync
 from ar_decoding.sjd import jacobi_sampling
 from ar_decoding.verify import residual_distribution
@@ -54,7 +53,7 @@ from ar_decoding.verify import residual_distribution
 __all__ = ["accept_relaxed", "lantern", "latent_neighbourhood", "step_distribution"]
 
 
-def _check_neighbours(neighbours: Any, vocab_size: int) -> Tensor:
+def _check_neighbours(neighbours: object, vocab_size: int) -> Tensor:
     if not isinstance(neighbours, Tensor) or neighbours.ndim != 2:
         raise ConfigError(
             "lantern: neighbours must be a (V, k) long tensor of each token's nearest "
@@ -146,7 +145,7 @@ def step_distribution(p: Tensor, q: Tensor, neighbours: Tensor, delta: float) ->
 
 
 def lantern(
-    model: Any,
+    model: CausalLM,
     input_ids: Tensor,
     config: GenerationConfig,
     *,

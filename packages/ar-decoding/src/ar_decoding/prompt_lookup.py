@@ -21,9 +21,6 @@ Notation: B rows, k draft tokens, V vocabulary.
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -31,12 +28,14 @@ from ar_core.errors import ConfigError
 from ar_core.generation import (
     GenerationConfig,
     GenerationResult,
-    GenerationStats,
+    Rows,
     Streamer,
-    assemble_sequences,
+    TokenPicker,
+    cache_budget,
+    positive_int,
 )
-from ar_decoding.rows import Picker, Rows, accepted_tokens
-from ar_decoding.speculative import cache_length, park_finished, prefill
+from ar_core.protocols import CausalLM
+from ar_decoding.draft import draft_length, first_step, verify_step
 
 __all__ = ["lookup_draft", "prompt_lookup"]
 
@@ -76,7 +75,7 @@ def _drafts(rows: Rows, k: int, max_ngram: int, min_ngram: int) -> tuple[Tensor,
 
 
 def prompt_lookup(
-    model: Any,
+    model: CausalLM,
     input_ids: Tensor,
     config: GenerationConfig,
     *,
@@ -91,8 +90,7 @@ def prompt_lookup(
     """Strategy ``prompt-lookup`` (defaults: 10 draft tokens, n-grams of 3 down to 1, as
     Hugging Face's ``prompt_lookup_num_tokens=10``, ``max_matching_ngram_size=3``... with
     n down to 1). ``do_sample`` None = sample iff ``config.temperature > 0``."""
-    if not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
-        raise ConfigError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
+    k = positive_int(num_draft_tokens, "num_draft_tokens", "prompt-lookup")
     if not (isinstance(min_ngram_size, int) and isinstance(max_ngram_size, int)) or not (
         1 <= min_ngram_size <= max_ngram_size
     ):
@@ -100,35 +98,17 @@ def prompt_lookup(
             f"need 1 <= min_ngram_size <= max_ngram_size, got min_ngram_size={min_ngram_size!r}, "
             f"max_ngram_size={max_ngram_size!r}"
         )
-    start = time.perf_counter()
-    stats = GenerationStats()
-    B, T = input_ids.shape
-    N = config.max_new_tokens
-    k = num_draft_tokens
-    picker = Picker(config, do_sample, generator, input_ids.device)
-    rows = Rows(input_ids, prompt_lengths, config, streamer, stats, scratch=k + 1)
-    cache_len = cache_length([model], T, prompt_lengths, N, k + 1)
+    picker = TokenPicker(config, do_sample, generator, input_ids.device)
+    rows = Rows(input_ids, prompt_lengths, config, streamer, scratch=k + 1)
+    cache_len = cache_budget(
+        model, input_ids, prompt_lengths, config.max_new_tokens, extra=k + 1, extra_required=False
+    )
+    if rows.all_finished():  # max_new_tokens = 0
+        return rows.finish()
     with torch.no_grad():
-        if N > 0:
-            cache = model.new_cache(B, max_len=cache_len)
-            logits = prefill(model, input_ids, cache, prompt_lengths)  # (B, V)
-            stats.target_forward_passes += 1
-            first = picker.pick(logits, rows.seq)
-            rows.emit(first[:, None], torch.ones_like(first))
-            park_finished(rows, cache)
+        (cache,) = first_step([model], rows, picker, cache_len)
         while not rows.all_finished():
-            live = ~rows.finished
-            room = cache_len - int(rows.length[live].max())
-            k_step = max(0, min(k, int(rows.remaining().max()) - 1, room))
+            k_step = draft_length(rows, k, cache_len)
             drafts, lengths = _drafts(rows, k_step, max_ngram_size, min_ngram_size)
-            tokens = torch.cat([rows.last()[:, None], drafts], 1)  # (B, k'+1)
-            logits = model(tokens, cache=cache, commit=False).logits  # (B, k'+1, V)
-            stats.target_forward_passes += 1
-            n, nxt = picker.verify(drafts, None, logits, rows.seq, lengths=lengths)
-            counts = rows.emit(accepted_tokens(drafts, n, nxt), n + 1)
-            cache.commit(counts)
-            park_finished(rows, cache)
-    rows.end()
-    sequences = assemble_sequences(input_ids, prompt_lengths, rows.new_tokens, config.pad_token_id)
-    stats.wall_seconds = time.perf_counter() - start
-    return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)
+            verify_step(model, cache, rows, picker, drafts, None, lengths=lengths)
+    return rows.finish()

@@ -39,9 +39,7 @@ Notation: B rows, L window, V vocabulary.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,23 +48,17 @@ from ar_core.errors import ConfigError
 from ar_core.generation import (
     GenerationConfig,
     GenerationResult,
-    GenerationStats,
-    Streamer,
-    assemble_sequences,
-)
-from ar_core.generation import prefill as prefill_prompt
-from ar_core.sampling import build_processors, multinomial_sample_one_no_sync
-from ar_decoding.rows import (
     Rows,
-    accepted_tokens,
+    Streamer,
+    TokenPicker,
     cache_budget,
     check_eos,
-    make_generator,
     positive_int,
-    processed_probs,
     reject_repetition_penalty,
-    retire_finished,
 )
+from ar_core.protocols import CausalLM
+from ar_core.sampling import multinomial_sample_one_no_sync
+from ar_decoding.draft import accepted_tokens, first_step
 from ar_decoding.verify import accept_sampling
 
 __all__ = ["Acceptance", "jacobi_sampling", "sjd"]
@@ -78,7 +70,7 @@ INITS = ("random", "spatial")
 
 
 def sjd(
-    model: Any,
+    model: CausalLM,
     input_ids: Tensor,
     config: GenerationConfig,
     *,
@@ -114,7 +106,7 @@ def sjd(
 
 
 def jacobi_sampling(
-    model: Any,
+    model: CausalLM,
     input_ids: Tensor,
     config: GenerationConfig,
     *,
@@ -130,7 +122,6 @@ def jacobi_sampling(
 ) -> GenerationResult:
     """The SJD loop with a pluggable acceptance rule (exact for ``sjd``, relaxed for
     ``lantern``)."""
-    start = time.perf_counter()
     reject_repetition_penalty(config, strategy)
     L = positive_int(window, "window", strategy)
     if init not in INITS:
@@ -138,51 +129,51 @@ def jacobi_sampling(
     if init == "spatial":
         grid_width = positive_int(grid_width, "grid_width (needed by init='spatial')", strategy)
     check_eos(config, model.vocab_size)
-    B, _ = input_ids.shape
-    N, V = config.max_new_tokens, model.vocab_size
+    B = input_ids.shape[0]
+    V = model.vocab_size
     device = input_ids.device
     cache_len = cache_budget(
-        model, input_ids, prompt_lengths, N, L, "lower window or max_new_tokens"
+        model,
+        input_ids,
+        prompt_lengths,
+        config.max_new_tokens,
+        extra=L,
+        fix="lower window or max_new_tokens",
     )
-    processors = build_processors(config)
-    gen = make_generator(config, device, generator)
+    # always sampling: at temperature 0 the processors make every p one-hot
+    picker = TokenPicker(config, do_sample=True, generator=generator, device=device)
+    gen = picker.generator
+    assert gen is not None
     draft_gen = gen if draft_generator is None else draft_generator
-    stats = GenerationStats()
-    out = Rows(input_ids, prompt_lengths, config, streamer, stats)
-    rows = torch.arange(B, device=device)
+    rows = Rows(input_ids, prompt_lengths, config, streamer, scratch=0)
+    if rows.all_finished():  # max_new_tokens = 0
+        return rows.finish()
+    batch = torch.arange(B, device=device)
     with torch.no_grad():
-        if N > 0:
-            cache = model.new_cache(B, max_len=cache_len)
-            logits = prefill_prompt(model, input_ids, cache, prompt_lengths)  # (B, V)
-            stats.target_forward_passes += 1
-            p0 = processed_probs(processors, logits)  # (B, V)
-            last = multinomial_sample_one_no_sync(p0, gen)  # (B,)
-            out.emit(last[:, None], torch.ones_like(last))
-            x = torch.zeros(B, L, dtype=torch.long, device=device)  # drafts
-            q = torch.zeros(B, L, V, device=device)  # the distribution each was drawn from
-            keep = torch.zeros(B, dtype=torch.long, device=device)  # carried drafts per row
-            while True:
-                _initialise(x, q, keep, out, init, grid_width, draft_gen)
-                if out.all_finished():
-                    break
-                retire_finished(cache, out)
-                tokens = torch.cat([last[:, None], x], dim=1)  # (B, L + 1)
-                logits = model(tokens, cache=cache, commit=False).logits  # (B, L + 1, V)
-                stats.target_forward_passes += 1
-                p = processed_probs(processors, logits)  # (B, L + 1, V)
-                n_acc, last = accept(x, q, p, gen)  # (B,), (B,)
-                out.emit(accepted_tokens(x, n_acc, last), n_acc + 1)
-                cache.commit(n_acc + 1)
-                # p_{a+2} .. p_{L+1} (slots a+1 .. L) are redrawn and carried as drafts
-                fresh = multinomial_sample_one_no_sync(p[:, 1:], draft_gen)  # (B, L)
-                src = (n_acc[:, None] + torch.arange(L, device=device)).clamp(max=L - 1)  # (B, L)
-                x = fresh.gather(1, src)
-                q = p[:, 1:][rows[:, None], src]  # (B, L, V)
-                keep = L - n_acc  # (B,) drafts carried; the rest are initialised
-    out.end()
-    sequences = assemble_sequences(input_ids, prompt_lengths, out.new_tokens, config.pad_token_id)
-    stats.wall_seconds = time.perf_counter() - start
-    return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)
+        (cache,) = first_step([model], rows, picker, cache_len)
+        last = rows.last()  # (B,) drawn from each prompt's p
+        x = torch.zeros(B, L, dtype=torch.long, device=device)  # drafts
+        q = torch.zeros(B, L, V, device=device)  # the distribution each was drawn from
+        keep = torch.zeros(B, dtype=torch.long, device=device)  # carried drafts per row
+        while True:
+            _initialise(x, q, keep, rows, init, grid_width, draft_gen)
+            if rows.all_finished():
+                break
+            rows.retire_finished(cache)
+            tokens = torch.cat([last[:, None], x], dim=1)  # (B, L + 1)
+            logits = model(tokens, cache=cache, commit=False).logits  # (B, L + 1, V)
+            rows.stats.target_forward_passes += 1
+            p = picker.probs(logits)  # (B, L + 1, V)
+            n_acc, last = accept(x, q, p, gen)  # (B,), (B,)
+            rows.emit(accepted_tokens(x, n_acc, last), n_acc + 1)
+            cache.commit(n_acc + 1)
+            # p_{a+2} .. p_{L+1} (slots a+1 .. L) are redrawn and carried as drafts
+            fresh = multinomial_sample_one_no_sync(p[:, 1:], draft_gen)  # (B, L)
+            src = (n_acc[:, None] + torch.arange(L, device=device)).clamp(max=L - 1)  # (B, L)
+            x = fresh.gather(1, src)
+            q = p[:, 1:][batch[:, None], src]  # (B, L, V)
+            keep = L - n_acc  # (B,) drafts carried; the rest are initialised
+    return rows.finish()
 
 
 def _initialise(

@@ -24,18 +24,19 @@ all are rejected the next token is drawn from the final p; at a leaf from p_u (b
 This preserves the target distribution exactly (SpecInfer, Theorem 4.2).
 
 Cache compaction: after verification each cache holds the tree in level order; the
-accepted path (depth 1..n) is gathered into slots ``start + 1 .. start + n`` for every
-layer (keys already carry the RoPE rotation of their final positions, so moving them is
-exact), then the cache is cropped/committed to the accepted length.
+accepted path (depth 1..n) is moved into slots ``start + 1 .. start + n``
+(``cache.move_entries``; keys already carry the RoPE rotation of their final positions,
+so moving them is exact), then the cache is cropped/committed to the accepted length.
+The step's other helpers (caches' invariant, first token, catch-up) are in
+:mod:`ar_decoding.draft`.
 
-Notation: B rows, M tree nodes, D depth, V vocabulary, H heads, Dh head dim.
+Notation: B rows, M tree nodes, D depth, V vocabulary.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,12 +46,20 @@ from ar_core.errors import ConfigError
 from ar_core.generation import (
     GenerationConfig,
     GenerationResult,
-    GenerationStats,
+    Rows,
     Streamer,
-    assemble_sequences,
+    TokenPicker,
+    cache_budget,
 )
+from ar_core.protocols import CausalLM, KVCache
 from ar_core.sampling import logits_to_probs
-from ar_decoding.rows import Picker, Rows, accepted_tokens
+from ar_decoding.draft import (
+    accepted_tokens,
+    catch_up,
+    check_draft_model,
+    first_step,
+    park_finished,
+)
 from ar_decoding.verify import residual_distribution
 
 __all__ = ["Tree", "tree_speculative"]
@@ -95,7 +104,7 @@ class Tree:
         return int(self.parents.numel())
 
 
-def _check_expansion(expansion: Any) -> tuple[int, ...]:
+def _check_expansion(expansion: Sequence[int]) -> tuple[int, ...]:
     exp = tuple(expansion)
     if not exp or any(not isinstance(e, int) or e < 1 for e in exp):
         raise ConfigError(
@@ -105,20 +114,12 @@ def _check_expansion(expansion: Any) -> tuple[int, ...]:
     return exp
 
 
-def move_path(cache: Any, start: Tensor, src: Tensor) -> None:
-    """For every layer copy entries at slots ``start + src[:, j]`` to ``start + 1 + j``.
-
-    ``start`` (B,), ``src`` (B, n) node indices; all sources are read before writing."""
-    B, n = src.shape
-    if n == 0:
-        return
-    dst = start[:, None] + 1 + torch.arange(n, device=src.device)[None, :]  # (B, n)
-    src = start[:, None] + src
-    for buffers in (cache.k, cache.v):
-        for buf in buffers:  # (B, H, S, Dh)
-            H, Dh = buf.shape[1], buf.shape[3]
-            moved = buf.gather(2, src[:, None, :, None].expand(B, H, n, Dh))
-            buf.scatter_(2, dst[:, None, :, None].expand(B, H, n, Dh), moved)
+def move_path(cache: KVCache, root: Tensor, path: Tensor) -> None:
+    """Move the cache entries of the nodes ``path`` (B, n) (slots ``root + path``) to slots
+    ``root + 1 .. root + n``, right after each row's root slot ``root`` (B,)."""
+    n = path.shape[1]
+    dst = root[:, None] + 1 + torch.arange(n, device=path.device)[None, :]  # (B, n)
+    cache.move_entries(root[:, None] + path, dst)
 
 
 def _node_histories(rows: Rows, tokens: Tensor, tree: Tree, nodes: range) -> list[Tensor]:
@@ -132,7 +133,7 @@ def _node_histories(rows: Rows, tokens: Tensor, tree: Tree, nodes: range) -> lis
 
 
 def _processed(
-    picker: Picker, logits: Tensor, rows: Rows, tokens: Tensor, tree: Tree, first: int
+    picker: TokenPicker, logits: Tensor, rows: Rows, tokens: Tensor, tree: Tree, first: int
 ) -> Tensor:
     """Processed logits (B, n, V) of nodes ``first .. first + n - 1``."""
     if not picker.processors:
@@ -142,19 +143,18 @@ def _processed(
 
 
 def draft_tree(
-    draft_model: Any, cache: Any, rows: Rows, tree: Tree, picker: Picker, stats: GenerationStats
+    draft_model: CausalLM, cache: KVCache, rows: Rows, tree: Tree, picker: TokenPicker
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Tokens of all M nodes (B, M) (node 0 = last token), the draft's probabilities at the
     internal nodes (B, M_internal, V) when sampling, and the root slots (B,)."""
-    from ar_decoding.speculative import catch_up
-
+    stats = rows.stats
     B, M = rows.seq.shape[0], tree.size
     tokens = torch.zeros(B, M, dtype=torch.long, device=rows.seq.device)
     tokens[:, 0] = rows.last()
     logits = catch_up(draft_model, cache, rows)[:, None]  # (B, 1, V) at the root
     stats.draft_forward_passes += 1
-    start = cache.lengths - 1  # (B,) slot of the root
-    mask = masks.tree(tree.parents, start)
+    root = cache.lengths - 1  # (B,) slot of the root
+    mask = masks.tree(tree.parents, root)
     q_levels: list[Tensor] = []
     for d, e in enumerate(tree.expansion, start=1):
         parent_level = tree.levels[d - 1]
@@ -170,13 +170,13 @@ def draft_tree(
         level = tree.levels[d]
         tokens[:, level] = children.reshape(B, n * e)
         if d < len(tree.expansion):  # leaves are never fed to the draft
-            pos = start[:, None] + d  # (B, 1)
+            pos = root[:, None] + d  # (B, 1)
             logits = draft_model(
                 tokens[:, level], positions=pos.expand(B, n * e), cache=cache, mask=mask
             ).logits  # (B, n*e, V)
             stats.draft_forward_passes += 1
     q_all = torch.cat(q_levels, 1) if q_levels else None
-    return tokens, q_all, start
+    return tokens, q_all, root
 
 
 def accept_tree_greedy(tokens: Tensor, target: Tensor, tree: Tree) -> tuple[Tensor, Tensor]:
@@ -233,14 +233,14 @@ def accept_tree_sampling(
 
 
 def tree_speculative(
-    model: Any,
+    model: CausalLM,
     input_ids: Tensor,
     config: GenerationConfig,
     *,
     prompt_lengths: Tensor,
     streamer: Streamer | None = None,
-    draft_model: Any = None,
-    expansion: tuple[int, ...] | list[int] | None = None,
+    draft_model: CausalLM | None = None,
+    expansion: Sequence[int] | None = None,
     depth: int = 4,
     branching: int = 2,
     do_sample: bool | None = None,
@@ -249,14 +249,7 @@ def tree_speculative(
     """Strategy ``tree-speculative``. The tree is ``expansion`` (children per node at each
     depth) or, by default, ``(branching,) + (1,) * (depth - 1)``: ``branching`` chains that
     share the root (small trees pay on a CPU, where every node costs target compute)."""
-    from ar_decoding.speculative import (
-        cache_length,
-        check_draft_model,
-        park_finished,
-        prefill,
-    )
-
-    check_draft_model(model, draft_model, "tree-speculative")
+    draft = check_draft_model(model, draft_model, "tree-speculative")
     if expansion is None:
         if (
             not isinstance(depth, int)
@@ -270,10 +263,6 @@ def tree_speculative(
         expansion = (branching,) + (1,) * (depth - 1)
     tree = Tree.build(_check_expansion(expansion))
     D, M = len(tree.expansion), tree.size
-    start_time = time.perf_counter()
-    stats = GenerationStats()
-    B, T = input_ids.shape
-    N = config.max_new_tokens
     device = input_ids.device
     tree = Tree(
         tree.expansion,
@@ -282,20 +271,21 @@ def tree_speculative(
         tree.paths.to(device),
         tree.levels,
     )
-    picker = Picker(config, do_sample, generator, device)
-    rows = Rows(input_ids, prompt_lengths, config, streamer, stats, scratch=D + 1)
-    cache_len = cache_length([model, draft_model], T, prompt_lengths, N, M)
+    picker = TokenPicker(config, do_sample, generator, device)
+    rows = Rows(input_ids, prompt_lengths, config, streamer, scratch=D + 1)
+    stats = rows.stats
+    cache_len = cache_budget(
+        [model, draft],
+        input_ids,
+        prompt_lengths,
+        config.max_new_tokens,
+        extra=M,
+        extra_required=False,
+    )
+    if rows.all_finished():  # max_new_tokens = 0
+        return rows.finish()
     with torch.no_grad():
-        if N > 0:
-            target_cache = model.new_cache(B, max_len=cache_len)
-            draft_cache = draft_model.new_cache(B, max_len=cache_len)
-            logits = prefill(model, input_ids, target_cache, prompt_lengths)
-            prefill(draft_model, input_ids, draft_cache, prompt_lengths)
-            stats.target_forward_passes += 1
-            stats.draft_forward_passes += 1
-            first = picker.pick(logits, rows.seq)
-            rows.emit(first[:, None], torch.ones_like(first))
-            park_finished(rows, target_cache, draft_cache)
+        target_cache, draft_cache = first_step([model, draft], rows, picker, cache_len)
         while not rows.all_finished():
             live = ~rows.finished
             if cache_len - int(rows.length[live].max()) < M:  # no room for a tree: one token
@@ -306,14 +296,14 @@ def tree_speculative(
                 target_cache.commit(counts)
                 park_finished(rows, target_cache, draft_cache)
                 continue
-            tokens, q, d_root = draft_tree(draft_model, draft_cache, rows, tree, picker, stats)
-            start = target_cache.lengths.clone()  # (B,) root slot
-            positions = start[:, None] + tree.depth[None, :]  # (B, M)
+            tokens, q, d_root = draft_tree(draft, draft_cache, rows, tree, picker)
+            root = target_cache.lengths.clone()  # (B,) root slot
+            positions = root[:, None] + tree.depth[None, :]  # (B, M)
             logits = model(
                 tokens,
                 positions=positions,
                 cache=target_cache,
-                mask=masks.tree(tree.parents, start),
+                mask=masks.tree(tree.parents, root),
                 commit=False,
             ).logits  # (B, M, V)
             stats.target_forward_passes += 1
@@ -330,14 +320,11 @@ def tree_speculative(
             emitted = accepted_tokens(tokens.gather(1, path), n, nxt)  # (B, D+1)
             counts = rows.emit(emitted, n + 1)
             # the target cache: root + accepted path into place, then commit
-            move_path(target_cache, start, path)
+            move_path(target_cache, root, path)
             target_cache.commit(counts)
             # the draft cache holds root + levels 1..D-1: same move, keep what is valid
             move_path(draft_cache, d_root, path[:, : max(D - 1, 0)])
             valid = d_root + 1 + torch.minimum(n, torch.full_like(n, D - 1))
             draft_cache.crop(torch.minimum(valid, d_root + counts))
             park_finished(rows, target_cache, draft_cache)
-    rows.end()
-    sequences = assemble_sequences(input_ids, prompt_lengths, rows.new_tokens, config.pad_token_id)
-    stats.wall_seconds = time.perf_counter() - start_time
-    return GenerationResult(sequences=sequences, stats=stats, prompt_lengths=prompt_lengths)
+    return rows.finish()

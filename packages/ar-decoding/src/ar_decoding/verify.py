@@ -20,6 +20,10 @@ are kept and which token follows them:
 Both are vectorised over rows: each row gets its own accepted count. Rows are
 independent; a caller that only needs some rows simply ignores the rest.
 
+:func:`verify_draft` applies them the way a strategy's :class:`~ar_core.generation.TokenPicker`
+picks tokens (greedy, or the config's processors and categorical draws), so an
+accelerated strategy returns exactly what ``greedy``/``sample`` would.
+
 Notation: B rows, k draft tokens, V vocabulary. ``p`` = target probabilities, ``q`` =
 draft probabilities, both after the same logits processors.
 """
@@ -30,9 +34,10 @@ import torch
 from torch import Tensor
 
 from ar_core.errors import InputError
-from ar_core.sampling import multinomial_sample_one_no_sync
+from ar_core.generation import TokenPicker
+from ar_core.sampling import logits_to_probs, multinomial_sample_one_no_sync
 
-__all__ = ["accept_greedy", "accept_sampling", "residual_distribution"]
+__all__ = ["accept_greedy", "accept_sampling", "residual_distribution", "verify_draft"]
 
 
 def _leading_accepts(accept: Tensor) -> Tensor:
@@ -159,3 +164,30 @@ def accept_sampling(
     next_token = multinomial_sample_one_no_sync(probs, generator)  # (B,)
     next_token = torch.where(no_bonus, -1, next_token)
     return n_accepted, next_token
+
+
+def verify_draft(
+    picker: TokenPicker,
+    draft: Tensor,
+    q_probs: Tensor | None,
+    target_logits: Tensor,
+    seq: Tensor,
+    *,
+    lengths: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``n_accepted`` (B,), ``next_token`` (B,) for ``draft`` (B, k) against the target's
+    raw logits (B, k + 1, V), by ``picker``'s rule: the processors see each position's own
+    history (``seq`` (B, W), -1 = unused, plus the draft tokens before it); greedy keeps
+    the draft while it equals the argmax (:func:`accept_greedy`), sampling runs
+    :func:`accept_sampling` with ``picker.generator``. ``q_probs`` (B, k, V): the draft's
+    probabilities (None: a deterministic draft, i.e. a one-hot q). ``lengths`` (B,): row b
+    drafted only ``lengths[b]`` tokens."""
+    processed = picker.process(target_logits, seq, draft)  # (B, k + 1, V)
+    if picker.greedy:
+        return accept_greedy(draft, processed, lengths=lengths)
+    if q_probs is None:  # a deterministic draft: q = one-hot of the drafted token
+        V = target_logits.shape[-1]
+        q_probs = torch.zeros(*draft.shape, V, device=draft.device)
+        q_probs.scatter_(-1, draft[..., None].clamp(0, V - 1), 1.0)
+    p_probs = logits_to_probs(processed)
+    return accept_sampling(draft, q_probs, p_probs, picker.generator, lengths=lengths)
