@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ar_core import masks
 from ar_core.errors import ConfigError, InputError
-from ar_core.masks import MaskMod, MaskSpec
+from ar_core.masks import MaskSpec
 
 IGNORE = -100  # label of a position without loss (F.cross_entropy's ignore_index)
 
@@ -62,30 +62,6 @@ def key_padding(valid: Tensor) -> MaskSpec:
     return masks.key_padding(_bool_matrix(valid, "valid"))
 
 
-def _same_document_inputs(doc_ids: Tensor, is_input: Tensor) -> MaskSpec:
-    """Bidirectional block of each packed document's input prefix: ``q`` sees ``kv`` iff
-    both are inputs of the same document (the part that ``document()`` lacks)."""
-    d, inp = doc_ids.detach().to(torch.long).clone(), _bool_matrix(is_input, "is_input")
-    n = d.shape[1]
-
-    def factory(device: torch.device) -> MaskMod:
-        d_d, i_d = d.to(device), inp.to(device)
-
-        def inputs_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-            q_c, kv_c = q.clamp(0, n - 1), kv.clamp(0, n - 1)
-            return (d_d[b, q_c] == d_d[b, kv_c]) & i_d[b, q_c] & i_d[b, kv_c]
-
-        return inputs_mod
-
-    return MaskSpec(
-        mask_mod=factory(torch.device("cpu")),
-        name=f"document_inputs(T={n})",
-        cache_key=("document_inputs", tuple(d.flatten().tolist()), tuple(inp.flatten().tolist())),
-        length=n,
-        factory=factory,
-    )
-
-
 def causal_decoder_mask(valid: Tensor, doc_ids: Tensor | None = None) -> MaskSpec:
     """CD: causal AND key padding (AND same document when ``doc_ids`` (B, T) is given)."""
     base = masks.causal() if doc_ids is None else masks.document(doc_ids)
@@ -108,7 +84,8 @@ def packed_non_causal_decoder_mask(doc_ids: Tensor, is_input: Tensor, valid: Ten
     prefix. (``prefix(n) & document(ids)`` would collapse to causal, because
     ``document`` is causal by default; hence the explicit block of same-document inputs.)
     """
-    return (masks.document(doc_ids) | _same_document_inputs(doc_ids, is_input)) & key_padding(valid)
+    inputs = masks.document_inputs(doc_ids, _bool_matrix(is_input, "is_input"))
+    return (masks.document(doc_ids) | inputs) & key_padding(valid)
 
 
 def document_positions(doc_ids: Tensor) -> Tensor:

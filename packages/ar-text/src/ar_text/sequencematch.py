@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ar_core.errors import ConfigError, InputError
-from ar_core.masks import MaskMod, MaskSpec
+from ar_core import masks
+from ar_core.masks import MaskSpec
 from ar_core.model import Transformer
 
 
@@ -92,28 +93,6 @@ def _check_actions(actions: Tensor, bksp_id: int) -> None:
         raise InputError(f"action ids must be >= 0, got min {int(actions.min())}")
 
 
-def _visibility_mask(visible: Tensor) -> MaskSpec:
-    """A MaskSpec that looks up a precomputed (B, T, T) visibility table."""
-    n = visible.shape[-1]
-    table = visible.detach().clone()
-
-    def factory(device: torch.device) -> MaskMod:
-        vis = table.to(device)
-
-        def backtrack_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-            return vis[b, q.clamp(0, n - 1), kv.clamp(0, n - 1)]
-
-        return backtrack_mod
-
-    return MaskSpec(
-        mask_mod=factory(table.device),
-        name=f"backtrack(B={table.shape[0]}, N={n})",
-        cache_key=("backtrack", tuple(table.shape), table.cpu().numpy().tobytes()),
-        length=n,
-        factory=factory,
-    )
-
-
 def backtrack_layout(actions: Tensor, bksp_id: int) -> BacktrackLayout:
     """Tokens, positions and mask that run ``actions`` (B, T) in one causal-like pass.
 
@@ -148,7 +127,7 @@ def backtrack_layout(actions: Tensor, bksp_id: int) -> BacktrackLayout:
     return BacktrackLayout(
         tokens=tokens.to(device),
         positions=positions.to(device),
-        mask=_visibility_mask(visible),
+        mask=masks.table(visible, name="backtrack"),
         visible=visible,
     )
 
