@@ -43,12 +43,15 @@ from typing import Literal, get_args
 
 import pydantic
 import torch
+from torch import Tensor
 
 from ar_core.errors import CheckpointError, ConfigError
 from ar_core.model import Transformer, TransformerConfig
 from ar_core.recipes import Progress, RecipeResult, Table, torch_threads
 from ar_core.recipes.base import RecipeBase
+from ar_core.trainer import TrainConfig, Trainer
 from ar_text.sequencematch import (
+    AugmentedBatch,
     apply_backspaces,
     augment_with_backspaces,
     backtrack_logits,
@@ -107,6 +110,9 @@ def dyck2_show(ids: Sequence[int]) -> str:
 Method = Literal["mle", "bc-augmented", "sequencematch", "sequencematch-onpolicy"]
 SM_METHODS = ("sequencematch", "sequencematch-onpolicy")
 MIN_SEQ_LEN = 96  # the measured model's context; raised when the settings need more
+# torch.optim.AdamW's defaults, with which the measured numbers were trained
+ADAMW_BETAS = (0.9, 0.999)
+ADAMW_WEIGHT_DECAY = 0.01
 
 
 class SequenceMatchConfig(pydantic.BaseModel):
@@ -193,76 +199,97 @@ def build_model(config: SequenceMatchConfig) -> Transformer:
         return Transformer(cfg)
 
 
+def train_config(config: SequenceMatchConfig) -> TrainConfig:
+    """The Trainer's settings for one method: plain AdamW at a constant ``config.lr`` (no
+    warm-up, no decay, no clipping) on one CPU process, as the measured numbers were
+    trained; betas and weight decay are ``torch.optim.AdamW``'s defaults (see
+    :func:`train_method` for the decay of the norm gains)."""
+    return TrainConfig.build(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        betas=ADAMW_BETAS,
+        weight_decay=ADAMW_WEIGHT_DECAY,
+        warmup_steps=0,
+        min_lr_ratio=1.0,  # lr_factor is then exactly 1.0 at every step
+        grad_clip=0.0,
+        seed=config.seed,  # the data generator's seed: the words and the augmentation
+        device="cpu",
+        autocast="off",
+        log_every=max(1, config.steps // 5),
+        progress=config.progress_bar,
+    )
+
+
 def train_method(
     method: str, config: SequenceMatchConfig, progress: Progress
 ) -> tuple[Transformer, list[float], float]:
-    """Train one method; returns the model (eval mode), the loss of every step and the
-    training seconds. Same seed for every method: same init, same words (the augmentation
-    draws the same random numbers whatever ``p_noise``)."""
+    """Train one method through :class:`~ar_core.trainer.Trainer`; returns the model (eval
+    mode), the loss of every step and the training seconds. Same seed for every method:
+    same init, same words (the augmentation draws the same random numbers whatever
+    ``p_noise``)."""
     if method not in get_args(Method):
         raise ConfigError(f"unknown method {method!r}; expected one of {get_args(Method)}")
-    model = build_model(config).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    g = torch.Generator().manual_seed(config.seed)
-    g_roll = torch.Generator().manual_seed(10_000 + config.seed)  # rollouts; data is g's
-    losses: list[float] = []
-    every = max(1, config.steps // 5)
-    bar = None
-    if config.progress_bar:
-        from tqdm.auto import tqdm
+    g_roll = torch.Generator().manual_seed(10_000 + config.seed)  # rollouts; data is the Trainer's
+    p_noise = 0.0 if method == "mle" else config.p_noise
 
-        bar = tqdm(total=config.steps, desc=method, dynamic_ncols=True, leave=False)
-    start = time.perf_counter()
-    for step in range(config.steps):
+    def words(generator: torch.Generator, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
         batch = augment_with_backspaces(
-            [dyck2(g, config.max_pairs) for _ in range(config.batch_size)],
+            [dyck2(generator, config.max_pairs) for _ in range(batch_size)],
             bksp_id=DYCK_BKSP,
             noise_ids=DYCK_NOISE,
-            p_noise=0.0 if method == "mle" else config.p_noise,
+            p_noise=p_noise,
             max_noise=config.max_noise,
             pad_id=DYCK_EOS,
-            generator=g,
+            generator=generator,
         )
+        return batch.actions, batch.expert, batch.valid
+
+    def loss_fn(model: Transformer, rows: tuple[Tensor, Tensor, Tensor], *, step: int) -> Tensor:
+        batch = AugmentedBatch(*rows)
         logits = backtrack_logits(model, batch.actions, DYCK_BKSP)  # (B, T, 9)
         if method in ("mle", "bc-augmented"):
-            loss = bc_loss(logits, batch)
-        else:
-            roll, plog = None, None
-            if method == "sequencematch-onpolicy" and step >= config.warmup_steps:
-                roll = sample_rollouts(
-                    model,
-                    torch.full((config.batch_size, 1), DYCK_BOS),
-                    bksp_id=DYCK_BKSP,
-                    eos_id=DYCK_EOS,
-                    max_actions=config.max_actions,
-                    pad_id=DYCK_EOS,
-                    generator=g_roll,
-                )
-                plog = backtrack_logits(model, roll.actions, DYCK_BKSP)
-            loss = mixed_loss(
-                logits,
-                batch,
-                step=step,
-                warmup_steps=config.warmup_steps,
-                alpha=config.alpha,
+            return bc_loss(logits, batch)
+        roll, plog = None, None
+        if method == "sequencematch-onpolicy" and step >= config.warmup_steps:
+            roll = sample_rollouts(
+                model,
+                torch.full((config.batch_size, 1), DYCK_BOS),
+                bksp_id=DYCK_BKSP,
                 eos_id=DYCK_EOS,
-                gamma=config.gamma,
-                chi2_coef=config.chi2_coef,
-                policy_logits=plog,
-                policy_batch=roll,
-                policy_weight=config.policy_weight,
+                max_actions=config.max_actions,
+                pad_id=DYCK_EOS,
+                generator=g_roll,
             )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if bar is not None:
-            bar.update(1)
-        if (step + 1) % every == 0 or step + 1 == config.steps:
-            progress(f"[{method}] step {step + 1}/{config.steps}: loss {losses[-1]:.4f}")
+            plog = backtrack_logits(model, roll.actions, DYCK_BKSP)
+        return mixed_loss(
+            logits,
+            batch,
+            step=step,
+            warmup_steps=config.warmup_steps,
+            alpha=config.alpha,
+            eos_id=DYCK_EOS,
+            gamma=config.gamma,
+            chi2_coef=config.chi2_coef,
+            policy_logits=plog,
+            policy_batch=roll,
+            policy_weight=config.policy_weight,
+        )
+
+    trainer = Trainer(build_model(config), loss_fn, words, train_config(config))
+    # torch.optim.AdamW(model.parameters()) decays every parameter; the Trainer leaves
+    # vectors (the norm gains) undecayed. The measured numbers decayed them too.
+    for group in trainer.optimizer.param_groups:
+        group["weight_decay"] = ADAMW_WEIGHT_DECAY
+    every = max(1, config.steps // 5)
+    losses: list[float] = []
+    start = time.perf_counter()
+    for until in [*range(every, config.steps, every), config.steps]:
+        losses += trainer.train(until=until)
+        progress(f"[{method}] step {until}/{config.steps}: loss {losses[-1]:.4f}")
     seconds = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
+    model = trainer.model
+    assert isinstance(model, Transformer)
     return model.eval(), losses, seconds
 
 
