@@ -25,14 +25,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ar_core import masks
 from ar_core.errors import InputError
+from ar_core.generation import GenerationConfig, Rows, TokenPicker, prefill
 from ar_core.masks import MaskSpec
+from ar_core.protocols import CausalLM
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel
 
 TokenIds = Sequence[int] | Tensor
 # next-token logits (V,) of the last token of a prompt
@@ -127,10 +132,11 @@ def _check_suffix(prompt: SetPrompt) -> None:
         )
 
 
-def ar_next_token_logits(model: Any, prompt: SetPrompt) -> Tensor:
-    """Next-token logits (V,) after the prompt, from an ``ar_core.Transformer``."""
+def ar_next_token_logits(model: CausalLM, prompt: SetPrompt) -> Tensor:
+    """Next-token logits (V,) after the prompt, from an ar model (an ``ar_core.Transformer``
+    or ``ar_text.from_hf(...)``; uncached)."""
     _check_suffix(prompt)
-    device = model.device
+    device = getattr(model, "device", torch.device("cpu"))
     out = model(
         prompt.tokens[None].to(device),  # (1, N)
         positions=prompt.positions.to(device),  # (N,)
@@ -139,7 +145,7 @@ def ar_next_token_logits(model: Any, prompt: SetPrompt) -> Tensor:
     return out.logits[0, -1]  # (V,)
 
 
-def hf_next_token_logits(model: Any, prompt: SetPrompt) -> Tensor:
+def hf_next_token_logits(model: PreTrainedModel, prompt: SetPrompt) -> Tensor:
     """Next-token logits (V,) after the prompt, from a Hugging Face causal LM."""
     _check_suffix(prompt)
     device, dtype = model.device, model.dtype
@@ -168,42 +174,47 @@ def greedy_continuation(
 
 @torch.no_grad()
 def greedy_continuation_cached(
-    model: Any, prompt: SetPrompt, n_tokens: int
+    model: CausalLM, prompt: SetPrompt, n_tokens: int
 ) -> tuple[list[int], Tensor]:
-    """``n_tokens`` greedy tokens with a KV cache: one forward of the laid-out prompt (its
-    positions and set mask) fills the cache, then one forward per new token at position
-    ``P + M + S + i``, which sees every cached entry (the suffix sees the whole set).
+    """``n_tokens`` greedy tokens with a KV cache: ar-core's :func:`~ar_core.generation.prefill`
+    of the laid-out prompt (its positions and set mask) fills the cache, then one forward
+    per new token at position ``P + M + S + i``, which sees every cached entry (the suffix
+    sees the whole set). Tokens are picked by ar-core's :class:`TokenPicker` (greedy) and
+    kept by its :class:`Rows`.
 
-    ``model`` follows the ar model protocol (``forward(tokens, positions, cache, mask)``,
-    ``new_cache``): an ``ar_core.Transformer`` or ``ar_text.from_hf(hf_model)``. Returns the
-    tokens and the next-token logits of every step (n_tokens, V); both equal those of the
-    uncached :func:`greedy_continuation` (tested in float64).
+    ``model`` follows :class:`~ar_core.protocols.CausalLM`: an ``ar_core.Transformer`` or
+    ``ar_text.from_hf(hf_model)``. Returns the tokens and the next-token logits of every
+    step (n_tokens, V); both equal those of the uncached :func:`greedy_continuation`
+    (tested in float64).
     """
     _check_suffix(prompt)
     if n_tokens < 1:
         raise InputError(f"n_tokens must be >= 1, got {n_tokens}")
-    device = model.device
     cache = model.new_cache(1, max_len=len(prompt) + n_tokens)
-    out = model(
-        prompt.tokens[None].to(device),  # (1, N)
-        positions=prompt.positions.to(device),  # (N,)
-        cache=cache,
-        mask=prompt.mask,
-    )
-    position = prompt.prefix_len + max(prompt.option_lens) + prompt.suffix_len
-    tokens: list[int] = []
-    logits = [out.logits[0, -1]]  # (V,) each
-    for i in range(n_tokens):
-        tokens.append(int(logits[-1].argmax()))
-        if i == n_tokens - 1:
+    device = cache.lengths.device
+    tokens = prompt.tokens[None].to(device)  # (1, N)
+    lengths = torch.tensor([len(prompt)], device=device)  # (1,)
+    logits = prefill(
+        model, tokens, cache, lengths, positions=prompt.positions.to(device), mask=prompt.mask
+    )  # (1, V)
+    config = GenerationConfig(max_new_tokens=n_tokens, temperature=0.0)
+    picker = TokenPicker(config, do_sample=False)
+    rows = Rows(tokens, lengths, config, scratch=0)
+    start = prompt.prefix_len + max(prompt.option_lens) + prompt.suffix_len
+    steps = [logits[0]]  # (V,) each
+    while True:
+        token = picker.pick(logits, rows.seq)  # (1,)
+        rows.emit(token[:, None], torch.ones_like(token))
+        if rows.all_finished():
             break
         out = model(
-            torch.tensor([[tokens[-1]]], device=device),  # (1, 1)
-            positions=torch.tensor([position + i], device=device),  # (1,)
+            token[:, None],  # (1, 1)
+            positions=start + rows.n_new[:, None] - 1,  # (1, 1)
             cache=cache,  # causal over cache slots: the new token sees every entry
         )
-        logits.append(out.logits[0, -1])
-    return tokens, torch.stack(logits)  # (n_tokens, V)
+        logits = out.logits[:, -1]  # (1, V)
+        steps.append(logits[0])
+    return rows.new_tokens[0].tolist(), torch.stack(steps)  # (n_tokens, V)
 
 
 __all__ = [
