@@ -18,6 +18,7 @@ import torch
 from ar_core import masks
 from ar_core.errors import ConfigError, InputError
 from ar_core.generation import GenerationConfig, generate
+from ar_core.protocols import CausalLM, KVCache
 from ar_text import from_hf
 
 transformers = pytest.importorskip("transformers")
@@ -92,10 +93,13 @@ GREEDY = GenerationConfig(max_new_tokens=16)
 
 def test_protocol_attributes(hf_model: Any) -> None:
     model = from_hf(hf_model)
+    assert isinstance(model, CausalLM)  # ar_core.protocols: what generate() drives
+    assert not isinstance(hf_model, CausalLM)  # the bare HF model does not follow it
     assert model.vocab_size == V
     assert model.max_seq_len == 128
     assert model.device == torch.device("cpu")
     cache = model.new_cache(3, 20)
+    assert isinstance(cache, KVCache) and cache.batch_size == 3
     assert cache.lengths.tolist() == [0, 0, 0] and cache.max_len == 20
 
 
@@ -342,3 +346,18 @@ def test_bad_forward_inputs_raise_clear_errors() -> None:
     other = from_hf(_build("llama"))
     with pytest.raises(InputError, match="new_cache"):
         model(torch.ones(1, 3, dtype=torch.long), cache=other.new_cache(1, 8))
+    # any other KVCache (here one that delegates every member to a StaticKVCache but is
+    # not one) is refused: the HF layers write into a StaticKVCache's own buffers
+    foreign = _NotStatic(model.new_cache(1, 8))
+    with pytest.raises(InputError, match="StaticKVCache"):
+        model(torch.ones(1, 3, dtype=torch.long), cache=foreign)  # type: ignore[arg-type]
+
+
+class _NotStatic:
+    """A KVCache look-alike (delegates every member) that is not a StaticKVCache."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

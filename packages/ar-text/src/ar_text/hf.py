@@ -14,8 +14,9 @@ entries and cheap rollback. So the adapter keeps ar's :class:`~ar_core.cache.Sta
 per layer) and hands the HF model, for one forward, an HF ``Cache`` whose layers
 (:class:`_StaticKVLayer`) write into those buffers at each row's own slots
 ``lengths[b] .. lengths[b] + T - 1`` (HF's ``Cache.update`` protocol). Rollback is
-``crop`` (only ``lengths`` change, as in ar), and the ``k``/``v`` buffers are the ones the
-lookahead and tree strategies copy entries in.
+``crop`` (only ``lengths`` change, as in ar), and the lookahead and tree strategies move
+entries with the cache's own ``move_entries``. The adapter follows
+:class:`~ar_core.protocols.CausalLM` and its caches :class:`~ar_core.protocols.KVCache`.
 
 The mask. Every forward gets an explicit 4-D additive float mask (B, 1, T, S) (0 = may
 attend, the dtype's minimum = may not; eager and SDPA attention both accept it) and
@@ -48,6 +49,7 @@ from ar_core import masks
 from ar_core.cache import StaticKVCache
 from ar_core.errors import ConfigError, InputError
 from ar_core.model import ModelOutput, check_model_inputs
+from ar_core.protocols import KVCache
 
 __all__ = ["HFCausalLM", "from_hf"]
 
@@ -215,7 +217,7 @@ class HFCausalLM(nn.Module):
         self,
         tokens: Tensor,
         positions: Tensor | None = None,
-        cache: StaticKVCache | None = None,
+        cache: KVCache | None = None,
         mask: masks.MaskSpec | None = None,
         commit: bool = True,
     ) -> ModelOutput:
@@ -226,15 +228,15 @@ class HFCausalLM(nn.Module):
         default causal. With a cache the new entries go after each row's committed ones;
         ``commit=False`` leaves them pending.
         """
-        self._check_inputs(tokens, positions, cache, mask)
+        store = self._check_inputs(tokens, positions, cache, mask)
         B, T = tokens.shape
         device = tokens.device
-        if cache is None:
+        if store is None:
             q_offset = torch.zeros(B, dtype=torch.long, device=device)
             S = T
         else:
-            q_offset = cache.lengths.clone()  # (B,), before the commit below
-            S = cache.max_len
+            q_offset = store.lengths.clone()  # (B,), before the commit below
+            S = store.max_len
         if positions is None:
             positions = q_offset[:, None] + torch.arange(T, device=device)  # (B, T)
         elif positions.ndim == 1:
@@ -244,13 +246,13 @@ class HFCausalLM(nn.Module):
             "input_ids": tokens,
             "attention_mask": attention,
             "position_ids": positions,
-            "use_cache": cache is not None,
+            "use_cache": store is not None,
         }
-        if cache is not None:
-            kwargs[self._cache_kwarg] = _hf_cache_view(cache)
+        if store is not None:
+            kwargs[self._cache_kwarg] = _hf_cache_view(store)
         hidden = self._base(**kwargs).last_hidden_state  # (B, T, C)
-        if cache is not None and commit:
-            cache.commit(T)
+        if store is not None and commit:
+            store.commit(T)
         return ModelOutput(logits=self._head(hidden), hidden=hidden)  # (B, T, V)
 
     def _attention_mask(
@@ -275,10 +277,12 @@ class HFCausalLM(nn.Module):
         self,
         tokens: Tensor,
         positions: Tensor | None,
-        cache: StaticKVCache | None,
+        cache: KVCache | None,
         mask: masks.MaskSpec | None,
-    ) -> None:
-        """Every check runs before any compute; messages carry the offending numbers."""
+    ) -> StaticKVCache | None:
+        """Every check runs before any compute; messages carry the offending numbers.
+        Returns the cache, which must be this adapter's own kind (a StaticKVCache: the HF
+        layers write into its buffers), or None."""
         if cache is not None:
             if not isinstance(cache, StaticKVCache):
                 raise InputError(
@@ -294,3 +298,4 @@ class HFCausalLM(nn.Module):
         check_model_inputs(
             tokens, positions, cache, mask, vocab_size=self.vocab_size, max_seq_len=self.max_seq_len
         )
+        return cache
