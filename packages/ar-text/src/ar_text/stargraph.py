@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ar_core.errors import ConfigError
+from ar_core.generation import GenerationConfig, generate
 from ar_core.model import Transformer, TransformerConfig
 from ar_core.trainer import TrainConfig, Trainer
 from ar_text.insertion import (
@@ -188,16 +189,13 @@ def train_ar(
     return trainer.model
 
 
-@torch.no_grad()
 def ar_greedy_paths(model: Transformer, task: StarGraph, test: Tensor) -> Tensor:
-    """Greedily decoded paths (B, path_len) after the prompts of ``test`` (B, T)."""
+    """Greedily decoded paths (B, path_len) after the prompts of ``test`` (B, T): ar-core's
+    ``greedy`` strategy (KV-cached, argmax at every step)."""
     model.eval()
     P = task.prompt_len
-    seq = test[:, :P]  # (B, P)
-    for _ in range(task.path_len):  # uncached: T is tiny
-        nxt = model(seq).logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-        seq = torch.cat([seq, nxt], 1)
-    return seq[:, P:]
+    config = GenerationConfig(max_new_tokens=task.path_len)
+    return generate(model, test[:, :P], config, strategy="greedy").sequences[:, P:]
 
 
 def ar_path_accuracy(model: Transformer, task: StarGraph, test: Tensor) -> float:
