@@ -79,9 +79,11 @@ def test_adapter_refuses_multi_position_steps_and_wrong_lengths() -> None:
 
 def test_adapter_follows_the_causal_lm_and_cache_protocols() -> None:
     adapter = CausalLMAdapter(_model(), PLAN, cfg_scale=2.0)
-    assert isinstance(adapter, CausalLM)
+    lm: CausalLM = adapter  # mypy checks the signatures, isinstance the members
+    assert isinstance(lm, CausalLM)
     cache = adapter.new_cache(3, max_len=10)
-    assert isinstance(cache, KVCache)
+    kv: KVCache = cache
+    assert isinstance(kv, KVCache)
     assert (cache.batch_size, cache.max_len, cache.inner.batch_size) == (3, 10, 6)
     with pytest.raises(ar_core.InputError, match="max_seq_len"):
         adapter.new_cache(1, max_len=adapter.max_seq_len + 1)

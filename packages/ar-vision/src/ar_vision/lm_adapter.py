@@ -179,16 +179,6 @@ class CausalLMAdapter:
         slot = (seq_index - 1).clamp(0, self.n - 1)
         return torch.where(seq_index == 0, 1, self.order[slot] + 2)
 
-    def __call__(
-        self,
-        tokens: Tensor,
-        positions: Tensor | None = None,
-        cache: KVCache | None = None,
-        mask: MaskSpec | None = None,
-        commit: bool = True,
-    ) -> ModelOutput:
-        return self.forward(tokens, positions, cache, mask, commit)
-
     @torch.no_grad()
     def forward(
         self,
@@ -243,6 +233,8 @@ class CausalLMAdapter:
         if commit:
             cache.commit(T)
         return ModelOutput(logits=logits, hidden=out.hidden[:B, n_content:])
+
+    __call__ = forward
 
 
 def generate_tokens(
