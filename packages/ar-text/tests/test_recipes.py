@@ -57,7 +57,9 @@ def test_text_code_end_to_end(tmp_path: Path) -> None:
     # byte tokens: every scored target is one byte, so bits/byte = nats/token / ln 2
     assert m["bits_per_byte"] == pytest.approx(m["held_out_loss"] / math.log(2), abs=1e-3)
     assert m["bits_per_byte"] < math.log2(tokenizer.vocab_size) - 1.0  # learned something
-    assert m["tokens_per_s"] > 0
+    table = dict(result.tables[0].rows)  # the report shows the metrics it returns
+    assert table["sampling tokens / s"] == m["tokens_per_s"]
+    assert table["held-out bits per byte"] == m["bits_per_byte"]
     assert len(result.samples) == 2 and all("\u2502" in s for s in result.samples)
     assert result.curves["train loss"][0][1] > result.curves["train loss"][-1][1]
 
@@ -103,7 +105,10 @@ def test_bpe_tokenizer_option(tmp_path: Path) -> None:
         **{**TINY, "steps": 5, "n_samples": 1},  # type: ignore[arg-type]
     )
     result = text_code.run(config, tmp_path, lambda _: None)
-    assert math.isfinite(result.metrics["bits_per_byte"])
+    # a BPE token covers more than one byte on average, so bits per byte fall below the
+    # loss in bits per token (with byte tokens the two are equal, test_text_code_end_to_end)
+    m = result.metrics
+    assert m["bits_per_byte"] < 0.9 * m["held_out_loss"] / math.log(2)
     assert load_tokenizer(tmp_path / "tokenizer").vocab_size == 300
 
 
@@ -119,5 +124,7 @@ def test_long_prompts_are_cut_to_fit(tmp_path: Path) -> None:
         path=path, **{**TINY, "steps": 2, "prompt_chars": 200, "sample_tokens": 30}
     )
     result = text_chars.run(config, tmp_path / "run", lambda _: None)
+    # 200-character prompts cannot fit 32 - 30 tokens: the model reads their last tokens,
+    # the sample still shows the whole prompt, then the bar and the continuation
     assert len(result.samples) == 2
-    assert result.metrics["held_out_loss"] > 0
+    assert all(s.index("\u2502") == 200 for s in result.samples), result.samples

@@ -18,6 +18,7 @@ from ar_text.recipes.sequencematch import (
     DYCK_EOS,
     DYCK_NOISE,
     SequenceMatchConfig,
+    build_model,
     dyck2,
     dyck2_show,
     dyck2_valid,
@@ -96,7 +97,10 @@ def test_end_to_end_files_table_curves_samples(trained: Trained) -> None:
     for method, count, p, se, secs, z, pval in table.rows:
         k = int(count.split("/")[0])
         assert count == f"{k}/{config.n_eval}" and p == round(k / config.n_eval, 4)
-        assert secs >= 0
+        # the progress line of the method reports the same count and training time
+        (line,) = [m for m in messages if m.startswith(f"{method}: {count} valid ({p:.3f}; ")]
+        said = float(line.rsplit("; ", 1)[1].removesuffix(" s training)"))
+        assert abs(said - secs) <= 0.051, (line, secs)  # 1 and 2 decimals of one number
         assert se == round(math.sqrt(p * (1 - p) / config.n_eval), 4)
         assert result.metrics[f"validity/{method}"] == p
         if method == "mle":
@@ -204,6 +208,76 @@ def test_max_seq_len_fits_the_longest_augmented_word() -> None:
     assert batch.actions.shape[1] <= c.max_seq_len
     assert c.max_seq_len == 1 + (2 * 20 + 1) * (1 + 2 * 3)  # the bound is reached
     assert SequenceMatchConfig(max_actions=200).max_seq_len == 201
+
+
+def reference_losses(method: str, config: SequenceMatchConfig) -> tuple[list[float], Transformer]:
+    """The loop the measured numbers were trained with: torch's AdamW with its defaults on
+    every parameter, constant lr, no clipping; data from a generator seeded with the seed,
+    rollouts from seed + 10000."""
+    model = build_model(config).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    g = torch.Generator().manual_seed(config.seed)
+    g_roll = torch.Generator().manual_seed(10_000 + config.seed)
+    losses = []
+    for step in range(config.steps):
+        batch = sm.augment_with_backspaces(
+            [dyck2(g, config.max_pairs) for _ in range(config.batch_size)],
+            bksp_id=DYCK_BKSP,
+            noise_ids=DYCK_NOISE,
+            p_noise=0.0 if method == "mle" else config.p_noise,
+            max_noise=config.max_noise,
+            pad_id=DYCK_EOS,
+            generator=g,
+        )
+        logits = sm.backtrack_logits(model, batch.actions, DYCK_BKSP)
+        roll, plog = None, None
+        if method == "sequencematch-onpolicy" and step >= config.warmup_steps:
+            roll = sm.sample_rollouts(
+                model,
+                torch.full((config.batch_size, 1), DYCK_BOS),
+                bksp_id=DYCK_BKSP,
+                eos_id=DYCK_EOS,
+                max_actions=config.max_actions,
+                pad_id=DYCK_EOS,
+                generator=g_roll,
+            )
+            plog = sm.backtrack_logits(model, roll.actions, DYCK_BKSP)
+        loss = (
+            sm.bc_loss(logits, batch)
+            if method in ("mle", "bc-augmented")
+            else sm.mixed_loss(
+                logits,
+                batch,
+                step=step,
+                warmup_steps=config.warmup_steps,
+                alpha=config.alpha,
+                eos_id=DYCK_EOS,
+                gamma=config.gamma,
+                chi2_coef=config.chi2_coef,
+                policy_logits=plog,
+                policy_batch=roll,
+                policy_weight=config.policy_weight,
+            )
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses, model
+
+
+@pytest.mark.parametrize("method", ["mle", "sequencematch-onpolicy"])
+def test_train_method_is_the_plain_adamw_loop(method: str) -> None:
+    """The recipe trains through ar_core's Trainer, configured so that every step equals the
+    plain loop's bit for bit (losses and final weights): the measured numbers depend on it."""
+    config = SequenceMatchConfig(**{**TINY, "methods": [method]})  # type: ignore[arg-type]
+    model, losses, _ = train_method(method, config, lambda _: None)
+    ref_losses, ref_model = reference_losses(method, config)
+    assert losses == ref_losses
+    for (name, p), q in zip(
+        model.state_dict().items(), ref_model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(p, q), name
 
 
 def test_train_method_refuses_unknown_method() -> None:

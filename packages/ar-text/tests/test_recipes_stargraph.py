@@ -18,6 +18,7 @@ from ar_core.recipes import Recipe, RecipeResult, build_config, torch_threads, w
 from ar_text.recipes.stargraph import (
     AR_DIR,
     ILM_DIR,
+    TRAINERS,
     StarGraphConfig,
     ar_paths,
     graph_arms,
@@ -64,7 +65,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, StarGraphCo
 
 
 def test_files_and_table(trained: tuple[Path, StarGraphConfig, RecipeResult]) -> None:
-    out, _config, result = trained
+    out, config, result = trained
     for sub in (AR_DIR, ILM_DIR):
         assert (out / sub / "config.json").is_file() and (out / sub / "model.safetensors").is_file()
     table = result.tables[0]
@@ -74,7 +75,17 @@ def test_files_and_table(trained: tuple[Path, StarGraphConfig, RecipeResult]) ->
         acc = row["path accuracy"]
         assert row["steps"] == 60 and row["1/degree"] == 0.5
         assert row["+- s.e."] == pytest.approx(math.sqrt(acc * (1 - acc) / 40), abs=1e-4)
-        assert row["train s"] > 0 and math.isfinite(row["loss"])
+        # the loss column is the last training step's loss: a second Trainer of the same
+        # settings reproduces it
+        again = TRAINERS[name](
+            config.task(),
+            steps=config.steps,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=config.seed,
+        )
+        again.config.progress = False
+        assert row["loss"] == round(again.train()[-1], 4)
         # the curve has one point per evaluation step and ends at the table's number
         curve = result.curves[f"{name} path accuracy"]
         assert [x for x, _ in curve] == [20.0, 40.0, 60.0]
@@ -129,7 +140,15 @@ def test_sample_reloads_and_shows_the_same_graphs(
     more = recipe.sample(out, 4, lambda _: None)
     assert len(more.samples) == 4 and more.samples[0].startswith("graph 0")
     rows = {r[0]: r for r in more.tables[0].rows}
-    assert set(rows) == {"ar", "ilm"} and all(r[2] == 4 and 0 <= r[1] <= 4 for r in rows.values())
+    assert set(rows) == {"ar", "ilm"} and all(r[2] == 4 for r in rows.values())
+    # the counts are the accuracy functions' on the first 4 held-out graphs, recomputed
+    task = _config.task()
+    first = held_out_graphs(task, 4)
+    ar = ar_path_accuracy(load_ar(out / AR_DIR, task), task, first)
+    ilm = ilm_path_accuracy(
+        load_ilm(out / ILM_DIR, task), task, first, torch.Generator().manual_seed(0)
+    )
+    assert rows["ar"][1] == round(4 * ar) and rows["ilm"][1] == round(4 * ilm)
     # every graph has one line per model, marked right or wrong as the table counts
     for name in ("ar", "ilm"):
         lines = [ln for s in more.samples for ln in s.splitlines() if ln.startswith(f"  {name} ")]

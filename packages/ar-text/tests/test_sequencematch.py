@@ -115,12 +115,17 @@ def _batch() -> sm.AugmentedBatch:
 
 
 @pytest.mark.parametrize("step", [0, 10])
-def test_loss_finite_and_differentiable(step: int) -> None:
+def test_mixed_loss_is_bc_then_the_mixture_and_differentiable(step: int) -> None:
     model = tiny_model().train()
     batch = _batch()
     logits = sm.backtrack_logits(model, batch.actions, BKSP)
     loss = sm.mixed_loss(logits, batch, step=step, warmup_steps=5, alpha=0.5, eos_id=14)
-    assert torch.isfinite(loss)
+    bc = sm.bc_loss(logits, batch)
+    if step < 5:  # the warm-up: BC alone
+        assert torch.equal(loss, bc)
+    else:
+        smatch = sm.sequencematch_loss(logits, batch, eos_id=14)
+        assert torch.equal(loss, 0.5 * bc + 0.5 * smatch) and not torch.equal(loss, bc)
     loss.backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -37,7 +37,7 @@ VOCAB = 1024
 TARGET = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8)
 
 
-def build_models(seed: int) -> tuple[Any, Any]:
+def build_models(seed: int) -> tuple[transformers.LlamaForCausalLM, transformers.LlamaForCausalLM]:
     """(target, draft) HF Llamas; the draft is the target's first block with its
     embeddings, final norm and head."""
     torch.manual_seed(seed)
