@@ -28,7 +28,7 @@ from ar_core.ordering import Plan
 from ar_core.recipes import Progress, RecipeResult, Table
 from ar_core.recipes.base import RecipeBase
 from ar_core.sampling import LogitsProcessor, TopK, TopP
-from ar_core.steps import plan_slots, query_stream_loss
+from ar_core.steps import StepOutput, plan_slots, query_stream_loss
 from ar_core.trainer import TrainConfig, Trainer, read_metrics
 from ar_vision.model import ClassConditionalStepModel, build_step_model, drop_labels
 from ar_vision.representation import Representation, factorised_nll, masked_log_probs
@@ -252,7 +252,7 @@ def sample_images(
     plan: Plan,
     labels: torch.Tensor,
     config: VisionDigitsConfig,
-) -> tuple[Any, float]:
+) -> tuple[StepOutput, float]:
     """Sample ``labels`` (B,) with the config's CFG and filters: (StepOutput, seconds)."""
     processors: list[LogitsProcessor] = []
     if config.top_k is not None:
