@@ -22,6 +22,8 @@ from ar_text.recipes.sequencematch import (
     dyck2,
     dyck2_show,
     dyck2_valid,
+    method_loss,
+    method_words,
     recipe,
     sample_actions,
     train_method,
@@ -213,52 +215,15 @@ def test_max_seq_len_fits_the_longest_augmented_word() -> None:
 def reference_losses(method: str, config: SequenceMatchConfig) -> tuple[list[float], Transformer]:
     """The loop the measured numbers were trained with: torch's AdamW with its defaults on
     every parameter, constant lr, no clipping; data from a generator seeded with the seed,
-    rollouts from seed + 10000."""
+    rollouts from seed + 10000 (same words and losses as the recipe's)."""
     model = build_model(config).train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
     g = torch.Generator().manual_seed(config.seed)
     g_roll = torch.Generator().manual_seed(10_000 + config.seed)
     losses = []
     for step in range(config.steps):
-        batch = sm.augment_with_backspaces(
-            [dyck2(g, config.max_pairs) for _ in range(config.batch_size)],
-            bksp_id=DYCK_BKSP,
-            noise_ids=DYCK_NOISE,
-            p_noise=0.0 if method == "mle" else config.p_noise,
-            max_noise=config.max_noise,
-            pad_id=DYCK_EOS,
-            generator=g,
-        )
-        logits = sm.backtrack_logits(model, batch.actions, DYCK_BKSP)
-        roll, plog = None, None
-        if method == "sequencematch-onpolicy" and step >= config.warmup_steps:
-            roll = sm.sample_rollouts(
-                model,
-                torch.full((config.batch_size, 1), DYCK_BOS),
-                bksp_id=DYCK_BKSP,
-                eos_id=DYCK_EOS,
-                max_actions=config.max_actions,
-                pad_id=DYCK_EOS,
-                generator=g_roll,
-            )
-            plog = sm.backtrack_logits(model, roll.actions, DYCK_BKSP)
-        loss = (
-            sm.bc_loss(logits, batch)
-            if method in ("mle", "bc-augmented")
-            else sm.mixed_loss(
-                logits,
-                batch,
-                step=step,
-                warmup_steps=config.warmup_steps,
-                alpha=config.alpha,
-                eos_id=DYCK_EOS,
-                gamma=config.gamma,
-                chi2_coef=config.chi2_coef,
-                policy_logits=plog,
-                policy_batch=roll,
-                policy_weight=config.policy_weight,
-            )
-        )
+        batch = method_words(method, config, g, config.batch_size)
+        loss = method_loss(method, config, model, batch, step=step, rollouts=g_roll)
         opt.zero_grad()
         loss.backward()
         opt.step()

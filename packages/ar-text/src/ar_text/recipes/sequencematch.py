@@ -221,60 +221,81 @@ def train_config(config: SequenceMatchConfig) -> TrainConfig:
     )
 
 
+def method_words(
+    method: str, config: SequenceMatchConfig, generator: torch.Generator, batch_size: int
+) -> AugmentedBatch:
+    """One step's training words: ``batch_size`` Dyck-2 words from ``generator``, augmented
+    with noise and backspaces (none for ``mle``; the draws are the same either way)."""
+    return augment_with_backspaces(
+        [dyck2(generator, config.max_pairs) for _ in range(batch_size)],
+        bksp_id=DYCK_BKSP,
+        noise_ids=DYCK_NOISE,
+        p_noise=0.0 if method == "mle" else config.p_noise,
+        max_noise=config.max_noise,
+        pad_id=DYCK_EOS,
+        generator=generator,
+    )
+
+
+def method_loss(
+    method: str,
+    config: SequenceMatchConfig,
+    model: Transformer,
+    batch: AugmentedBatch,
+    *,
+    step: int,
+    rollouts: torch.Generator,
+) -> Tensor:
+    """The loss of ``method`` on ``batch`` at update ``step``: BC for ``mle`` and
+    ``bc-augmented``; ``mixed_loss`` for the SequenceMatch methods, the on-policy one with
+    ``config.batch_size`` rollouts drawn from ``rollouts`` after the warm-up."""
+    logits = backtrack_logits(model, batch.actions, DYCK_BKSP)  # (B, T, 9)
+    if method in ("mle", "bc-augmented"):
+        return bc_loss(logits, batch)
+    roll, plog = None, None
+    if method == "sequencematch-onpolicy" and step >= config.warmup_steps:
+        roll = sample_rollouts(
+            model,
+            torch.full((config.batch_size, 1), DYCK_BOS),
+            bksp_id=DYCK_BKSP,
+            eos_id=DYCK_EOS,
+            max_actions=config.max_actions,
+            pad_id=DYCK_EOS,
+            generator=rollouts,
+        )
+        plog = backtrack_logits(model, roll.actions, DYCK_BKSP)
+    return mixed_loss(
+        logits,
+        batch,
+        step=step,
+        warmup_steps=config.warmup_steps,
+        alpha=config.alpha,
+        eos_id=DYCK_EOS,
+        gamma=config.gamma,
+        chi2_coef=config.chi2_coef,
+        policy_logits=plog,
+        policy_batch=roll,
+        policy_weight=config.policy_weight,
+    )
+
+
 def train_method(
     method: str, config: SequenceMatchConfig, progress: Progress
 ) -> tuple[Transformer, list[float], float]:
     """Train one method through :class:`~ar_core.trainer.Trainer`; returns the model (eval
     mode), the loss of every step and the training seconds. Same seed for every method:
-    same init, same words (the augmentation draws the same random numbers whatever
-    ``p_noise``)."""
+    same init, same words (the Trainer's data generator is seeded with ``config.seed``;
+    the rollouts' with ``config.seed + 10000``)."""
     if method not in get_args(Method):
         raise ConfigError(f"unknown method {method!r}; expected one of {get_args(Method)}")
-    g_roll = torch.Generator().manual_seed(10_000 + config.seed)  # rollouts; data is the Trainer's
-    p_noise = 0.0 if method == "mle" else config.p_noise
+    g_roll = torch.Generator().manual_seed(10_000 + config.seed)
 
     def words(generator: torch.Generator, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
-        batch = augment_with_backspaces(
-            [dyck2(generator, config.max_pairs) for _ in range(batch_size)],
-            bksp_id=DYCK_BKSP,
-            noise_ids=DYCK_NOISE,
-            p_noise=p_noise,
-            max_noise=config.max_noise,
-            pad_id=DYCK_EOS,
-            generator=generator,
-        )
-        return batch.actions, batch.expert, batch.valid
+        batch = method_words(method, config, generator, batch_size)
+        return batch.actions, batch.expert, batch.valid  # tensors, batch first: the Trainer's
 
     def loss_fn(model: Transformer, rows: tuple[Tensor, Tensor, Tensor], *, step: int) -> Tensor:
-        batch = AugmentedBatch(*rows)
-        logits = backtrack_logits(model, batch.actions, DYCK_BKSP)  # (B, T, 9)
-        if method in ("mle", "bc-augmented"):
-            return bc_loss(logits, batch)
-        roll, plog = None, None
-        if method == "sequencematch-onpolicy" and step >= config.warmup_steps:
-            roll = sample_rollouts(
-                model,
-                torch.full((config.batch_size, 1), DYCK_BOS),
-                bksp_id=DYCK_BKSP,
-                eos_id=DYCK_EOS,
-                max_actions=config.max_actions,
-                pad_id=DYCK_EOS,
-                generator=g_roll,
-            )
-            plog = backtrack_logits(model, roll.actions, DYCK_BKSP)
-        return mixed_loss(
-            logits,
-            batch,
-            step=step,
-            warmup_steps=config.warmup_steps,
-            alpha=config.alpha,
-            eos_id=DYCK_EOS,
-            gamma=config.gamma,
-            chi2_coef=config.chi2_coef,
-            policy_logits=plog,
-            policy_batch=roll,
-            policy_weight=config.policy_weight,
-        )
+        return method_loss(method, config, model, AugmentedBatch(*rows), step=step, rollouts=g_roll)
 
     trainer = Trainer(build_model(config), loss_fn, words, train_config(config))
     # torch.optim.AdamW(model.parameters()) decays every parameter; the Trainer leaves
@@ -490,7 +511,10 @@ __all__ = [
     "dyck2",
     "dyck2_show",
     "dyck2_valid",
+    "method_loss",
+    "method_words",
     "recipe",
     "sample_actions",
+    "train_config",
     "train_method",
 ]
