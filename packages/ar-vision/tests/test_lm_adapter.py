@@ -94,6 +94,26 @@ def test_adapter_follows_the_causal_lm_and_cache_protocols() -> None:
         adapter(torch.tensor([[1]]), cache=_model().step_model.transformer.new_cache(2))
 
 
+def test_adapter_takes_default_positions_and_refuses_others() -> None:
+    """Positions are the plan's: the default ones give the same logits as None, others
+    (a tree or lookahead verification) are refused instead of silently ignored."""
+    adapter = CausalLMAdapter(_model(), PLAN)
+    tokens = torch.randint(0, V, (2, 4), generator=torch.Generator().manual_seed(1))
+    a, b = adapter.new_cache(2), adapter.new_cache(2)
+    labels = torch.tensor([[3], [7]])
+    adapter(labels, cache=a), adapter(labels, cache=b)
+    plain = adapter(tokens, cache=a).logits
+    given = adapter(tokens, positions=torch.arange(1, 5).expand(2, 4), cache=b).logits
+    assert torch.equal(plain, given)
+    with pytest.raises(ar_core.InputError, match="positions=None"):
+        adapter(tokens, positions=torch.zeros(2, 4, dtype=torch.long), cache=b)
+    config = GenerationConfig(max_new_tokens=16, temperature=0.0)
+    with pytest.raises(ar_core.InputError, match="CausalLMAdapter supports the causal mask"):
+        generate_tokens(
+            adapter, labels[:, 0], config, strategy="lookahead", window=2, ngram=2, pool_size=1
+        )
+
+
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
 def test_fork_reset_and_move_entries(cfg_scale: float) -> None:
     adapter = CausalLMAdapter(_model(), PLAN, cfg_scale=cfg_scale)

@@ -190,8 +190,11 @@ class CausalLMAdapter:
     ) -> ModelOutput:
         """Logits (B, T, V): row ``b``, column ``i`` predicts the token after ``tokens[b, i]``.
 
-        ``positions`` is ignored: a token's RoPE position is the image position of its
-        sequence index under the plan. ``mask`` must be causal (or None)."""
+        ``positions`` must be None or the default (each row's committed length +
+        ``arange(T)``): a token's RoPE position is the image position of its sequence
+        index under the plan, so strategies that place tokens elsewhere (tree or lookahead
+        verification) are refused, not silently run at the wrong positions. ``mask`` must
+        be causal (or None)."""
         if not isinstance(cache, AdapterCache):
             raise InputError(
                 "CausalLMAdapter runs with its own cache: pass adapter.new_cache(B), got "
@@ -200,6 +203,14 @@ class CausalLMAdapter:
         if mask is not None and not mask.is_causal:
             raise InputError(f"CausalLMAdapter supports the causal mask only, got {mask.name}")
         B, T = tokens.shape
+        if positions is not None:
+            default = cache.lengths[:, None] + torch.arange(T, device=cache.lengths.device)
+            if not torch.equal(torch.as_tensor(positions).to(default).expand(B, T), default):
+                raise InputError(
+                    "CausalLMAdapter places each token at its plan position: pass "
+                    "positions=None (strategies that verify trees or lookahead blocks at "
+                    "other positions do not apply to it)"
+                )
         rows = 2 if self.guided else 1
         step_model = self.model.step_model
         seq_start = cache.lengths.repeat(rows)  # (R,)
