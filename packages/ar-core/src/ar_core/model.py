@@ -333,12 +333,10 @@ class Transformer(nn.Module):
                 f"{self.max_seq_len}; use max_len <= {self.max_seq_len} or a config with a "
                 f"larger max_seq_len"
             )
-        return StaticKVCache(
-            n_layers=self.cfg.n_layers,
-            batch_size=batch_size,
-            n_kv_heads=self.cfg.kv_heads,
-            head_dim=self.cfg.head_dim,
-            max_len=max_len,
+        return StaticKVCache.for_config(
+            self.cfg,
+            batch_size,
+            max_len,
             dtype=self.dtype if dtype is None else dtype,
             device=self.device,
         )
