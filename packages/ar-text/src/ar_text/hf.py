@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +50,9 @@ from ar_core.cache import StaticKVCache
 from ar_core.errors import ConfigError, InputError
 from ar_core.model import ModelOutput, check_model_inputs
 from ar_core.protocols import KVCache
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel
 
 __all__ = ["HFCausalLM", "from_hf"]
 
@@ -140,7 +143,7 @@ class HFCausalLM(nn.Module):
     embeddings (``lm_head``) the logits.
     """
 
-    def __init__(self, hf: Any) -> None:
+    def __init__(self, hf: PreTrainedModel) -> None:
         super().__init__()
         self.hf = hf.eval()
         cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
