@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ar_core.errors import ConfigError, InputError
 from ar_core import masks
+from ar_core.errors import ConfigError, InputError
 from ar_core.masks import MaskSpec
 from ar_core.model import Transformer
 
