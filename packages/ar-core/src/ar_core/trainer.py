@@ -70,6 +70,8 @@ class TrainConfig(pydantic.BaseModel):
     batch_size: int = pydantic.Field(32, ge=1)  # global rows per update, over all ranks
     lr: float = pydantic.Field(3e-4, gt=0)  # the usual AdamW peak for small Transformers
     weight_decay: float = pydantic.Field(0.1, ge=0)  # GPT-style; only on matrices (dim >= 2)
+    # also decay vectors (norm gains, biases), as torch.optim.AdamW(model.parameters()) does
+    decay_vectors: bool = False
     betas: tuple[float, float] = (0.9, 0.95)  # beta2 0.95 is stabler than 0.999 for LMs
     warmup_steps: int = pydantic.Field(100, ge=0)  # linear warm-up keeps Adam's early steps small
     min_lr_ratio: float = pydantic.Field(0.1, ge=0, le=1)  # cosine floor (Chinchilla uses 0.1)
@@ -294,8 +296,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
 
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        floor = 0 if config.decay_vectors else 2  # the smallest dim that is decayed
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= floor]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < floor]
         self.optimizer = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": config.weight_decay},

@@ -210,6 +210,7 @@ def train_config(config: SequenceMatchConfig) -> TrainConfig:
         lr=config.lr,
         betas=ADAMW_BETAS,
         weight_decay=ADAMW_WEIGHT_DECAY,
+        decay_vectors=True,  # torch.optim.AdamW(model.parameters()) decays every parameter
         warmup_steps=0,
         min_lr_ratio=1.0,  # lr_factor is then exactly 1.0 at every step
         grad_clip=0.0,
@@ -298,10 +299,6 @@ def train_method(
         return method_loss(method, config, model, AugmentedBatch(*rows), step=step, rollouts=g_roll)
 
     trainer = Trainer(build_model(config), loss_fn, words, train_config(config))
-    # torch.optim.AdamW(model.parameters()) decays every parameter; the Trainer leaves
-    # vectors (the norm gains) undecayed. The measured numbers decayed them too.
-    for group in trainer.optimizer.param_groups:
-        group["weight_decay"] = ADAMW_WEIGHT_DECAY
     every = max(1, config.steps // 5)
     losses: list[float] = []
     start = time.perf_counter()
