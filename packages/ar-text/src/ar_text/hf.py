@@ -205,12 +205,10 @@ class HFCausalLM(nn.Module):
                 f"{self.max_seq_len} (max_position_embeddings); use max_len <= "
                 f"{self.max_seq_len}"
             )
-        return StaticKVCache(
-            n_layers=self.n_layers,
-            batch_size=batch_size,
-            n_kv_heads=self.n_kv_heads,
-            head_dim=self.head_dim,
-            max_len=max_len,
+        return StaticKVCache.for_config(
+            self,  # n_layers, n_kv_heads and head_dim, read off the HF config
+            batch_size,
+            max_len,
             dtype=self.dtype if dtype is None else dtype,
             device=self.device,
         )
