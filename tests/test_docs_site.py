@@ -114,3 +114,41 @@ def test_included_files_appear_in_their_pages(site: Path):
             lines = [line.strip() for line in (ROOT / path).read_text().splitlines()]
             missing = [line for line in lines if line and line not in text]
             assert not missing, f"{md.relative_to(ROOT)}: {path} lines not shown: {missing[:3]}"
+
+
+def _gen_reference():
+    sys.path.insert(0, str(DOCS))
+    try:
+        import gen_reference
+    finally:
+        sys.path.remove(str(DOCS))
+    return gen_reference
+
+
+def test_every_package_has_a_reference_page_in_the_nav():
+    gen = _gen_reference()
+    members = {p.name for p in [*ROOT.glob("packages/*"), *ROOT.glob("apps/*")] if p.is_dir()}
+    assert set(gen.PACKAGES) == members
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for name in gen.PACKAGES:
+        page = DOCS / "reference" / f"{name}.md"
+        assert page.read_text() == gen.render(name), "run: uv run python docs/gen_reference.py"
+        assert f"reference/{name}.md" in nav, name
+    assert "design/contracts.md" in nav
+
+
+def test_reference_pages_document_the_public_api(site: Path):
+    """Every name of a package's ``__all__`` (or every public module) has its own entry."""
+    gen = _gen_reference()
+    for name, path in gen.PACKAGES.items():
+        package = ROOT / path / "src" / name.replace("-", "_")
+        html = (site / "reference" / name / "index.html").read_text()
+        names = gen.exported(package / "__init__.py")
+        ids = (
+            [f"{package.name}.{n}" for n in names]
+            if names is not None
+            else gen.public_modules(package)
+        )
+        assert ids
+        missing = [i for i in ids if f'id="{i}"' not in html]
+        assert not missing, f"{name}: no reference entry for {missing}"

@@ -17,7 +17,9 @@ import pluggy
 PROJECT_NAME = "ar"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+"""Marks a function of this module as a hook specification (ar-core's own use)."""
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Decorate a plugin's hook implementations with ``@ar_core.hookimpl``."""
 
 
 class Register(Protocol):
