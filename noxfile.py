@@ -154,11 +154,16 @@ def integration(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """mkdocs build --strict."""
+    """mkdocs build --strict, then a check of the built site's internal links and anchors."""
     _sync(session, "--all-packages", "--group", "docs")
     site = tempfile.mkdtemp(prefix="ar-site-")
-    session.run("mkdocs", "build", "--strict", "--site-dir", site, env={"NO_MKDOCS_2_WARNING": "1"})
-    shutil.rmtree(site, ignore_errors=True)
+    try:
+        session.run(
+            "mkdocs", "build", "--strict", "--site-dir", site, env={"NO_MKDOCS_2_WARNING": "1"}
+        )
+        session.run("python", "docs/check_links.py", site)
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
 
 
 @nox.session

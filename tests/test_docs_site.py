@@ -152,3 +152,12 @@ def test_reference_pages_document_the_public_api(site: Path):
         assert ids
         missing = [i for i in ids if f'id="{i}"' not in html]
         assert not missing, f"{name}: no reference entry for {missing}"
+
+
+def test_the_built_site_has_no_broken_internal_links(site: Path):
+    sys.path.insert(0, str(DOCS))
+    try:
+        import check_links
+    finally:
+        sys.path.remove(str(DOCS))
+    assert check_links.broken_links(site) == []
