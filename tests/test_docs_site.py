@@ -8,6 +8,7 @@ showed that literal line instead of the plugin's code.)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -161,3 +162,21 @@ def test_the_built_site_has_no_broken_internal_links(site: Path):
     finally:
         sys.path.remove(str(DOCS))
     assert check_links.broken_links(site) == []
+
+
+def test_benchmarks_page_is_generated_from_the_stored_json():
+    sys.path.insert(0, str(DOCS))
+    try:
+        import gen_benchmarks
+    finally:
+        sys.path.remove(str(DOCS))
+    page = gen_benchmarks.PAGE.read_text()
+    assert page == gen_benchmarks.render(page), "run: uv run python docs/gen_benchmarks.py"
+    stored = sorted(gen_benchmarks.RESULTS.glob("*.json"))
+    assert stored, "no benchmark results under docs/benchmarks/"
+    for path in stored:
+        one = json.loads(path.read_text())
+        assert one["benchmark"] == path.stem
+        assert one["command"].startswith(f"uv run ar bench {path.stem}")
+        assert one["machine"] and one["date"] and one["result"]
+        assert f"### `{path.stem}`" in page
