@@ -23,6 +23,8 @@ from ar_text import from_hf
 
 transformers = pytest.importorskip("transformers")
 
+import hf_families  # noqa: E402 - after the importorskip
+
 V = 97  # a vocabulary unlike any default, so a wrong vocab_size shows
 
 
@@ -309,20 +311,106 @@ def test_from_hf_rejects_unmaskable_attention() -> None:
         from_hf(hf_model)
 
 
-def test_from_hf_rejects_sliding_window_layers() -> None:
-    cfg = transformers.Qwen2Config(
-        vocab_size=V,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        use_sliding_window=True,
-        sliding_window=8,
-        max_window_layers=0,
-    )
-    with pytest.raises(ConfigError, match="sliding_attention"):
-        from_hf(transformers.Qwen2ForCausalLM(cfg))
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: transformers.BertModel(transformers.BertConfig(**_BERT)),
+        lambda: transformers.BertForMaskedLM(transformers.BertConfig(**_BERT)),
+        lambda: transformers.GPT2Model(transformers.GPT2Config(**_GPT2)),
+        lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(**_T5)),
+        lambda: transformers.BertLMHeadModel(transformers.BertConfig(**_BERT)),  # not a decoder
+    ],
+    ids=["BertModel", "BertForMaskedLM", "GPT2Model", "T5", "BertLMHeadModel-bidirectional"],
+)
+def test_from_hf_refuses_models_that_are_not_causal_lms(build: Callable[[], Any]) -> None:
+    """Refused in from_hf itself, naming the fix (was accepted, then crashed in transformers)."""
+    with pytest.raises(ConfigError, match="AutoModelForCausalLM|is_decoder=True"):
+        from_hf(build())
+
+
+_BERT = {
+    "vocab_size": V,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+}
+_GPT2 = {"vocab_size": V, "n_embd": 32, "n_layer": 1, "n_head": 4}
+_T5 = {"vocab_size": V, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 4}
+
+
+# -- every causal-LM family of transformers (see hf_families.py) ---------------------------
+
+# one per position scheme / attention layout: learned absolute (GPT-2), RoPE + GQA (Llama),
+# learned with OPT's offset, ALiBi (Bloom), parallel attention + multi-query (Falcon),
+# sliding window on every layer (Mistral, window 4), alternating local/global layers with
+# attention and logit soft-capping (Gemma-2)
+FAST_FAMILIES = ["gpt2", "llama", "opt", "bloom", "falcon", "mistral", "gemma2"]
+
+
+@pytest.mark.parametrize("family", FAST_FAMILIES)
+def test_family_equals_hf_greedy(family: str) -> None:
+    """Greedy on a batch, ragged rows, cached == uncached and a speculative self-draft all
+    equal HF's own greedy generate, on the family built from a tiny config."""
+    assert hf_families.check_family(family) == ("supported", "")
+
+
+def test_qwen2_with_window_layers_equals_hf_greedy() -> None:
+    """Qwen2 with use_sliding_window: layer 0 full attention, layer 1 a window of 4 (the
+    masks go to transformers as a {layer type: mask} dict)."""
+    model = hf_families.build("qwen2", use_sliding_window=True, max_window_layers=1)
+    assert from_hf(model).layer_types == ["full_attention", "sliding_attention"]
+    hf_families.check_model(model)
+
+
+def test_window_sees_positions_of_tree_branches() -> None:
+    """Mistral with a window of 4: two tree branches verified in one call each equal the
+    chain run alone (a key's distance is counted in positions, not cache slots)."""
+    hf_model = hf_families.build("mistral")
+    model = from_hf(hf_model)
+    ids = hf_families.prompts(batch=1, length=6)
+    a, b = torch.tensor([[11, 12, 13]]), torch.tensor([[21, 22, 23]])
+    cache = model.new_cache(1, 16)
+    with torch.no_grad():
+        model(ids, cache=cache)
+        start = cache.lengths.clone()
+        tree = masks.tree([-1, 0, 1, -1, 3, 4], start)
+        positions = start[:, None] + torch.tensor([0, 1, 2, 0, 1, 2])
+        got = model(
+            torch.cat([a, b], 1), positions=positions, cache=cache, mask=tree, commit=False
+        ).logits
+        for i, branch in enumerate((a, b)):
+            ref = hf_model(torch.cat([ids, branch], 1)).logits[:, 6:]
+            torch.testing.assert_close(got[:, 3 * i : 3 * i + 3], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bloom_max_seq_len_is_alibi_default_or_given() -> None:
+    """Bloom (ALiBi) has no position table: max_seq_len defaults to ALIBI_MAX_SEQ_LEN."""
+    from ar_text.hf import ALIBI_MAX_SEQ_LEN
+
+    model = hf_families.build("bloom")
+    assert from_hf(model).max_seq_len == ALIBI_MAX_SEQ_LEN == 2048
+    assert from_hf(model, max_seq_len=64).max_seq_len == 64
+    with pytest.raises(ConfigError, match="max_seq_len=200 is outside"):
+        from_hf(hf_families.build("llama"), max_seq_len=200)  # its limit is 128
+
+
+@pytest.mark.slow
+def test_every_causal_lm_family_is_exact_or_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every model type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES: supported (exact) or refused
+    with a ConfigError, or skipped with the reason transformers could not build or run the
+    tiny model; a crash or a mismatch fails. Prints the table (docs/packages/ar-text.md)."""
+    rows, failures = [], []
+    for family in hf_families.causal_lm_families():
+        try:
+            status, reason = hf_families.check_family(family)
+        except Exception as e:
+            status, reason = "FAIL", f"{type(e).__name__}: {e}"
+            failures.append(family)
+        rows.append(f"| {family} | {status} | {reason} |")
+    with capsys.disabled():
+        print("\n| family | status | reason |\n|---|---|---|\n" + "\n".join(rows))
+    assert not failures, failures
 
 
 def test_bad_forward_inputs_raise_clear_errors() -> None:

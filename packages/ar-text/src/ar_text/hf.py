@@ -18,7 +18,7 @@ per layer) and hands the HF model, for one forward, an HF ``Cache`` whose layers
 entries with the cache's own ``move_entries``. The adapter follows
 :class:`~ar_core.protocols.CausalLM` and its caches :class:`~ar_core.protocols.KVCache`.
 
-The mask. Every forward gets an explicit 4-D additive float mask (B, 1, T, S) (0 = may
+The mask. Every forward gets explicit 4-D additive float masks (B, 1, T, S) (0 = may
 attend, the dtype's minimum = may not; eager and SDPA attention both accept it) and
 explicit ``position_ids`` (B, T): query i of row b sits at absolute index
 ``lengths[b] + i`` and sees key slot j iff ``j < lengths[b] + T`` and the ar
@@ -26,11 +26,29 @@ explicit ``position_ids`` (B, T): query i of row b sits at absolute index
 converted with ``mask.to_dense``). So row b never sees another row's longer context nor
 stale pending entries.
 
-Limits: models whose layers are not all full attention (sliding-window, linear/recurrent
-layers) and attention implementations that do not take a 4-D float mask (flash, flex)
-raise :class:`~ar_core.errors.ConfigError`; logits are ``lm_head(last hidden state)``, so
-heads with extra logit transforms (Gemma-2's soft-capping, Cohere's ``logit_scale``) are
-refused rather than silently changed.
+Sliding-window layers (Mistral, Qwen2 with windows, Gemma-2/3's local layers) get the same
+mask with keys ``sliding_window`` or more positions before the query dropped (a key's
+position: its slot once committed, the given ``positions`` for this forward's own entries,
+so tree branches see the window they would see run alone); when a model mixes layer kinds
+the masks go to transformers as ``{"full_attention": ..., "sliding_attention": ...}``, the
+dict its hybrid models take as given. The cache keeps every entry (no ring buffer), so the
+window saves no memory (exactness is unaffected). Bloom's ALiBi biases are built over the key slots for
+the call (:meth:`HFCausalLM._alibi_over_slots`); Bloom has no position limit, so
+``max_seq_len`` defaults to :data:`ALIBI_MAX_SEQ_LEN` (2048, its training length).
+
+The forward runs the HF model itself, so each family's own logit transforms (Gemma-2's
+final soft-capping, Cohere's ``logit_scale``) apply; the final hidden states are read off
+the decoder with a forward hook. ``from_hf`` probes the cache shapes with one 1-token
+forward through a transformers ``DynamicCache`` (Falcon's multi-query, head-dim overrides).
+
+Refused up front with :class:`~ar_core.errors.ConfigError`, naming the family, the feature
+and what to use instead: models that are not decoder-only causal LMs with an LM head
+(``BertModel``, ``BertForMaskedLM``, ``GPT2Model``, T5, a BERT-like LM head built with
+``is_decoder=False``); layers other than full or sliding attention (linear attention,
+state-space, chunked attention); caches whose keys and values differ in shape (multi-head
+latent attention); attention implementations that do not take a 4-D float mask (flash,
+flex); attention soft-capping under sdpa (use eager). The table of every family in
+transformers' causal-LM auto mapping is on docs/packages/ar-text.md.
 
 Notation: B rows, T new tokens, S cache slots (``max_len``), Hkv key/value heads, D head
 dim, C model width, V vocabulary.
@@ -39,11 +57,14 @@ dim, C model width, V vocabulary.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from transformers.cache_utils import CacheLayerMixin
 
 from ar_core import masks
 from ar_core.cache import StaticKVCache
@@ -60,11 +81,19 @@ __all__ = ["HFCausalLM", "from_hf"]
 _MASKABLE_ATTENTION = ("eager", "sdpa")
 
 
-def from_hf(model_or_path: Any, **from_pretrained_kwargs: Any) -> HFCausalLM:
+def from_hf(
+    model_or_path: Any, *, max_seq_len: int | None = None, **from_pretrained_kwargs: Any
+) -> HFCausalLM:
     """Wrap a ``transformers`` causal LM (an instance, or a path / hub id loaded with
     ``AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs)``) as an ar model.
 
-    The model is put in eval mode (dropout off): the adapter is for inference.
+    ``max_seq_len``: the longest sequence the adapter's caches hold; default the config's
+    position limit (``max_position_embeddings`` and its per-family aliases), or
+    :data:`ALIBI_MAX_SEQ_LEN` for ALiBi models without one (Bloom). A value above the
+    config's own limit is refused. The model is put in eval mode (dropout off): the adapter
+    is for inference. Models that are not decoder-only causal LMs with an LM head, and
+    families whose layers the adapter cannot run exactly, are refused here with a
+    :class:`~ar_core.errors.ConfigError` (see the module docstring).
     """
     from transformers import PreTrainedModel
 
@@ -89,13 +118,61 @@ def from_hf(model_or_path: Any, **from_pretrained_kwargs: Any) -> HFCausalLM:
             f"from_hf expects a transformers PreTrainedModel (e.g. LlamaForCausalLM) or a "
             f"path to one, got {type(model_or_path).__name__}"
         )
-    return HFCausalLM(model_or_path)
+    return HFCausalLM(model_or_path, max_seq_len=max_seq_len)
 
 
-class _StaticKVLayer:
+def _causal_lm_classes() -> set[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+def _check_causal_lm(hf: Any) -> None:
+    """Refuse, before anything runs, models that are not decoder-only causal LMs with an LM
+    head (a bare base model, a masked LM, an encoder-decoder)."""
+    name = type(hf).__name__
+    fix = "load the checkpoint with transformers.AutoModelForCausalLM.from_pretrained(...)"
+    if getattr(hf.config, "is_encoder_decoder", False):
+        raise ConfigError(
+            f"from_hf: {name} is an encoder-decoder model; the adapter runs decoder-only "
+            f"causal LMs (a *ForCausalLM class); {fix} for a decoder-only checkpoint"
+        )
+    if hf.get_output_embeddings() is None:
+        raise ConfigError(
+            f"from_hf: {name} has no LM head (get_output_embeddings() is None), so it "
+            f"gives hidden states, not logits; {fix}"
+        )
+    if name not in _causal_lm_classes() and not name.endswith("ForCausalLM"):
+        raise ConfigError(
+            f"from_hf: {name} is not a causal LM (its class is not in transformers' "
+            f"causal-LM auto mapping, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES); {fix}"
+        )
+    if name in _causal_lm_classes() and getattr(hf.config, "is_decoder", True) is False:
+        # the BERT-like *ForCausalLM / *LMHeadModel classes attend bidirectionally unless
+        # their config says is_decoder=True
+        raise ConfigError(
+            f"from_hf: {name} was built with is_decoder=False, so it attends bidirectionally; "
+            f"set config.is_decoder=True (AutoModelForCausalLM.from_pretrained(path, "
+            f"is_decoder=True))"
+        )
+
+
+# attention layer types the adapter masks itself (HF's names, config.layer_types)
+_FULL, _SLIDING = "full_attention", "sliding_attention"
+
+# Families whose positions are ALiBi biases (no position table, so the config has no
+# position limit): the default max_seq_len, Bloom's training length.
+ALIBI_MAX_SEQ_LEN = 2048
+_POSITION_LIMITS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+
+
+class _StaticKVLayer(CacheLayerMixin):  # type: ignore[misc]
     """One layer of HF's ``Cache`` protocol over layer ``index`` of a StaticKVCache:
     ``update`` writes the T new entries of each row after its own committed ones and
-    returns the whole buffers (B, Hkv, S, D)."""
+    returns the whole buffers (B, Hkv, S, D). A real ``CacheLayerMixin`` (HF checks
+    ``isinstance`` to tell attention layers from linear-attention ones); its
+    ``keys``/``values`` are the store's buffers, so ``__init__`` does not call the
+    mixin's (which would set them to None)."""
 
     is_sliding = False
     is_compileable = False
@@ -105,12 +182,15 @@ class _StaticKVLayer:
         self.store, self.index = store, index
 
     @property
-    def keys(self) -> Tensor:
+    def keys(self) -> Tensor:  # type: ignore[override]
         return self.store.k[self.index]
 
     @property
-    def values(self) -> Tensor:
+    def values(self) -> Tensor:  # type: ignore[override]
         return self.store.v[self.index]
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        pass  # the buffers exist from the start
 
     def update(
         self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
@@ -131,7 +211,6 @@ def _hf_cache_view(store: StaticKVCache) -> Any:
     """An HF ``Cache`` whose layers write into ``store`` (built per forward; cheap)."""
     from transformers.cache_utils import Cache
 
-    # duck-typed layers: HF's Cache only calls update / get_* / the flags defined above
     layers: list[Any] = [_StaticKVLayer(store, i) for i in range(store.n_layers)]
     return Cache(layers=layers)
 
@@ -139,30 +218,42 @@ def _hf_cache_view(store: StaticKVCache) -> Any:
 class HFCausalLM(nn.Module):
     """A ``transformers`` causal LM behind the ar model protocol (see the module docstring).
 
-    ``hf`` is the wrapped model; its base model computes the hidden states and its output
-    embeddings (``lm_head``) the logits.
+    ``hf`` is the wrapped model; one forward runs ``hf`` itself (so the family's own logit
+    transforms, e.g. Gemma-2's soft-capping, apply) and reads the final hidden states off
+    its base model with a forward hook.
     """
 
-    def __init__(self, hf: PreTrainedModel) -> None:
+    def __init__(self, hf: PreTrainedModel, max_seq_len: int | None = None) -> None:
         super().__init__()
+        _check_causal_lm(hf)
         self.hf = hf.eval()
         cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
-        self._check_supported(cfg)
+        self.family = str(getattr(cfg, "model_type", type(hf).__name__))
+        self._check_supported(cfg, self.family)
+        self.layer_types: list[str] = self._layer_types(cfg)
+        self.sliding_window: int | None = (
+            int(cfg.sliding_window) if _SLIDING in self.layer_types else None
+        )
         self.vocab_size: int = int(cfg.vocab_size)
-        self.max_seq_len: int = int(cfg.max_position_embeddings)
+        self.max_seq_len: int = self._max_seq_len(cfg, max_seq_len)
         self.n_layers = int(cfg.num_hidden_layers)
-        n_heads = int(cfg.num_attention_heads)
-        self.n_kv_heads = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
-        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads)
         self._base = hf.base_model  # the decoder without the LM head
-        self._head = hf.get_output_embeddings()  # C -> V
         params = inspect.signature(self._base.forward).parameters
         # transformers 5.x renamed past_key_values to cache (the old name is deprecated)
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        # Bloom builds its ALiBi biases from a 2-D padding mask (it crashes on a 4-D one)
+        self._alibi_from_2d = hasattr(self._base, "build_alibi_tensor")
         self._causal = masks.causal()
+        self._hidden: Tensor | None = None
+        # the module whose output lm_head reads (OPT's ForCausalLM calls model.decoder)
+        decoder = hf.get_decoder() if hasattr(hf, "get_decoder") else None
+        hidden_from = decoder if isinstance(decoder, nn.Module) else self._base
+        hidden_from.register_forward_hook(self._keep_hidden)
+        self.n_kv_heads, self.head_dim = self._probe_cache_shape()
 
+    # -- construction helpers ---------------------------------------------------------
     @staticmethod
-    def _check_supported(cfg: Any) -> None:
+    def _check_supported(cfg: Any, family: str) -> None:
         impl = getattr(cfg, "_attn_implementation", None) or "eager"
         if impl not in _MASKABLE_ATTENTION:
             raise ConfigError(
@@ -170,19 +261,96 @@ class HFCausalLM(nn.Module):
                 f"masks the adapter needs; load the model with attn_implementation='sdpa' "
                 f"(or call model.set_attn_implementation('sdpa'))"
             )
-        layer_types = getattr(cfg, "layer_types", None) or []
-        odd = sorted({t for t in layer_types if t != "full_attention"})
+        if getattr(cfg, "attn_logit_softcapping", None) is not None and impl == "sdpa":
+            raise ConfigError(
+                f"from_hf: {family} soft-caps its attention scores (attn_logit_softcapping="
+                f"{cfg.attn_logit_softcapping}), which transformers' sdpa attention cannot do; "
+                f"call model.set_attn_implementation('eager') first"
+            )
+        odd = sorted({t for t in HFCausalLM._layer_types(cfg) if t not in (_FULL, _SLIDING)})
         if odd:
             raise ConfigError(
-                f"from_hf: layer types {odd} are not supported (only full attention); "
-                f"the adapter's per-row cache and masks cover full-attention layers only"
+                f"from_hf: {family} has layers of type {odd}; the adapter runs full-attention "
+                f"and sliding-window layers only (their keys and values live in ar's per-row "
+                f"KV cache); use a family with attention layers only (e.g. llama, mistral)"
             )
-        for attr in ("final_logit_softcapping", "logit_scale"):
-            if getattr(cfg, attr, None) not in (None, 1.0):
+
+    @staticmethod
+    def _layer_types(cfg: Any) -> list[str]:
+        """Each layer's attention kind, as transformers reads it (``config.layer_types``,
+        else sliding for all when ``sliding_window`` is set, as Mistral's)."""
+        n = int(cfg.num_hidden_layers)
+        types = getattr(cfg, "layer_types", None)
+        if types:
+            return [str(t) for t in types]
+        if getattr(cfg, "sliding_window", None) is not None:
+            return [_SLIDING] * n
+        if getattr(cfg, "attention_chunk_size", None) is not None:
+            return ["chunked_attention"] * n
+        return [_FULL] * n
+
+    def _max_seq_len(self, cfg: Any, requested: int | None) -> int:
+        """The config's position limit, or ALIBI_MAX_SEQ_LEN for an ALiBi model without
+        one; ``requested`` may lower it."""
+        limit = next(
+            (int(v) for a in _POSITION_LIMITS if isinstance(v := getattr(cfg, a, None), int)),
+            None,
+        )
+        if limit is None and requested is None:
+            if not self._has_alibi(cfg):
                 raise ConfigError(
-                    f"from_hf: models with {attr}={getattr(cfg, attr)} are not supported (the "
-                    f"adapter computes logits as lm_head(hidden) without that transform)"
+                    f"from_hf: the {self.family} config names no position limit (none of "
+                    f"{list(_POSITION_LIMITS)}); pass from_hf(model, max_seq_len=N)"
                 )
+            return ALIBI_MAX_SEQ_LEN
+        if requested is None:
+            return int(limit)  # type: ignore[arg-type]
+        if requested < 1 or (limit is not None and requested > limit):
+            raise ConfigError(
+                f"from_hf: max_seq_len={requested} is outside [1, {limit}] (the {self.family} "
+                f"config's position limit)"
+            )
+        return int(requested)
+
+    @staticmethod
+    def _has_alibi(cfg: Any) -> bool:
+        return bool(getattr(cfg, "alibi", False)) or cfg.model_type in ("bloom", "mpt")
+
+    def _keep_hidden(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    def _probe_cache_shape(self) -> tuple[int, int]:
+        """(KV heads, head dim) of every attention layer, read off one 1-token forward
+        through a transformers DynamicCache (configs name them in family-specific ways:
+        Falcon's multi-query, head_dim overrides)."""
+        from transformers.cache_utils import CacheLayerMixin, DynamicCache
+
+        probe = DynamicCache(config=self.hf.config)
+        ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            self._base(input_ids=ids, use_cache=True, **{self._cache_kwarg: probe})
+        shapes = set()
+        for i, layer in enumerate(probe.layers):
+            if not isinstance(layer, CacheLayerMixin) or layer.keys is None or layer.values is None:
+                raise ConfigError(
+                    f"from_hf: {self.family} layer {i} keeps no key/value cache "
+                    f"({type(layer).__name__}); the adapter runs attention layers only"
+                )
+            shapes.add((tuple(layer.keys.shape[1::2]), tuple(layer.values.shape[1::2])))
+        if len(probe.layers) != self.n_layers or len(shapes) != 1:
+            raise ConfigError(
+                f"from_hf: {self.family} caches keys/values of shapes {sorted(shapes)} over "
+                f"{len(probe.layers)} of {self.n_layers} layers; ar's StaticKVCache holds one "
+                f"(heads, head dim) for keys and values in every layer"
+            )
+        ((k_shape, v_shape),) = shapes
+        if k_shape != v_shape:
+            raise ConfigError(
+                f"from_hf: {self.family} keys have (heads, head dim) {k_shape} but values "
+                f"{v_shape} (e.g. multi-head latent attention); ar's StaticKVCache holds one "
+                f"shape for both; use a family with standard multi-head/grouped attention"
+            )
+        return int(k_shape[0]), int(k_shape[1])
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -202,7 +370,7 @@ class HFCausalLM(nn.Module):
         if max_len > self.max_seq_len:
             raise InputError(
                 f"new_cache: max_len={max_len} exceeds the model's max_seq_len="
-                f"{self.max_seq_len} (max_position_embeddings); use max_len <= "
+                f"{self.max_seq_len} (from_hf's max_seq_len); use max_len <= "
                 f"{self.max_seq_len}"
             )
         return StaticKVCache.for_config(
@@ -242,24 +410,81 @@ class HFCausalLM(nn.Module):
             positions = q_offset[:, None] + torch.arange(T, device=device)  # (B, T)
         elif positions.ndim == 1:
             positions = positions[None, :].expand(B, T)
-        attention = self._attention_mask(mask, q_offset, T, S)  # (B, 1, T, S)
         kwargs: dict[str, Any] = {
             "input_ids": tokens,
-            "attention_mask": attention,
+            "attention_mask": self._attention_masks(mask, q_offset, positions, T, S),
             "position_ids": positions,
             "use_cache": store is not None,
         }
         if store is not None:
             kwargs[self._cache_kwarg] = _hf_cache_view(store)
-        hidden = self._base(**kwargs).last_hidden_state  # (B, T, C)
+        self._hidden = None
+        with self._alibi_over_slots():
+            logits = self.hf(**kwargs).logits  # (B, T, V), with the family's own transforms
+        hidden, self._hidden = self._hidden, None
+        if hidden is None:  # pragma: no cover - every base model returns its hidden states
+            raise ConfigError(f"from_hf: the {self.family} base model returned no hidden states")
         if store is not None and commit:
             store.commit(T)
-        return ModelOutput(logits=self._head(hidden), hidden=hidden)  # (B, T, V)
+        return ModelOutput(logits=logits, hidden=hidden)  # hidden (B, T, C)
 
-    def _attention_mask(
-        self, mask: masks.MaskSpec | None, q_offset: Tensor, T: int, S: int
-    ) -> Tensor:
-        """Additive float mask (B, 1, T, S): slot j is visible to query i of row b iff
+    @contextmanager
+    def _alibi_over_slots(self) -> Iterator[None]:
+        """Bloom builds its ALiBi biases from a 2-D padding mask (``cumsum - 1``, the key's
+        slot when no slot is padding) and fails on the 4-D mask the adapter passes: for the
+        call, its ``build_alibi_tensor`` gets the (B, 1, T, S) mask and builds the same
+        biases over the S key slots, ``slope_h * j`` (padding is the 4-D mask's job)."""
+        if not self._alibi_from_2d:
+            yield
+            return
+        base: Any = self._base
+        original = base.build_alibi_tensor
+
+        def over_slots(attention_mask: Tensor, num_heads: int, dtype: torch.dtype) -> Tensor:
+            B, S = attention_mask.shape[0], attention_mask.shape[-1]
+            ones = torch.ones(B, S, dtype=torch.long, device=attention_mask.device)
+            return original(ones, num_heads, dtype)  # (B * H, 1, S)
+
+        base.build_alibi_tensor = over_slots
+        try:
+            yield
+        finally:
+            del base.build_alibi_tensor  # back to the class's method
+
+    def _attention_masks(
+        self, mask: masks.MaskSpec | None, q_offset: Tensor, positions: Tensor, T: int, S: int
+    ) -> Tensor | dict[str, Tensor]:
+        """The 4-D mask for HF: one tensor when every layer is of one kind, else a dict
+        ``{layer type: mask}`` (what transformers' hybrid models take as given). A
+        sliding-window layer also drops keys whose position is ``sliding_window`` or more
+        before the query's: key slot j of row b has position j when committed
+        (``j < q_offset[b]``) and ``positions[b, j - q_offset[b]]`` when written by this
+        forward, so a tree branch sees the window it would see run alone."""
+        allowed = self._allowed(mask, q_offset, T, S)  # (B, T, S) bool
+        kinds = set(self.layer_types)
+        out: dict[str, Tensor] = {}
+        if _FULL in kinds:
+            out[_FULL] = self._additive(allowed)
+        if _SLIDING in kinds:
+            w = self.sliding_window
+            assert w is not None
+            B = q_offset.shape[0]
+            slots = torch.arange(S, device=q_offset.device).expand(B, S)  # (B, S)
+            new = (slots >= q_offset[:, None]) & (slots < (q_offset + T)[:, None])
+            idx = (slots - q_offset[:, None]).clamp(0, T - 1)
+            key_pos = torch.where(new, positions.gather(1, idx), slots)  # (B, S)
+            near = positions[:, :, None] - key_pos[:, None, :] < w  # (B, T, S)
+            out[_SLIDING] = self._additive(allowed & near)
+        return next(iter(out.values())) if len(out) == 1 else out
+
+    def _additive(self, allowed: Tensor) -> Tensor:
+        """(B, T, S) bool -> (B, 1, T, S) additive float mask (0 or the dtype's minimum)."""
+        blocked = torch.finfo(self.dtype).min
+        zero = torch.zeros((), dtype=self.dtype, device=allowed.device)
+        return torch.where(allowed, zero, blocked)[:, None]
+
+    def _allowed(self, mask: masks.MaskSpec | None, q_offset: Tensor, T: int, S: int) -> Tensor:
+        """(B, T, S) bool: slot j is visible to query i of row b iff
         ``j < q_offset[b] + T`` and ``mask`` allows (q_offset[b] + i, j)."""
         spec = self._causal if mask is None else mask
         B, device = q_offset.shape[0], q_offset.device
@@ -269,10 +494,7 @@ class HFCausalLM(nn.Module):
         allowed = spec.to_dense(T, K, q_offset=q_offset, batch_size=B, device=device)  # (B, T, K)
         slots = torch.arange(K, device=device)[None, None, :]  # (1, 1, K)
         allowed = allowed & (slots < (q_offset + T)[:, None, None])
-        allowed = torch.nn.functional.pad(allowed, (0, S - K), value=False)  # (B, T, S)
-        blocked = torch.finfo(self.dtype).min
-        zero = torch.zeros((), dtype=self.dtype, device=device)
-        return torch.where(allowed, zero, blocked)[:, None]  # (B, 1, T, S)
+        return torch.nn.functional.pad(allowed, (0, S - K), value=False)  # (B, T, S)
 
     def _check_inputs(
         self,

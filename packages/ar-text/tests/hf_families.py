@@ -1,0 +1,176 @@
+"""Every causal-LM family of ``transformers`` (its auto mapping, read at test time) built
+from a tiny config and checked under ``from_hf``: exact greedy equality with HF's own
+``generate``, or a clear ``ConfigError`` from ``from_hf``; never a crash.
+
+``check_family(model_type)`` returns ``(status, reason)``: ``supported`` (every check
+passed), ``refused`` (``from_hf`` raised ``ConfigError``; the reason is its message) or
+``skipped`` (the tiny model cannot be built or run by transformers itself on this machine:
+extra packages, a config that needs downloads, HF's own generate failing). Anything else
+(a crash inside the adapter, a mismatch) raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+V = 97  # a vocabulary unlike any default, so a wrong vocab_size shows
+MAX_POS = 128
+N_NEW = 8
+
+# attribute -> tiny value; only the ones a family's config class already has are passed
+TINY: dict[str, Any] = {
+    "vocab_size": V,
+    "hidden_size": 64,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": MAX_POS,
+    "sliding_window": 4,  # small, so windows matter within the test's sequences
+    "ffn_dim": 64,
+    "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 32,
+    "num_experts": 4,
+    "num_local_experts": 4,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "first_k_dense_replace": 0,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "decoder_start_token_id": 1,
+    "tie_word_embeddings": True,
+}
+
+
+def causal_lm_families() -> list[str]:
+    """The model types of transformers' causal-LM auto mapping (read now, not a list)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def tiny_config(model_type: str, **extra: Any) -> Any:
+    """The family's config class with the TINY values it has (2 layers, width 64, V
+    words), plus ``extra``; a multimodal config is reduced through its text config."""
+    from transformers import AutoConfig
+
+    default = AutoConfig.for_model(model_type)
+    text = default.get_text_config()
+    names = set(text.to_dict())
+    for cls in type(text).__mro__:
+        names |= set(getattr(cls, "__annotations__", {}))
+        names |= set(getattr(cls, "attribute_map", {}))
+    kw = {k: v for k, v in TINY.items() if k in names}
+    if "sliding_window" in kw and getattr(text, "sliding_window", None) is None:
+        del kw["sliding_window"]  # the family's windows are off by default: keep them off
+    kw.update(extra)
+    kw["is_decoder"] = True
+    if text is default:
+        cfg = type(default)(**kw)
+    else:  # e.g. Gemma-3: a text config inside the model's config
+        key = next(k for k, v in vars(default).items() if v is text)
+        cfg = type(default)(**{key: type(text)(**kw).to_dict()})
+    cfg._attn_implementation = "eager"
+    return cfg
+
+
+def build(model_type: str, seed: int = 0, **extra: Any) -> Any:
+    """The family's causal-LM class from its tiny config, random weights, eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(model_type, **extra)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    model.generation_config.eos_token_id = None  # random weights: never stop early
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def prompts(batch: int = 2, length: int = 7, seed: int = 1) -> torch.Tensor:
+    return torch.randint(3, V, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def hf_greedy(model: Any, ids: torch.Tensor, n: int = N_NEW) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=n,
+            min_new_tokens=n,
+        )
+
+
+def check_model(model: Any) -> None:
+    """Greedy on a batch, ragged prompts (each row as if alone), cached == uncached
+    logits, and speculative decoding with a self-draft all equal HF's greedy."""
+    from ar_core.generation import GenerationConfig, generate
+    from ar_text import from_hf
+
+    ar_model = from_hf(model)
+    cfg = GenerationConfig(max_new_tokens=N_NEW)
+    ids = prompts()
+    ref = hf_greedy(model, ids)
+    got = generate(ar_model, ids, cfg).sequences
+    assert torch.equal(got, ref), f"greedy differs:\n{got}\n{ref}"
+    lengths = torch.tensor([4, 7])
+    ragged = generate(ar_model, ids, cfg, prompt_lengths=lengths).sequences
+    for b in range(2):
+        alone = hf_greedy(model, ids[b : b + 1, : int(lengths[b])])[0]
+        assert torch.equal(ragged[b, : alone.shape[0]], alone), f"ragged row {b} differs"
+    cache = ar_model.new_cache(2, 16)
+    with torch.no_grad():
+        full = ar_model(ids).logits
+        parts = [ar_model(ids[:, a:b], cache=cache).logits for a, b in ((0, 4), (4, 5), (5, 7))]
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-4, atol=1e-5)
+    try:
+        import ar_decoding  # noqa: F401
+    except ImportError:  # pragma: no cover - ar-decoding is a dev dependency
+        return
+    spec = generate(
+        ar_model, ids[:1], cfg, strategy="speculative", draft_model=ar_model, do_sample=False
+    ).sequences
+    assert torch.equal(spec, ref[:1]), "speculative with a self-draft differs"
+
+
+def check_family(model_type: str) -> tuple[str, str]:
+    from ar_core.errors import ConfigError
+    from ar_text import from_hf
+
+    try:
+        model = build(model_type)
+        hf_greedy(model, prompts(batch=1, length=3), n=2)  # transformers itself can run it
+    except Exception as e:
+        return (
+            "skipped",
+            f"tiny model not built/run by transformers: {type(e).__name__}: {_short(e)}",
+        )
+    try:
+        from_hf(model)
+    except ConfigError as e:
+        return "refused", str(e)
+    check_model(model)
+    return "supported", ""
+
+
+def _short(e: BaseException, n: int = 160) -> str:
+    s = " ".join(str(e).split())
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+if __name__ == "__main__":  # pragma: no cover - a manual run prints the table
+    import sys
+    import traceback
+
+    fams = sys.argv[1:] or causal_lm_families()
+    for fam in fams:
+        try:
+            status, reason = check_family(fam)
+        except Exception as e:
+            status, reason = "FAIL", f"{type(e).__name__}: {_short(e, 300)}"
+            traceback.print_exc(limit=-3)
+        print(f"| {fam} | {status} | {reason} |", flush=True)
