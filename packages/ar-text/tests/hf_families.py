@@ -31,6 +31,19 @@ TINY: dict[str, Any] = {
     "max_position_embeddings": MAX_POS,
     "sliding_window": 4,  # small, so windows matter within the test's sequences
     "ffn_dim": 64,
+    "decoder_layers": 2,  # decoders of encoder-decoder families (BART-like *ForCausalLM)
+    "encoder_layers": 2,
+    "decoder_ffn_dim": 64,
+    "encoder_ffn_dim": 64,
+    "decoder_attention_heads": 4,
+    "encoder_attention_heads": 4,
+    "qk_rope_head_dim": 8,  # multi-head latent attention (DeepSeek-like)
+    "qk_nope_head_dim": 8,
+    "v_head_dim": 16,
+    "kv_lora_rank": 16,
+    "q_lora_rank": 16,
+    "n_group": 1,
+    "topk_group": 1,
     "moe_intermediate_size": 32,
     "shared_expert_intermediate_size": 32,
     "num_experts": 4,
@@ -80,13 +93,14 @@ def tiny_config(model_type: str, **extra: Any) -> Any:
 
 def build(model_type: str, seed: int = 0, **extra: Any) -> Any:
     """The family's causal-LM class from its tiny config, random weights, eval mode."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     cfg = tiny_config(model_type, **extra)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
-    model.generation_config.eos_token_id = None  # random weights: never stop early
-    model.generation_config.pad_token_id = 0
+    # plain greedy: no family defaults (BART's forced EOS, no-repeat n-grams, ...) and,
+    # with random weights, no early stop
+    model.generation_config = GenerationConfig(pad_token_id=0, eos_token_id=None)
     return model
 
 

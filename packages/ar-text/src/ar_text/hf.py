@@ -249,6 +249,16 @@ class HFCausalLM(nn.Module):
         decoder = hf.get_decoder() if hasattr(hf, "get_decoder") else None
         hidden_from = decoder if isinstance(decoder, nn.Module) else self._base
         hidden_from.register_forward_hook(self._keep_hidden)
+        if "position_ids" not in inspect.signature(hidden_from.forward).parameters and not (
+            self._has_alibi(cfg)
+        ):
+            raise ConfigError(
+                f"from_hf: {self.family}'s decoder ({type(hidden_from).__name__}) takes no "
+                f"position_ids: it numbers positions from the cache's one shared length, so "
+                f"rows of different lengths and tree/lookahead positions would get wrong "
+                f"positions; closest supported: opt (learned absolute positions that take "
+                f"position_ids) or any RoPE family (llama)"
+            )
         self.n_kv_heads, self.head_dim = self._probe_cache_shape()
 
     # -- construction helpers ---------------------------------------------------------
@@ -325,10 +335,17 @@ class HFCausalLM(nn.Module):
         Falcon's multi-query, head_dim overrides)."""
         from transformers.cache_utils import CacheLayerMixin, DynamicCache
 
-        probe = DynamicCache(config=self.hf.config)
         ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-        with torch.no_grad():
-            self._base(input_ids=ids, use_cache=True, **{self._cache_kwarg: probe})
+        try:
+            probe = DynamicCache(config=self.hf.config)
+            with torch.no_grad():
+                self._base(input_ids=ids, use_cache=True, **{self._cache_kwarg: probe})
+        except Exception as e:
+            raise ConfigError(
+                f"from_hf: {self.family} does not run with a plain transformers KV cache "
+                f"(a 1-token forward through DynamicCache failed: {type(e).__name__}: {e}); "
+                f"the adapter needs attention layers that keep keys and values per token"
+            ) from e
         shapes = set()
         for i, layer in enumerate(probe.layers):
             if not isinstance(layer, CacheLayerMixin) or layer.keys is None or layer.values is None:

@@ -1,10 +1,12 @@
 """ar's decoding strategies on a Hugging Face model (through ``ar_text.from_hf``) against
 Hugging Face's own ``generate`` on the same weights.
 
-Target: a random-weight ``LlamaForCausalLM`` (4 layers x 256, vocabulary 1024). Draft: a
-1-layer Llama that shares the target's embeddings, first block, final norm and LM head (a
-layer-skip draft: random weights give a random draft nothing to agree on, a truncated
-target agrees sometimes). The prompt is a random 16-token phrase repeated, so prompt
+Target: a random-weight HF causal LM of ``--family`` (4 layers x 256, vocabulary 1024):
+``llama`` (RoPE, the default), ``bloom`` (ALiBi) or ``mistral`` (RoPE, every layer a
+sliding window of 32, shorter than the prompt). Draft: the same family with 1 layer that
+shares the target's embeddings, first block, final norm and LM head (a layer-skip draft:
+random weights give a random draft nothing to agree on, a truncated target agrees
+sometimes). The prompt is a random 16-token phrase repeated, so prompt
 lookup has something to find (and greedy decoding of random weights soon loops too).
 
 Rows (batch 1, CPU, one thread): ar ``greedy``, ``speculative`` (k=4, the draft above),
@@ -14,7 +16,7 @@ tokens/s (best of ``--repeats`` after one warm-up), target forward passes (for H
 of the target's ``forward``), mean accepted length where ar counts it, and whether the
 tokens equal HF greedy's.
 
-    uv run ar bench hf_strategies -- [--quick] [--out PATH]
+    uv run ar bench hf_strategies -- [--quick] [--family llama|bloom|mistral] [--out PATH]
 """
 
 from __future__ import annotations
@@ -37,20 +39,32 @@ VOCAB = 1024
 TARGET = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8)
 
 
-def build_models(seed: int) -> tuple[transformers.LlamaForCausalLM, transformers.LlamaForCausalLM]:
-    """(target, draft) HF Llamas; the draft is the target's first block with its
-    embeddings, final norm and head."""
+FAMILIES: dict[str, tuple[type[Any], type[Any], dict[str, Any]]] = {
+    "llama": (
+        transformers.LlamaConfig,
+        transformers.LlamaForCausalLM,
+        dict(num_key_value_heads=4, max_position_embeddings=1024),
+    ),
+    "bloom": (transformers.BloomConfig, transformers.BloomForCausalLM, {}),
+    "mistral": (
+        transformers.MistralConfig,
+        transformers.MistralForCausalLM,
+        dict(num_key_value_heads=4, max_position_embeddings=1024, sliding_window=32),
+    ),
+}
+
+
+def build_models(seed: int, family: str = "llama") -> tuple[Any, Any]:
+    """(target, draft) HF models of ``family``; the draft is the target's first block with
+    its embeddings, final norm and head (every draft parameter is copied from the target
+    parameter of the same name)."""
+    config_cls, model_cls, extra = FAMILIES[family]
     torch.manual_seed(seed)
-    common: dict[str, Any] = dict(
-        vocab_size=VOCAB, num_key_value_heads=4, max_position_embeddings=1024, **TARGET
-    )
-    target = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).eval()
-    draft_cfg = transformers.LlamaConfig(**{**common, "num_hidden_layers": 1})
-    draft = transformers.LlamaForCausalLM(draft_cfg).eval()
-    draft.model.embed_tokens.load_state_dict(target.model.embed_tokens.state_dict())
-    draft.model.layers[0].load_state_dict(target.model.layers[0].state_dict())
-    draft.model.norm.load_state_dict(target.model.norm.state_dict())
-    draft.lm_head.load_state_dict(target.lm_head.state_dict())
+    common: dict[str, Any] = dict(vocab_size=VOCAB, **TARGET, **extra)
+    target = model_cls(config_cls(**common)).eval()
+    draft = model_cls(config_cls(**{**common, "num_hidden_layers": 1})).eval()
+    own = target.state_dict()
+    draft.load_state_dict({k: own[k] for k in draft.state_dict()})
     for m in (target, draft):
         m.generation_config.eos_token_id = None  # random weights: never stop early
         m.generation_config.pad_token_id = 0
@@ -78,12 +92,13 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="llama")
     args = parser.parse_args(argv)
     n = args.new_tokens or (32 if args.quick else 128)
     repeats = args.repeats or (1 if args.quick else 3)
     torch.set_num_threads(1)  # a shared 2-core machine: one thread keeps timings steady
 
-    target, draft = build_models(args.seed)
+    target, draft = build_models(args.seed, args.family)
     ar_target, ar_draft = from_hf(target), from_hf(draft)
     phrase = torch.randint(0, VOCAB, (16,), generator=torch.Generator().manual_seed(args.seed))
     ids = phrase.repeat(4)[None]  # (1, 64)
@@ -100,8 +115,8 @@ def main(argv: list[str]) -> dict[str, Any]:
 
         return run
 
-    # HF's generate calls target.forward once per target pass (ar's adapter calls the base
-    # model and the head directly, and counts its passes in GenerationStats)
+    # HF's generate calls target.forward once per target pass (ar's adapter calls it too,
+    # but its rows count their passes in GenerationStats; the counter is reset per HF run)
     hf_calls = {"n": 0}
     hf_forward = target.forward
 
@@ -150,7 +165,8 @@ def main(argv: list[str]) -> dict[str, Any]:
             "new_tokens": n,
             "repeats": repeats,
             "prompt_tokens": ids.shape[1],
-            "target": {"vocab_size": VOCAB, **TARGET},
+            "family": args.family,
+            "target": {"vocab_size": VOCAB, **TARGET, **FAMILIES[args.family][2]},
             "draft_layers": 1,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
