@@ -28,6 +28,7 @@ MEMBERS = {
     "ar-decoding": "packages/ar-decoding",
     "ar-vision": "packages/ar-vision",
     "ar-text": "packages/ar-text",
+    "ar-diffusion": "packages/ar-diffusion",
     "ar-cli": "apps/ar-cli",
 }
 SOURCES = [f"{path}/src" for path in MEMBERS.values()]
@@ -101,7 +102,7 @@ def wheels(session: nox.Session) -> None:
         session.run(
             "python",
             "-c",
-            "import ar_core, ar_kernels, ar_decoding, ar_vision, ar_text, ar_cli; print('imports ok')",
+            "import ar_core, ar_kernels, ar_decoding, ar_vision, ar_text, ar_diffusion, ar_cli; print('imports ok')",
         )
         session.run("ar", "plugins")
         out = session.run("ar", "plugins", "--json", silent=True)

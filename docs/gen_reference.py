@@ -20,6 +20,7 @@ PACKAGES = {
     "ar-decoding": "packages/ar-decoding",
     "ar-vision": "packages/ar-vision",
     "ar-text": "packages/ar-text",
+    "ar-diffusion": "packages/ar-diffusion",
     "ar-cli": "apps/ar-cli",
 }
 
