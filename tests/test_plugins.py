@@ -12,7 +12,7 @@ import torch
 
 import ar_core
 from ar_core import plugins, registry
-from ar_core.errors import DuplicateRegistrationError, PluginError, UnknownNameError
+from ar_core.errors import UnknownNameError
 
 
 def _ar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -79,7 +79,20 @@ def test_plugin_whose_hook_raises_is_skipped(fake_distribution):
     assert "raster" in registry.orderings.names()
 
 
-def test_duplicate_name_is_an_error_naming_both(fake_distribution):
+def _skipped(name: str, match: str) -> plugins.PluginInfo:
+    """Load every plugin; ``name`` is skipped with a warning matching ``match``, the others
+    (and ar-core's built-ins) load."""
+    with pytest.warns(plugins.PluginLoadWarning, match=match):
+        infos = plugins.load()
+    info = next(i for i in infos if i.name == name)
+    assert info.status == "failed" and info.error and info.registered == {}
+    assert registry.orderings.provider("raster") == "core"
+    assert registry.orderings.provider("zigzag") == "zigzag"
+    assert {i.name: i.status for i in infos}["core"] == "loaded"
+    return info
+
+
+def test_duplicate_name_is_skipped_with_a_warning_naming_both(fake_distribution):
     fake_distribution(
         "ar-dupe",
         "dupe",
@@ -87,14 +100,30 @@ def test_duplicate_name_is_an_error_naming_both(fake_distribution):
         import ar_core
         @ar_core.hookimpl
         def register_orderings(register):
+            register("dupe-own", object)
             register("raster", object)
         """,
     )
-    with pytest.raises(DuplicateRegistrationError, match=r"'raster'.*'core'.*'dupe'"):
-        plugins.load()
+    info = _skipped("dupe", r"'dupe'.*'raster'.*'core'.*'dupe'")
+    assert "DuplicateRegistrationError" in (info.error or "")
+    assert "dupe-own" not in registry.orderings.names()  # all or nothing
 
 
-def test_misspelt_hook_fails_check_pending(fake_distribution):
+def test_a_plugin_named_before_core_cannot_displace_a_builtin(fake_distribution):
+    fake_distribution(
+        "ar-aaa",
+        "aaa",
+        """
+        import ar_core
+        @ar_core.hookimpl
+        def register_orderings(register):
+            register("raster", object)
+        """,
+    )
+    _skipped("aaa", r"'aaa'.*registered twice")
+
+
+def test_misspelt_hook_is_skipped_with_a_warning(fake_distribution):
     fake_distribution(
         "ar-typo",
         "typo",
@@ -105,8 +134,73 @@ def test_misspelt_hook_fails_check_pending(fake_distribution):
             register("x", object)
         """,
     )
-    with pytest.raises(PluginError, match="register_ordering"):
+    info = _skipped("typo", r"'typo'.*does not exist.*register_ordering")
+    assert "register_ordering" in (info.error or "")
+
+
+def test_hook_with_a_wrong_argument_name_is_skipped(fake_distribution):
+    fake_distribution(
+        "ar-badarg",
+        "badarg",
+        """
+        import ar_core
+        @ar_core.hookimpl
+        def register_orderings(registr):
+            registr("x", object)
+        """,
+    )
+    info = _skipped("badarg", r"'badarg'.*does not match")
+    assert "registr" in (info.error or "")
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["import sys\nsys.exit(3)\n", "raise BaseException('odd')\n", "raise SystemExit\n"],
+)
+def test_system_exit_or_base_exception_at_import_is_skipped(fake_distribution, source):
+    fake_distribution("ar-exits", "exits", source)
+    _skipped("exits", r"'exits'.*failed to import")
+
+
+def test_keyboard_interrupt_at_import_goes_through(fake_distribution):
+    fake_distribution("ar-ctrlc", "ctrlc", "raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
         plugins.load()
+
+
+_BROKEN = {
+    "dupe": "import ar_core\n@ar_core.hookimpl\ndef register_orderings(register):\n"
+    "    register('raster', object)\n",
+    "typo": "import ar_core\n@ar_core.hookimpl\ndef register_ordering(register):\n    pass\n",
+    "badarg": "import ar_core\n@ar_core.hookimpl\ndef register_orderings(reg):\n    pass\n",
+    "exits": "import sys\nsys.exit(3)\n",
+    "cmdfail": "import ar_core\n@ar_core.hookimpl\ndef register_orderings(register):\n"
+    "    register('cmdfail-order', object)\n@ar_core.hookimpl\ndef register_commands(cli):\n"
+    "    @cli.command('half')\n    def half() -> None:\n        pass\n"
+    "    raise RuntimeError('no commands today')\n",
+}
+
+
+def test_cli_keeps_working_with_every_kind_of_broken_plugin(fake_distribution):
+    roots = [str(fake_distribution(f"ar-{n}", n, src)) for n, src in _BROKEN.items()]
+    env = {"PYTHONPATH": os.pathsep.join([*roots, os.environ.get("PYTHONPATH", "")])}
+    proc = _ar("plugins", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    data = {p["name"]: p for p in json.loads(proc.stdout)}
+    for name in _BROKEN:
+        assert data[name]["status"] == "failed", name
+        assert data[name]["error"] and data[name]["registered"] == {}, name
+        assert f"ar plugin '{name}'" in proc.stderr  # the warning names it
+    assert "no commands today" in data["cmdfail"]["error"]
+    assert data["core"]["status"] == "loaded" and data["zigzag"]["status"] == "loaded"
+    table = _ar("plugins", env={**env, "COLUMNS": "400"})
+    (row,) = [line for line in table.stdout.splitlines() if "cmdfail" in line]
+    assert table.returncode == 0 and "failed" in row and "no commands today" in row
+    help_ = _ar("--help", env=env)
+    assert help_.returncode == 0 and " half " not in help_.stdout  # taken back
+    # the other commands keep working: a real one runs, a user mistake is still one line
+    proc = _ar("bench", "no-such-benchmark", env=env)
+    assert proc.returncode == 2 and "unknown benchmark" in proc.stderr
 
 
 def test_unknown_name_lists_available_and_the_package_to_install(monkeypatch):

@@ -189,3 +189,31 @@ def test_demo_writes_one_result_json_with_a_run_per_recipe(tmp_path: Path, capsy
         for path in paths:
             assert (out / path).is_file() and f"src='{path}'" in page
     assert "<td>0.5</td>" in page
+
+
+class _RaisingRecipe(_FakeRecipe):
+    def _run(self, config: _FakeConfig, out_dir: Path, progress) -> RecipeResult:
+        raise RuntimeError("recipe exploded")
+
+
+def test_demo_continues_past_a_failing_recipe_and_reports_it(tmp_path: Path, capsys):
+    from ar_core import plugins, registry
+
+    plugins.ensure_loaded()
+    registry.recipes.register("fake-bad", _RaisingRecipe("fake-bad"), provider="test")
+    registry.recipes.register("fake-good", _FakeRecipe("fake-good"), provider="test")
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--only", "fake-bad", "--only", "fake-good"]
+    assert main(argv) == 1  # the run as a whole failed ...
+    err = capsys.readouterr().err
+    assert "recipe 'fake-bad' failed: RuntimeError: recipe exploded" in err
+    assert "1 of 2 recipes failed (fake-bad)" in err and "Traceback" not in err
+    payload = json.loads((out / "result.json").read_text())  # ... but the report is written
+    assert payload["failed"] == ["fake-bad"]
+    bad, good = payload["runs"]
+    assert bad["status"] == "failed" and bad["error"] == "RuntimeError: recipe exploded"
+    assert good["status"] == "ok" and good["error"] is None
+    assert good["metrics"] == {"value": 0.5}  # the recipe after the failure still ran
+    page = (out / "index.html").read_text()
+    assert "fake-bad: FAILED" in page and "recipe exploded" in page
+    assert "fake-good result" in page

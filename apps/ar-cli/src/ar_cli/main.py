@@ -18,6 +18,7 @@ from ar_cli.report import RESULT_FILE, Run, print_result, print_table, write_rep
 from ar_core import plugins, registry
 from ar_core.errors import ArError
 from ar_core.recipes import (
+    RecipeResult,
     Table,
     build_config,
     parse_overrides,
@@ -50,17 +51,20 @@ def plugins_table() -> Table:
                 info.distribution or "-",
                 info.version or "-",
                 info.status,
-                registered or (info.error or "-"),
+                (info.error or "-") if info.status == "failed" else (registered or "-"),
             ]
         )
-    return Table("Plugins", ["plugin", "distribution", "version", "status", "registered"], rows)
+    return Table(
+        "Plugins", ["plugin", "distribution", "version", "status", "registered (or error)"], rows
+    )
 
 
 @app.command("plugins")
 def plugins_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List every plugin, its distribution and version, and what it registered."""
+    """List every plugin, its distribution and version, its status (loaded, failed,
+    skipped) and what it registered, or the error that made it fail."""
     infos = plugins.plugin_infos()
     if as_json:
         print(json.dumps([i.as_dict() for i in infos], indent=2))
@@ -151,6 +155,7 @@ def demo_cmd(
     if not names:
         raise ArError("no recipe is installed; install ar-core (and ar-text, ar-vision, ...)")
     runs: list[Run] = []
+    failed: list[str] = []
     total = time.perf_counter()
     for i, name in enumerate(names, 1):
         r = registry.recipes.get(name)
@@ -160,25 +165,40 @@ def demo_cmd(
         run_dir.mkdir(parents=True, exist_ok=True)
         write_recipe_file(run_dir, name, config)
         start = time.perf_counter()
-        result = r.run(config, run_dir, _progress)
+        try:
+            result = r.run(config, run_dir, _progress)
+        except Exception as exc:  # one failing recipe must not cost the others their report
+            error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+            err_console.print(f"error: recipe {name!r} failed: {error}", markup=False)
+            result = RecipeResult(title=f"{name}: FAILED", summary=f"failed: {error}")
+            failed.append(name)
+            runs.append(Run(name, config, result, time.perf_counter() - start, error=error))
+            continue
         seconds = time.perf_counter() - start
         print_result(console, result)
         runs.append(Run(name, config, result, seconds))
     total_seconds = time.perf_counter() - total
     timing = Table(
         "Demo timings",
-        ["recipe", "seconds"],
-        [[run.recipe, round(run.seconds, 1)] for run in runs]
-        + [["total", round(total_seconds, 1)]],
+        ["recipe", "seconds", "status"],
+        [[run.recipe, round(run.seconds, 1), run.status] for run in runs]
+        + [["total", round(total_seconds, 1), f"{len(failed)} failed" if failed else "ok"]],
     )
     index, result_json = write_report(
         out,
         "ar demo",
         runs,
         [plugins_table(), timing],
-        extra={"total_seconds": round(total_seconds, 3)},
+        extra={"total_seconds": round(total_seconds, 3), "failed": failed},
     )
     console.print(f"[bold]wrote {index} and {result_json}[/bold]")
+    if failed:
+        err_console.print(
+            f"error: {len(failed)} of {len(runs)} recipes failed ({', '.join(failed)}); "
+            f"see {index}",
+            markup=False,
+        )
+        raise typer.Exit(1)
 
 
 def _add_plugin_commands() -> None:

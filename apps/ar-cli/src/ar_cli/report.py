@@ -111,6 +111,11 @@ class Run:
     config: pydantic.BaseModel
     result: RecipeResult
     seconds: float
+    error: str | None = None  # the recipe raised: ``result`` only names the failure
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.error is None else "failed"
 
 
 def place_images(
@@ -202,6 +207,8 @@ def run_json(run: Run, images: list[tuple[str, Path]]) -> dict[str, Any]:
     r = run.result
     return {
         "recipe": run.recipe,
+        "status": run.status,
+        "error": run.error,
         "config": run.config.model_dump(mode="json"),
         "seconds": round(run.seconds, 3),
         "title": r.title,

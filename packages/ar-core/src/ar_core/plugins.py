@@ -5,11 +5,12 @@ own entry point ``core = "ar_core._plugin"``.
 
 * ``AR_PLUGINS`` is an allow-list of entry-point or distribution names, comma separated.
   Unset: every installed plugin loads. Empty string: none loads.
-* A plugin that fails to import (or whose hook raises) is reported by name with a
-  warning and skipped; the others load.
-* A name registered twice is a :class:`~ar_core.errors.DuplicateRegistrationError`
-  naming both plugins.
-* ``pm.check_pending()`` runs after loading, so a hook with a misspelt name fails loudly.
+* One broken plugin never takes the others (or the CLI) down: a plugin that fails to
+  import (any exception, ``SystemExit`` included), implements a hook that does not exist
+  (a misspelt name), takes an argument the hook does not pass, registers a name another
+  plugin registered first, or whose hook raises, is reported by name with a
+  :class:`PluginLoadWarning` and skipped (status ``"failed"`` with its error); the others
+  load. Only ``KeyboardInterrupt`` goes through.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import pluggy
 
 from ar_core import hookspecs
-from ar_core.errors import DuplicateRegistrationError, PluginError
+from ar_core.errors import DuplicateRegistrationError
 from ar_core.registry import HOOK_REGISTRIES
 
 ENTRY_POINT_GROUP = "ar"
@@ -87,7 +88,8 @@ def _entry_points() -> list[md.EntryPoint]:
     eps = md.entry_points(group=ENTRY_POINT_GROUP)
     seen: set[tuple[str, str]] = set()
     out = []
-    for ep in sorted(eps, key=lambda e: e.name):
+    # ar-core's built-ins first: a plugin re-registering one of them is the one skipped
+    for ep in sorted(eps, key=lambda e: (e.name != "core", e.name)):
         key = (ep.name, ep.value)
         if key not in seen:  # the same distribution found twice on sys.path
             seen.add(key)
@@ -95,8 +97,22 @@ def _entry_points() -> list[md.EntryPoint]:
     return out
 
 
+def _fail(info: PluginInfo, what: str, exc: BaseException) -> None:
+    """Mark ``info`` failed and warn, naming the plugin and its error."""
+    message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    info.status, info.error = "failed", f"{type(exc).__name__}: {message}".rstrip(": ")
+    info.registered = {}
+    warnings.warn(
+        f"ar plugin {info.name!r} {what} and was skipped: {info.error}; fix or uninstall "
+        f"it, or leave it out with AR_PLUGINS",
+        PluginLoadWarning,
+        stacklevel=3,
+    )
+
+
 def _call_registrations(pm: pluggy.PluginManager, plugin: object, info: PluginInfo) -> None:
-    """Call each ``register_*`` hook of one plugin and commit what it registered."""
+    """Call each ``register_*`` hook of one plugin and commit what it registered: all of it,
+    or nothing when a name is invalid or already taken."""
     staged: list[tuple[str, str, Any]] = []
     for hook_name in HOOK_REGISTRIES:
         caller = getattr(pm.hook, hook_name)
@@ -108,6 +124,15 @@ def _call_registrations(pm: pluggy.PluginManager, plugin: object, info: PluginIn
                 staged.append((_hook, name, obj))
 
             impl.function(register=register)
+    for hook_name, name, _obj in staged:  # check everything before committing anything
+        HOOK_REGISTRIES[hook_name].check_new(name, provider=info.name)
+    seen = [(hook_name, name) for hook_name, name, _ in staged]
+    for key in set(seen):
+        if seen.count(key) > 1:
+            raise DuplicateRegistrationError(
+                f"{HOOK_REGISTRIES[key[0]].description} {key[1]!r} is registered twice by "
+                f"plugin {info.name!r}"
+            )
     for hook_name, name, obj in staged:
         HOOK_REGISTRIES[hook_name].register(name, obj, provider=info.name)
         info.registered.setdefault(HOOK_REGISTRIES[hook_name].kind, []).append(name)
@@ -140,14 +165,10 @@ def load(
             continue
         try:
             plugin = ep.load()
-        except Exception as exc:  # a broken plugin must not take the others down
-            info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
-            warnings.warn(
-                f"ar plugin {ep.name!r} (from {dist or 'unknown distribution'}) failed to "
-                f"import and was skipped: {info.error}",
-                PluginLoadWarning,
-                stacklevel=2,
-            )
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: a broken plugin must not end `ar`
+            _fail(info, f"failed to import (from {dist or 'unknown distribution'})", exc)
             infos.append(info)
             continue
         candidates.append((info, plugin))
@@ -159,29 +180,28 @@ def load(
         candidates.append((info, plugin))
         infos.append(info)
 
+    registered: list[tuple[PluginInfo, Any]] = []
     for info, plugin in candidates:
         try:
             pm.register(plugin, name=info.name)
-        except Exception as exc:
-            raise PluginError(f"plugin {info.name!r} could not be registered: {exc}") from exc
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"a plugin implements a hook that does not exist: {exc}") from exc
+        except Exception as exc:  # e.g. a hook argument the hook does not pass
+            _fail(info, "has a hook that does not match its specification", exc)
+            continue
+        try:
+            pm.check_pending()  # the plugins before this one passed: this one is at fault
+        except pluggy.PluginValidationError as exc:
+            pm.unregister(plugin)
+            _fail(info, "implements a hook that does not exist (a misspelt name?)", exc)
+            continue
+        registered.append((info, plugin))
 
-    for info, plugin in candidates:
+    for info, plugin in registered:
         try:
             _call_registrations(pm, plugin, info)
-        except (PluginError, DuplicateRegistrationError):
-            reset()
+        except KeyboardInterrupt:
             raise
-        except Exception as exc:
-            info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
-            warnings.warn(
-                f"ar plugin {info.name!r} raised while registering and was skipped: {info.error}",
-                PluginLoadWarning,
-                stacklevel=2,
-            )
+        except BaseException as exc:
+            _fail(info, "could not register", exc)
             pm.unregister(plugin)
 
     _state.pm, _state.infos, _state.loaded = pm, infos, True
@@ -213,18 +233,32 @@ def reset() -> None:
 
 
 def add_commands(cli: Any) -> list[str]:
-    """Let every loaded plugin add subcommands to the typer app ``cli``; return failures."""
+    """Let every loaded plugin add subcommands to the typer app ``cli``; return failures.
+
+    A plugin whose ``register_commands`` raises is skipped whole: the commands it added
+    before raising are taken back, what it registered is removed from the registries, and
+    ``ar plugins`` shows it as failed with its error."""
     pm = get_plugin_manager()
     failures = []
+    by_name = {info.name: info for info in _state.infos}
     for impl in pm.hook.register_commands.get_hookimpls():
+        commands = list(getattr(cli, "registered_commands", []))
+        groups = list(getattr(cli, "registered_groups", []))
         try:
             impl.function(cli=cli)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             failures.append(impl.plugin_name)
-            warnings.warn(
-                f"ar plugin {impl.plugin_name!r} failed to add its commands and was skipped: "
-                f"{type(exc).__name__}: {exc}",
-                PluginLoadWarning,
-                stacklevel=2,
+            if hasattr(cli, "registered_commands"):
+                cli.registered_commands[:] = commands
+            if hasattr(cli, "registered_groups"):
+                cli.registered_groups[:] = groups
+            for registry in HOOK_REGISTRIES.values():
+                registry.remove_provider(impl.plugin_name)
+            info = by_name.get(impl.plugin_name) or PluginInfo(
+                impl.plugin_name, None, None, type(impl.plugin).__name__
             )
+            _fail(info, "failed to add its commands", exc)
+            pm.unregister(impl.plugin)
     return failures

@@ -54,6 +54,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "text-stargraph": "ar-text",
         "text-sequencematch": "ar-text",
         "vision-digits": "ar-vision",
+        "vision-images": "ar-vision",
     },
     "benchmarks": {
         "decoding": "ar-decoding",
@@ -75,7 +76,8 @@ class Registry(Generic[T]):
         self._providers: dict[str, str] = {}
 
     # -- filled by the plugin manager -------------------------------------------------
-    def register(self, name: str, obj: T, *, provider: str) -> None:
+    def check_new(self, name: str, *, provider: str) -> None:
+        """DuplicateRegistrationError unless ``name`` is a valid name not registered yet."""
         if not isinstance(name, str) or not name:
             raise DuplicateRegistrationError(
                 f"plugin {provider!r} registered a {self.kind} with an invalid name {name!r}"
@@ -86,8 +88,16 @@ class Registry(Generic[T]):
                 f"{self._providers[name]!r} and by plugin {provider!r}; uninstall one of them "
                 f"or choose with AR_PLUGINS"
             )
+
+    def register(self, name: str, obj: T, *, provider: str) -> None:
+        self.check_new(name, provider=provider)
         self._items[name] = obj
         self._providers[name] = provider
+
+    def remove_provider(self, provider: str) -> None:
+        """Forget every name ``provider`` registered (a plugin skipped after loading)."""
+        for name in [n for n, p in self._providers.items() if p == provider]:
+            del self._items[name], self._providers[name]
 
     def clear(self) -> None:
         self._items.clear()
