@@ -14,7 +14,9 @@ from typing import Any
 from ar_core.hookspecs import Register, hookimpl
 
 # strategy name -> (module of ar_diffusion, function)
-STRATEGIES: dict[str, tuple[str, str]] = {}
+STRATEGIES: dict[str, tuple[str, str]] = {
+    "mdlm": ("mdlm", "mdlm"),
+}
 
 
 def _lazy(module: str, attr: str) -> Callable[..., Any]:
