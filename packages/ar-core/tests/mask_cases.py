@@ -28,6 +28,9 @@ def cases() -> list[tuple[str, masks.MaskSpec, ref.Pair, int]]:
             ref.block_causal(STEPS_SHUFFLED),
             N,
         ),
+        ("block_diffusion", masks.block_diffusion(6, 2), ref.block_diffusion(6, 2), 12),
+        ("block_diffusion_1", masks.block_diffusion(6, 1), ref.block_diffusion(6, 1), 12),
+        ("block_diffusion_all", masks.block_diffusion(6, 6), ref.block_diffusion(6, 6), 12),
         ("two_stream", masks.two_stream(STEPS[:6]), ref.two_stream(STEPS[:6]), 12),
         (
             "two_stream_own_step",

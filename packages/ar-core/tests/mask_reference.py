@@ -30,6 +30,24 @@ def block_causal(steps: Sequence[int]) -> Pair:
     return lambda b, q, kv: steps[kv] <= steps[q]
 
 
+def block_diffusion(n: int, block_size: int) -> Pair:
+    """BD3-LM's three rules over [x_t (n) ; x_0 (n)], written out case by case."""
+
+    def see(b: int, q: int, kv: int) -> bool:
+        q_noisy, kv_noisy = q < n, kv < n
+        q_block = (q if q_noisy else q - n) // block_size
+        kv_block = (kv if kv_noisy else kv - n) // block_size
+        if q_noisy and kv_noisy:
+            return q_block == kv_block
+        if q_noisy:
+            return kv_block < q_block
+        if kv_noisy:
+            return False
+        return kv_block <= q_block
+
+    return see
+
+
 def two_stream(steps: Sequence[int], own_step: bool = False) -> Pair:
     n = len(steps)
 

@@ -17,6 +17,8 @@ Constructors and the idea each one implements:
 * ``causal()`` – the classic left-to-right LM.
 * ``prefix(n)`` – prefix-LM / non-causal decoder (T5, "UniLM", Dong et al. 2019).
 * ``block_causal(step_ids)`` – step-wise AR: block diffusion, VAR, ACDiT.
+* ``block_diffusion(n, block_size)`` – the vectorised training mask of block diffusion
+  over ``[x_t ; x_0]`` (BD3-LM, Arriola et al. 2025, arXiv:2503.09573).
 * ``two_stream(step_ids)`` – content/query streams, XLNet (Yang et al. 2019,
   arXiv:1906.08237) and any-order AR.
 * ``sliding_window(w)`` – local attention (Longformer, Mistral).
@@ -300,6 +302,44 @@ def block_causal(step_ids: Tensor | Sequence[int]) -> MaskSpec:
         cache_key=("block_causal", _key(steps)),
         length=n,
         device=steps.device,
+    )
+
+
+def block_diffusion(n: int, block_size: int) -> MaskSpec:
+    """Block diffusion's training mask over ``[x_t (n) ; x_0 (n)]`` (2n positions), one
+    forward for every block (BD3-LM, Arriola et al. 2025, arXiv:2503.09573, section 3.2).
+
+    With ``block(i) = (i mod n) // block_size``:
+
+    * noisy ``q`` sees noisy ``kv`` iff both are in the same block (block-diagonal);
+    * noisy ``q`` sees clean ``kv`` iff ``block(kv) < block(q)`` (the clean prefix);
+    * clean ``q`` sees clean ``kv`` iff ``block(kv) <= block(q)`` (block-causal);
+    * clean never sees noisy.
+    """
+    if n < 1 or block_size < 1:
+        raise ConfigError(
+            f"block_diffusion needs n >= 1 and block_size >= 1, got {n}, {block_size}"
+        )
+    if n % block_size:
+        raise ConfigError(
+            f"block_diffusion: block_size={block_size} does not divide the length n={n}; "
+            f"use a length that is a multiple of the block size"
+        )
+
+    def block_diffusion_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        q_c, kv_c = q.clamp(0, 2 * n - 1), kv.clamp(0, 2 * n - 1)
+        q_noisy, kv_noisy = q_c < n, kv_c < n
+        block_q, block_kv = (q_c % n) // block_size, (kv_c % n) // block_size
+        noisy_noisy = q_noisy & kv_noisy & (block_q == block_kv)
+        noisy_clean = q_noisy & ~kv_noisy & (block_kv < block_q)
+        clean_clean = ~q_noisy & ~kv_noisy & (block_kv <= block_q)
+        return noisy_noisy | noisy_clean | clean_clean
+
+    return MaskSpec(
+        block_diffusion_mod,
+        name=f"block_diffusion(n={n}, block={block_size})",
+        cache_key=("block_diffusion", n, block_size),
+        length=2 * n,
     )
 
 
@@ -684,6 +724,7 @@ __all__ = [
     "MaskMod",
     "MaskSpec",
     "block_causal",
+    "block_diffusion",
     "causal",
     "context_and_self",
     "document",
