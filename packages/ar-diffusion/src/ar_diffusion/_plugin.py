@@ -16,6 +16,7 @@ from ar_core.hookspecs import Register, hookimpl
 # strategy name -> (module of ar_diffusion, function)
 STRATEGIES: dict[str, tuple[str, str]] = {
     "mdlm": ("mdlm", "mdlm"),
+    "block-diffusion": ("bd3", "block_diffusion"),
 }
 
 
