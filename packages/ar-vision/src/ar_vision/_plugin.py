@@ -27,9 +27,10 @@ def register_tokenizers(register: Register) -> None:
 
 @hookimpl
 def register_recipes(register: Register) -> None:
-    from ar_vision.recipes.digits import recipe
+    from ar_vision.recipes import digits, images
 
-    register("vision-digits", recipe)
+    register("vision-digits", digits.recipe)
+    register("vision-images", images.recipe)
 
 
 @hookimpl

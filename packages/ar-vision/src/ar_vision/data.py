@@ -12,6 +12,7 @@ from ``numpy.random.default_rng(seed)``; the rest is the training split, in the 
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -91,15 +92,28 @@ class ImageFolder:
     Files directly in ``root`` get label 0; with sub-folders, each sub-folder is a class
     (labels in sorted order of the folder names, ``classes`` lists them). Non-square images
     are centre-cropped to a square first. Pixel values are scaled to [0, 1].
+
+    ``resize=False`` refuses an image that is not already ``size`` x ``size`` (naming it)
+    instead of resizing it; ``skip_bad=True`` makes :meth:`load_all` skip unreadable files
+    with a warning naming each (otherwise the first one is an InputError naming it).
     """
 
-    def __init__(self, root: str | Path, size: int, grayscale: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        size: int,
+        grayscale: bool = True,
+        *,
+        resize: bool = True,
+        skip_bad: bool = False,
+    ) -> None:
         self.root = Path(root)
         if size < 1:
             raise ConfigError(f"size must be >= 1; got {size}")
         if not self.root.is_dir():
             raise InputError(f"no image folder at {self.root}: it does not exist or is a file")
         self.size, self.grayscale = size, grayscale
+        self.resize, self.skip_bad = resize, skip_bad
         files = sorted(
             p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         )
@@ -123,19 +137,36 @@ class ImageFolder:
             with Image.open(path) as file:
                 img = file.convert("L" if self.grayscale else "RGB")
             w, h = img.size
+            if not self.resize and (w, h) != (self.size, self.size):
+                raise InputError(
+                    f"image {path} is {w}x{h}, not {self.size}x{self.size}; resize it or "
+                    f"set resize=true to resize every image to {self.size}x{self.size}"
+                )
             side = min(w, h)
             left, top = (w - side) // 2, (h - side) // 2
             img = img.crop((left, top, left + side, top + side))
             img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
             array = np.asarray(img, dtype=np.float32) / 255.0
         except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise InputError(f"cannot read image {path}: {exc}") from None
+            raise InputError(
+                f"cannot read image {path}: {exc} (remove it, or set skip_bad=true to skip "
+                f"unreadable files with a warning)"
+            ) from None
         x = torch.from_numpy(array.copy())
         x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)  # (C, size, size)
         return x, self._label[path.parent.relative_to(self.root).as_posix()]
 
     def load_all(self) -> tuple[Tensor, Tensor]:
         """Every image: (images (N, C, size, size), labels (N,) long)."""
-        items = [self[i] for i in range(len(self))]
+        items = []
+        for i in range(len(self)):
+            try:
+                items.append(self[i])
+            except InputError as exc:
+                if not self.skip_bad or "cannot read image" not in str(exc):
+                    raise
+                warnings.warn(f"skipping {exc}", stacklevel=2)
+        if not items:
+            raise InputError(f"no readable images in {self.root}")
         images = torch.stack([x for x, _ in items])
         return images, torch.tensor([y for _, y in items], dtype=torch.long)

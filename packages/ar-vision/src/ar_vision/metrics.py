@@ -153,9 +153,10 @@ def digits_classifier() -> DigitsClassifier:
     return _cached_classifier(_cache_file())
 
 
-def _check_images(images: Tensor, who: str) -> None:
-    if images.dim() != 4 or images.shape[1] != 1:
-        raise InputError(f"{who}: images must be (N, 1, S, S); got {tuple(images.shape)}")
+def _check_images(images: Tensor, who: str, channels: tuple[int, ...] = (1,)) -> None:
+    if images.dim() != 4 or images.shape[1] not in channels:
+        c = " or ".join(str(x) for x in channels)
+        raise InputError(f"{who}: images must be (N, {c}, S, S); got {tuple(images.shape)}")
 
 
 @torch.no_grad()
@@ -223,12 +224,13 @@ def save_grid(
     *,
     cell: int = 64,
 ) -> Path:
-    """Write images (N, 1, H, W) in [0, 1] as a PNG grid of ``nrow`` columns; each image is
+    """Write images (N, 1, H, W) (grey) or (N, 3, H, W) (RGB) in [0, 1] as a PNG grid of ``nrow`` columns; each image is
     upscaled (nearest) to about ``cell`` pixels, with its label above it when given."""
     from PIL import Image, ImageDraw
 
-    _check_images(images, "save_grid")
-    n, _, h, w = images.shape
+    _check_images(images, "save_grid", (1, 3))
+    n, nch, h, w = images.shape
+    mode = "L" if nch == 1 else "RGB"
     if n == 0 or nrow < 1:
         raise InputError(f"save_grid needs at least one image and nrow >= 1; got {n}, {nrow}")
     if labels is not None and len(labels) != n:
@@ -237,21 +239,138 @@ def save_grid(
     pad, text_h = 2, (12 if labels is not None else 0)
     cols, rows = min(nrow, n), math.ceil(n / nrow)
     cw, ch = w * scale + pad, h * scale + pad + text_h
-    canvas = Image.new("L", (cols * cw + pad, rows * ch + pad), color=128)
+    canvas = Image.new(
+        mode, (cols * cw + pad, rows * ch + pad), color=128 if nch == 1 else (128,) * 3
+    )
     draw = ImageDraw.Draw(canvas)
     pixels = (images.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
     for i in range(n):
         r, c = divmod(i, nrow)
         x0, y0 = pad + c * cw, pad + r * ch
-        tile = Image.fromarray(pixels[i, 0]).resize(
-            (w * scale, h * scale), Image.Resampling.NEAREST
-        )
+        array = pixels[i, 0] if nch == 1 else pixels[i].transpose(1, 2, 0)  # (H, W) or (H, W, 3)
+        tile = Image.fromarray(array).resize((w * scale, h * scale), Image.Resampling.NEAREST)
         canvas.paste(tile, (x0, y0 + text_h))
         if labels is not None:
             text = str(labels[i].item() if isinstance(labels, Tensor) else labels[i])
-            draw.text((x0, y0), text, fill=255)
+            draw.text((x0, y0), text, fill=255 if nch == 1 else (255,) * 3)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     path = Path(path)
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+# -- a classifier at any size, trained on the data at hand ------------------------------------
+
+
+class ImageClassifier(nn.Module):
+    """An MLP on the flattened pixels of (N, C, S, S) images: C*S*S -> 256 -> 64 -> classes;
+    ``features`` gives the 64 penultimate activations. Trained at the images' own size
+    (:func:`train_image_classifier`), e.g. on digits upsampled to 32x32 for 32-px samples."""
+
+    def __init__(self, channels: int, size: int, num_classes: int) -> None:
+        super().__init__()
+        self.channels, self.size = channels, size
+        self.body = nn.Sequential(
+            nn.Linear(channels * size * size, 256), nn.SiLU(), nn.Linear(256, 64), nn.SiLU()
+        )
+        self.head = nn.Linear(64, num_classes)
+
+    def features(self, images: Tensor) -> Tensor:
+        expected = (self.channels, self.size, self.size)
+        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            raise InputError(
+                f"this classifier was trained on images {expected}; got {tuple(images.shape)}"
+            )
+        return self.body(images.float().flatten(1))  # (N, 64)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.features(images))  # (N, classes)
+
+
+def train_image_classifier(
+    images: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    *,
+    steps: int = 400,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> ImageClassifier:
+    """Train an :class:`ImageClassifier` on ``images`` (N, C, S, S), ``labels`` (N,) with
+    AdamW (weight decay 1e-4) for ``steps`` batches; deterministic given ``seed``."""
+    _check_images(images, "train_image_classifier", (1, 3))
+    if images.shape[0] == 0 or labels.shape != (images.shape[0],):
+        raise InputError(
+            f"train_image_classifier: need images (N, C, S, S) with N >= 1 and labels (N,); "
+            f"got {tuple(images.shape)}, {tuple(labels.shape)}"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ImageClassifier(images.shape[1], images.shape[-1], num_classes)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    with torch.enable_grad():
+        for _ in range(steps):
+            rows = torch.randint(images.shape[0], (batch_size,), generator=gen)
+            loss = F.cross_entropy(model(images[rows]), labels[rows])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def accuracy_of(classifier: nn.Module, images: Tensor, labels: Tensor) -> float:
+    """Fraction of ``images`` that ``classifier`` assigns to ``labels`` (N,)."""
+    if labels.shape != (images.shape[0],):
+        raise InputError(
+            f"accuracy_of: labels must be ({images.shape[0]},); got {tuple(labels.shape)}"
+        )
+    return float((classifier(images.cpu()).argmax(1) == labels.cpu()).float().mean())
+
+
+@torch.no_grad()
+def frechet_on(classifier: ImageClassifier, images_a: Tensor, images_b: Tensor) -> float:
+    """Fréchet distance between two image sets on ``classifier``'s features."""
+    return frechet_from_features(
+        classifier.features(images_a.cpu()), classifier.features(images_b.cpu())
+    )
+
+
+@torch.no_grad()
+def pixel_frechet(images_a: Tensor, images_b: Tensor, side: int = 8) -> float:
+    """Fréchet distance on the pixels area-downsampled to ``side`` x ``side`` (C*side^2
+    features): a network-free comparison that needs no labels (unconditional data)."""
+    _check_images(images_a, "pixel_frechet", (1, 3))
+    _check_images(images_b, "pixel_frechet", (1, 3))
+    a = F.adaptive_avg_pool2d(images_a.float().cpu(), side).flatten(1)
+    b = F.adaptive_avg_pool2d(images_b.float().cpu(), side).flatten(1)
+    return frechet_from_features(a, b)
+
+
+@torch.no_grad()
+def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019, arXiv:1904.06991) of feature
+    sets ``real`` (N, F) and ``fake`` (M, F): precision is the fraction of fake points inside
+    some real point's k-NN ball (radius: distance to its k-th nearest real neighbour),
+    recall the fraction of real points inside some fake point's k-NN ball."""
+    if real.dim() != 2 or fake.dim() != 2 or min(real.shape[0], fake.shape[0]) <= k:
+        raise InputError(
+            f"precision_recall needs (N, F) and (M, F) features with N, M > k={k}; got "
+            f"{tuple(real.shape)}, {tuple(fake.shape)}"
+        )
+    real, fake = real.double(), fake.double()
+
+    def radii(x: Tensor) -> Tensor:  # distance to the k-th nearest other point, (N,)
+        return torch.cdist(x, x).kthvalue(k + 1, dim=1).values  # +1: the point itself
+
+    def covered(points: Tensor, centres: Tensor) -> float:
+        inside = torch.cdist(points, centres) <= radii(centres)[None, :]
+        return float(inside.any(dim=1).double().mean())
+
+    return covered(fake, real), covered(real, fake)

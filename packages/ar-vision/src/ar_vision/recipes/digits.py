@@ -106,16 +106,24 @@ def load_tokenizer(name: str, path: Path) -> Any:
 
 class TokenData:
     """``data(generator, batch_size) -> (tokens, labels)`` for the Trainer: rows drawn
-    with replacement, labels replaced by the null class with ``label_dropout``."""
+    with replacement, labels replaced by the null class (``null_class``, default the
+    digits' 10) with ``label_dropout``."""
 
-    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, label_dropout: float) -> None:
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        labels: torch.Tensor,
+        label_dropout: float,
+        null_class: int = NUM_CLASSES,
+    ) -> None:
         self.tokens, self.labels, self.p = tokens, labels, label_dropout
+        self.null_class = null_class
 
     def __call__(
         self, generator: torch.Generator, batch_size: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.randint(0, self.tokens.shape[0], (batch_size,), generator=generator)
-        return self.tokens[rows], drop_labels(self.labels[rows], NUM_CLASSES, self.p, generator)
+        return self.tokens[rows], drop_labels(self.labels[rows], self.null_class, self.p, generator)
 
 
 def plan_loss(

@@ -94,14 +94,17 @@ def check_scales(scales: list[int]) -> None:
         )
 
 
-def check_images(images: Tensor, image_size: int, who: str) -> None:
-    """Raise InputError unless ``images`` is (B, 1, image_size, image_size) float in [0, 1]."""
+def check_images(images: Tensor, image_size: int, who: str, channels: int = 1) -> None:
+    """Raise InputError unless ``images`` is (B, channels, image_size, image_size) float in [0, 1]."""
     if not isinstance(images, Tensor) or not images.is_floating_point():
-        raise InputError(f"{who}: images must be a float tensor (B, 1, H, W) in [0, 1]")
-    if images.dim() != 4 or images.shape[1] != 1:
+        raise InputError(f"{who}: images must be a float tensor (B, C, H, W) in [0, 1]")
+    if images.dim() != 4 or images.shape[1] != channels:
+        kind = "one grey channel" if channels == 1 else f"{channels} channels"
+        got = f" with {images.shape[1]} channels" if images.dim() == 4 else ""
         raise InputError(
-            f"{who}: images must have shape (B, 1, H, W) (one grey channel); got "
-            f"{tuple(images.shape)}"
+            f"{who}: images must have shape (B, {channels}, H, W) ({kind}, as this tokenizer "
+            f"was built); got {tuple(images.shape)}{got} (convert the images, or build the "
+            f"tokenizer with channels={images.shape[1] if images.dim() == 4 else '?'})"
         )
     if images.shape[2] != image_size or images.shape[3] != image_size:
         raise InputError(
@@ -129,8 +132,10 @@ def check_tokens(tokens: Tensor, length: int, vocab_size: int, who: str) -> None
         )
 
 
-def check_fit_args(images: Tensor, image_size: int, steps: int, batch_size: int, lr: float) -> None:
-    check_images(images, image_size, "fit")
+def check_fit_args(
+    images: Tensor, image_size: int, steps: int, batch_size: int, lr: float, channels: int = 1
+) -> None:
+    check_images(images, image_size, "fit", channels)
     if images.shape[0] == 0:
         raise InputError("fit: got no images")
     if steps < 0 or batch_size < 1 or not (lr > 0 and math.isfinite(lr)):
@@ -186,8 +191,15 @@ def fit_autoencoder(
     """The training loop shared by the VQ tokenizers: Adam on the encoder and decoder for
     ``steps`` batches drawn by ``generator`` (the codebook learns by EMA inside
     ``tokenizer.loss``); returns ``tokenizer.evaluate`` on (up to 2048 of) ``images``."""
-    check_fit_args(images, tokenizer.image_size, steps, batch_size, lr)
-    params = [*tokenizer.encoder.parameters(), *tokenizer.decoder.parameters()]
+    check_fit_args(
+        images, tokenizer.image_size, steps, batch_size, lr, getattr(tokenizer, "channels", 1)
+    )
+    own = getattr(tokenizer, "trainable_parameters", None)
+    params = (
+        own()
+        if callable(own)
+        else [*tokenizer.encoder.parameters(), *tokenizer.decoder.parameters()]
+    )
     opt = torch.optim.Adam(params, lr=lr)
     tokenizer.train()
     for step in range(steps):

@@ -1,6 +1,6 @@
 """The small convolutional encoder and decoder shared by the learned tokenizers.
 
-The encoder maps images (B, 1, S, S) to a latent grid (B, D, S/p, S/p): two 3x3
+The encoder maps images (B, C, S, S) (C = 1 grey or 3 RGB) to a latent grid (B, D, S/p, S/p): two 3x3
 convolutions, a p x p patchifying convolution of stride p, and a 1x1 projection to D.
 The decoder mirrors it with a transposed p x p convolution and ends in a sigmoid, so its
 output is always a valid image in [0, 1]. Sized for 8-32 pixel digits, not for photos
@@ -12,10 +12,10 @@ from __future__ import annotations
 from torch import nn
 
 
-def build_encoder(*, patch: int, hidden: int, dim: int) -> nn.Sequential:
-    """(B, 1, S, S) -> (B, dim, S/patch, S/patch)."""
+def build_encoder(*, patch: int, hidden: int, dim: int, channels: int = 1) -> nn.Sequential:
+    """(B, C, S, S) -> (B, dim, S/patch, S/patch); C = ``channels``."""
     return nn.Sequential(
-        nn.Conv2d(1, hidden, 3, padding=1),
+        nn.Conv2d(channels, hidden, 3, padding=1),
         nn.SiLU(),
         nn.Conv2d(hidden, hidden, 3, padding=1),
         nn.SiLU(),
@@ -25,8 +25,8 @@ def build_encoder(*, patch: int, hidden: int, dim: int) -> nn.Sequential:
     )
 
 
-def build_decoder(*, patch: int, hidden: int, dim: int) -> nn.Sequential:
-    """(B, dim, S/patch, S/patch) -> (B, 1, S, S) in [0, 1]."""
+def build_decoder(*, patch: int, hidden: int, dim: int, channels: int = 1) -> nn.Sequential:
+    """(B, dim, S/patch, S/patch) -> (B, C, S, S) in [0, 1]; C = ``channels``."""
     return nn.Sequential(
         nn.Conv2d(dim, hidden, 1),
         nn.SiLU(),
@@ -36,6 +36,6 @@ def build_decoder(*, patch: int, hidden: int, dim: int) -> nn.Sequential:
         nn.SiLU(),
         nn.Conv2d(hidden, hidden, 3, padding=1),
         nn.SiLU(),
-        nn.Conv2d(hidden, 1, 3, padding=1),
+        nn.Conv2d(hidden, channels, 3, padding=1),
         nn.Sigmoid(),
     )

@@ -20,8 +20,13 @@ codebook with dead-code restart. Gradients pass straight through every scale's
 quantiser (r_k + sg(e - r_k)), so a partial decode's gradient reaches the encoder through
 the down/up-sampling of the scales before it.
 
-Deviations from VAR: no shared convolution phi_k after upsampling ("quant_resi"), no
-perceptual/GAN losses, bilinear instead of bicubic upsampling, EMA codes instead of a
+VAR's refinement phi after each upsampling ("quant_resi", section 3.2) is an option:
+``phi=True`` replaces every upsampled code map z by ``(1 - a) z + a conv3x3(z)`` with one
+3x3 convolution shared by all scales and ``a = phi_ratio`` (VAR: 0.5; VAR shares 4
+convolutions among the scales, here 1), applied at every scale as VAR does, in encoding
+and decoding alike. It is off by default (the tokens then are exactly those above).
+
+Other deviations from VAR: no perceptual/GAN losses, bilinear instead of bicubic upsampling, EMA codes instead of a
 learned codebook. Notation: B batch, D code dim, H latent side (= scales[-1]), S image side
 (= H * patch), K number of scales.
 """
@@ -67,6 +72,9 @@ class MultiScaleRVQConfig(pydantic.BaseModel):
     decay: float = pydantic.Field(0.99, ge=0, lt=1)  # EMA decay of the VQ-VAE paper
     dead_after: int = pydantic.Field(20, ge=1)  # restart a code unused for 20 updates
     partial_weight: float = pydantic.Field(0.0, ge=0)  # VAR: only the full decode is trained
+    phi: bool = False  # VAR's shared 3x3 refinement after each upsampling (off: plain sum)
+    phi_ratio: float = pydantic.Field(0.5, ge=0, le=1)  # VAR's quant_resi mix
+    channels: int = pydantic.Field(1, ge=1)  # 1 grey, 3 RGB
     seed: int = 0  # initial weights (drawn in a forked RNG; global RNG untouched)
 
     @pydantic.field_validator("scales")
@@ -92,12 +100,24 @@ class MultiScaleRVQ(nn.Module):
         self.offsets = scale_offsets(self.scales)  # [0, 1, 5, 21, 85] for [1, 2, 4, 8]
         self.token_count = self.offsets[-1]
         self.vocab_size = cfg.codebook_size
+        self.channels = cfg.channels
         with seeded(cfg.seed):
-            self.encoder = build_encoder(patch=cfg.patch, hidden=cfg.hidden, dim=cfg.dim)
-            self.decoder = build_decoder(patch=cfg.patch, hidden=cfg.hidden, dim=cfg.dim)
+            self.encoder = build_encoder(
+                patch=cfg.patch, hidden=cfg.hidden, dim=cfg.dim, channels=cfg.channels
+            )
+            self.decoder = build_decoder(
+                patch=cfg.patch, hidden=cfg.hidden, dim=cfg.dim, channels=cfg.channels
+            )
+            # VAR's phi: one 3x3 convolution shared by every scale (None when off)
+            self.phi = nn.Conv2d(cfg.dim, cfg.dim, 3, padding=1) if cfg.phi else None
         self.quantizer = EMACodebook(
             cfg.codebook_size, cfg.dim, decay=cfg.decay, dead_after=cfg.dead_after
         )
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What Adam trains: the encoder, the decoder and phi (the codebook learns by EMA)."""
+        phi = [] if self.phi is None else list(self.phi.parameters())
+        return [*self.encoder.parameters(), *self.decoder.parameters(), *phi]
 
     def codebook(self) -> Tensor:
         """The code vectors (V, D), shared by all scales."""
@@ -108,10 +128,14 @@ class MultiScaleRVQ(nn.Module):
         return r if s == self.latent_side else F.interpolate(r, size=(s, s), mode="area")
 
     def _up(self, z: Tensor) -> Tensor:
+        """Upsample a code map (B, D, s, s) to (B, D, H, H), then phi when enabled."""
         h = self.latent_side
-        if z.shape[-1] == h:
-            return z
-        return F.interpolate(z, size=(h, h), mode="bilinear", align_corners=False)
+        if z.shape[-1] != h:
+            z = F.interpolate(z, size=(h, h), mode="bilinear", align_corners=False)
+        if self.phi is not None:
+            a = self.cfg.phi_ratio
+            z = (1.0 - a) * z + a * self.phi(z)
+        return z
 
     def _pyramid(
         self, f: Tensor, *, straight_through: bool
@@ -151,7 +175,7 @@ class MultiScaleRVQ(nn.Module):
     # -- tokens ------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
-        check_images(images, self.image_size, f"{type(self).__name__}.encode")
+        check_images(images, self.image_size, f"{type(self).__name__}.encode", self.channels)
         ids, _, _, _ = self._pyramid(self.encoder(images), straight_through=False)
         return torch.cat(ids, dim=1)  # (B, N) scale by scale
 

@@ -23,28 +23,31 @@ class PixelTokenizer:
 
     name = "pixel"
 
-    def __init__(self, levels: int = 17, image_size: int = 8) -> None:
+    def __init__(self, levels: int = 17, image_size: int = 8, channels: int = 1) -> None:
         if levels < 2:
             raise ConfigError(f"levels must be >= 2 (two grey values at least); got {levels}")
         if image_size < 1:
             raise ConfigError(f"image_size must be >= 1; got {image_size}")
+        if channels < 1:
+            raise ConfigError(f"channels must be >= 1; got {channels}")
         self.levels = levels
         self.image_size = image_size
         self.vocab_size = levels
-        self.token_count = image_size * image_size
+        self.channels = channels
+        self.token_count = channels * image_size * image_size  # channel by channel
 
     def config(self) -> dict[str, int]:
-        return {"levels": self.levels, "image_size": self.image_size}
+        return {"levels": self.levels, "image_size": self.image_size, "channels": self.channels}
 
     def encode(self, images: Tensor) -> Tensor:
-        check_images(images, self.image_size, "PixelTokenizer.encode")
-        tokens = torch.round(images * (self.levels - 1)).long()  # (B, 1, S, S)
+        check_images(images, self.image_size, "PixelTokenizer.encode", self.channels)
+        tokens = torch.round(images * (self.levels - 1)).long()  # (B, C, S, S)
         return tokens.flatten(1)  # (B, N)
 
     def decode(self, tokens: Tensor) -> Tensor:
         check_tokens(tokens, self.token_count, self.vocab_size, "PixelTokenizer.decode")
         images = tokens.float() / (self.levels - 1)  # (B, N)
-        return images.view(-1, 1, self.image_size, self.image_size)
+        return images.view(-1, self.channels, self.image_size, self.image_size)
 
     def fit(
         self,
@@ -57,7 +60,7 @@ class PixelTokenizer:
         progress: Progress | None = None,
     ) -> dict[str, float]:
         """Nothing to learn; returns the quantisation error on ``images``."""
-        check_fit_args(images, self.image_size, steps, batch_size, lr)
+        check_fit_args(images, self.image_size, steps, batch_size, lr, self.channels)
         mse = float(((self.decode(self.encode(images)) - images) ** 2).mean())
         return {"mse": mse}
 

@@ -47,6 +47,7 @@ class VQVAEConfig(pydantic.BaseModel):
     beta: float = pydantic.Field(0.25, ge=0)  # commitment weight of the VQ-VAE paper
     decay: float = pydantic.Field(0.99, ge=0, lt=1)  # EMA decay of the VQ-VAE paper
     dead_after: int = pydantic.Field(20, ge=1)  # restart a code unused for 20 updates
+    channels: int = pydantic.Field(1, ge=1)  # 1 grey, 3 RGB
     seed: int = 0  # initial weights (drawn in a forked RNG; global RNG untouched)
 
     @pydantic.model_validator(mode="after")
@@ -68,10 +69,15 @@ class VQVAE(nn.Module):
         self.image_size = cfg.image_size
         self.grid = cfg.image_size // cfg.patch  # h
         self.vocab_size = cfg.codebook_size
+        self.channels = cfg.channels
         self.token_count = self.grid * self.grid
         with seeded(cfg.seed):
-            self.encoder = build_encoder(patch=cfg.patch, hidden=cfg.hidden, dim=cfg.dim)
-            self.decoder = build_decoder(patch=cfg.patch, hidden=cfg.hidden, dim=cfg.dim)
+            self.encoder = build_encoder(
+                patch=cfg.patch, hidden=cfg.hidden, dim=cfg.dim, channels=cfg.channels
+            )
+            self.decoder = build_decoder(
+                patch=cfg.patch, hidden=cfg.hidden, dim=cfg.dim, channels=cfg.channels
+            )
         self.quantizer = EMACodebook(
             cfg.codebook_size, cfg.dim, decay=cfg.decay, dead_after=cfg.dead_after
         )
@@ -87,7 +93,7 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
-        check_images(images, self.image_size, "VQVAE.encode")
+        check_images(images, self.image_size, "VQVAE.encode", self.channels)
         idx = self.quantizer.quantize(self._latent(images))  # (B*h*h,)
         return idx.view(images.shape[0], self.token_count)  # (B, N)
 
