@@ -36,7 +36,8 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
             "beam",
             "constrained",
         )
-    },
+    }
+    | {"mdlm": "ar-diffusion", "block-diffusion": "ar-diffusion"},
     "attention_backends": {"flex": "ar-kernels", "xformers": "ar-kernels"},
     "tokenizers": {
         "byte": "ar-text",
