@@ -157,6 +157,25 @@ def _check_causal_lm(hf: Any) -> None:
         )
 
 
+def _takes_tokens(module: Any) -> bool:
+    """Whether ``module`` is a decoder (its forward takes ``input_ids``); some models'
+    ``get_decoder()`` returns another module (ModernBERT-decoder's: its head)."""
+    if not isinstance(module, nn.Module):
+        return False
+    return "input_ids" in inspect.signature(module.forward).parameters
+
+
+def _masks_windows(decoder: nn.Module) -> bool:
+    """Whether transformers builds sliding-window masks for ``decoder`` (its forward names
+    them: ``create_sliding_window_causal_mask`` or a ``"sliding_attention"`` mask); True
+    when its source cannot be read."""
+    try:
+        source = inspect.getsource(type(decoder).forward)
+    except (OSError, TypeError):  # pragma: no cover - compiled or dynamic classes
+        return True
+    return "sliding" in source
+
+
 # attention layer types the adapter masks itself (HF's names, config.layer_types)
 _FULL, _SLIDING = "full_attention", "sliding_attention"
 
@@ -247,8 +266,19 @@ class HFCausalLM(nn.Module):
         self._hidden: Tensor | None = None
         # the module whose output lm_head reads (OPT's ForCausalLM calls model.decoder)
         decoder = hf.get_decoder() if hasattr(hf, "get_decoder") else None
-        hidden_from = decoder if isinstance(decoder, nn.Module) else self._base
-        hidden_from.register_forward_hook(self._keep_hidden)
+        hidden_from: Any = decoder if decoder is not hf and _takes_tokens(decoder) else self._base
+        if hidden_from is hf:  # base_model_prefix names no submodule (Mllama's causal LM)
+            inner = (getattr(hf, n, None) for n in ("model", "transformer", "decoder"))
+            hidden_from = next((m for m in inner if _takes_tokens(m)), hf)
+        if self.sliding_window is not None and not _masks_windows(hidden_from):
+            # e.g. Moshi: transformers builds full causal masks and windows only through its
+            # cache's truncation, so its own prefill (full) and decode (windowed) disagree
+            raise ConfigError(
+                f"from_hf: {self.family} sets sliding_window={self.sliding_window} but "
+                f"transformers masks it as full attention and windows it only by truncating "
+                f"its cache, so HF's own prefill and decode see different contexts; set "
+                f"config.sliding_window=None (full attention) to run it exactly"
+            )
         if "position_ids" not in inspect.signature(hidden_from.forward).parameters and not (
             self._has_alibi(cfg)
         ):
@@ -259,7 +289,13 @@ class HFCausalLM(nn.Module):
                 f"positions; closest supported: opt (learned absolute positions that take "
                 f"position_ids) or any RoPE family (llama)"
             )
-        self.n_kv_heads, self.head_dim = self._probe_cache_shape()
+        # the user's model keeps this hook while the adapter lives (removed on a refusal)
+        self._hook = hidden_from.register_forward_hook(self._keep_hidden)
+        try:
+            self.n_kv_heads, self.head_dim = self._probe_cache_shape()
+        except ConfigError:
+            self._hook.remove()
+            raise
 
     # -- construction helpers ---------------------------------------------------------
     @staticmethod
@@ -327,7 +363,10 @@ class HFCausalLM(nn.Module):
         return bool(getattr(cfg, "alibi", False)) or cfg.model_type in ("bloom", "mpt")
 
     def _keep_hidden(self, module: nn.Module, args: Any, output: Any) -> None:
-        self._hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        hidden = (
+            output[0] if isinstance(output, tuple) else getattr(output, "last_hidden_state", None)
+        )
+        self._hidden = hidden if isinstance(hidden, Tensor) else None
 
     def _probe_cache_shape(self) -> tuple[int, int]:
         """(KV heads, head dim) of every attention layer, read off one 1-token forward
@@ -346,12 +385,20 @@ class HFCausalLM(nn.Module):
                 f"(a 1-token forward through DynamicCache failed: {type(e).__name__}: {e}); "
                 f"the adapter needs attention layers that keep keys and values per token"
             ) from e
+        if self._hidden is None:
+            raise ConfigError(
+                f"from_hf: the {self.family} decoder does not return its last hidden states "
+                f"(a 1-token forward gave none), which the adapter returns with the logits"
+            )
+        self._hidden = None
         shapes = set()
         for i, layer in enumerate(probe.layers):
             if not isinstance(layer, CacheLayerMixin) or layer.keys is None or layer.values is None:
                 raise ConfigError(
-                    f"from_hf: {self.family} layer {i} keeps no key/value cache "
-                    f"({type(layer).__name__}); the adapter runs attention layers only"
+                    f"from_hf: {self.family} layer {i} stored no keys and values in a 1-token "
+                    f"forward ({type(layer).__name__}): the family does not use a KV cache, "
+                    f"which the adapter runs every strategy on; use a family that does "
+                    f"(e.g. gpt2 for learned absolute positions)"
                 )
             shapes.add((tuple(layer.keys.shape[1::2]), tuple(layer.values.shape[1::2])))
         if len(probe.layers) != self.n_layers or len(shapes) != 1:
