@@ -35,3 +35,10 @@ def _lazy(module: str, attr: str) -> Callable[..., Any]:
 def register_strategies(register: Register) -> None:
     for name, (module, attr) in STRATEGIES.items():
         register(name, _lazy(module, attr))
+
+
+@hookimpl
+def register_benchmarks(register: Register) -> None:
+    from ar_core.benchmarks import lazy_benchmark  # the module itself imports when it runs
+
+    register("diffusion", lazy_benchmark("ar_diffusion.benchmarks.diffusion"))

@@ -1,0 +1,1 @@
+"""Benchmarks of ar-diffusion (``ar bench diffusion``)."""
