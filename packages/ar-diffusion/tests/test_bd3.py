@@ -143,3 +143,20 @@ def test_bad_input() -> None:
         ar.generate(model, torch.zeros(1, 60, dtype=torch.long), cfg, strategy=bd)
     with pytest.raises(ConfigError, match="does not divide the length 10"):
         bd3_loss(model, torch.zeros(2, 10, dtype=torch.long), block_size=4)
+
+
+@torch.no_grad()
+def test_block_size_equal_to_the_length_is_mdlm() -> None:
+    """One block: the noisy half sees only itself, bidirectionally: MDLM's terms."""
+    from ar_diffusion.mdlm import mdlm_nelbo_terms
+
+    model = tiny_model(11, seed=3)
+    g = torch.Generator().manual_seed(6)
+    x0 = torch.randint(0, 11, (3, 12), generator=g)
+    x_t = torch.where(torch.rand(x0.shape, generator=g) < 0.5, MASK, x0)
+    torch.testing.assert_close(
+        bd3_nelbo_terms(model, x_t, x0, 12, MASK),
+        mdlm_nelbo_terms(model, x_t, x0, MASK),
+        atol=1e-5,
+        rtol=1e-5,
+    )
