@@ -150,3 +150,56 @@ def test_fork_reset_and_move_entries(cfg_scale: float) -> None:
             assert torch.equal(k[r, :, keep], before[layer][r, :, keep])
     with pytest.raises(ar_core.InputError, match=r"\(3, m\)"):
         cache.move_entries(torch.tensor([[1]]), torch.tensor([[2]]))
+
+
+@pytest.mark.parametrize("window", [9, 10, 16])
+def test_sjd_window_up_to_the_whole_image(window: int) -> None:
+    """The model's max_seq_len is sized from the image (room for a window of N drafts):
+    windows past the old cap of 9 run, and at temperature 0 still equal greedy."""
+    model = _model()
+    labels = torch.tensor([0, 4, C])
+    reference = generate_images(model, PLAN, labels, cfg_scale=2.0, temperature=0.0)
+    adapter = CausalLMAdapter(model, PLAN, cfg_scale=2.0)
+    config = GenerationConfig(max_new_tokens=16, temperature=0.0, seed=0)
+    tokens, stats = generate_tokens(adapter, labels, config, strategy="sjd", window=window)
+    assert torch.equal(tokens, reference.tokens)
+    assert stats.target_forward_passes <= 16
+
+
+def test_sjd_window_is_bounded_by_the_image_length() -> None:
+    adapter = CausalLMAdapter(_model(), PLAN)
+    config = GenerationConfig(max_new_tokens=16, temperature=0.0, seed=0)
+    with pytest.raises(ar_core.InputError, match="max_seq_len"):
+        generate_tokens(adapter, torch.tensor([1]), config, strategy="sjd", window=16 + 1)
+    small = build_step_model(vocab_size=V, num_classes=C, num_positions=16, seed=2, window=12)
+    adapter = CausalLMAdapter(small.eval(), PLAN)
+    generate_tokens(adapter, torch.tensor([1]), config, strategy="sjd", window=12)
+    with pytest.raises(ar_core.InputError, match="max_seq_len"):  # room for 12 only
+        generate_tokens(adapter, torch.tensor([1]), config, strategy="sjd", window=13)
+
+
+def test_window_room_changes_no_number_of_the_model(tmp_path) -> None:
+    """The room only lengthens the position table: every weight a plan uses is the one a
+    model without room (window=0: max_seq_len 2 (N + 2), as before) draws, and so is the
+    training forward; the image length is kept through save and load."""
+    roomy, bare = (
+        _model(),
+        build_step_model(vocab_size=V, num_classes=C, num_positions=16, seed=2, window=0).eval(),
+    )
+    assert bare.step_model.max_positions == 17  # as 2 (N + 2) gave before the room
+    a, b = roomy.state_dict(), bare.state_dict()
+    assert a.keys() == b.keys()
+    for key, value in b.items():
+        assert torch.equal(a[key][: value.shape[0]], value), key
+    tokens = torch.randint(0, V, (3, 16), generator=torch.Generator().manual_seed(0))
+    order, slot_steps = plan_slots(PLAN)
+    labels = torch.tensor([1, 2, C])
+    with torch.no_grad():
+        assert torch.equal(
+            roomy(tokens, labels, order, slot_steps), bare(tokens, labels, order, slot_steps)
+        )
+    roomy.save_pretrained(tmp_path / "m")
+    loaded = ClassConditionalStepModel.from_pretrained(tmp_path / "m")
+    assert loaded.max_tokens == 16
+    with pytest.raises(ar_core.InputError, match="do not fit a model built for 16"):
+        loaded.check_tokens(17)

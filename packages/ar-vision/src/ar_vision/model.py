@@ -52,7 +52,13 @@ class ClassConditionalStepModel(nn.Module):
     the null class). Build one with :func:`build_step_model`.
     """
 
-    def __init__(self, step_model: TwoStreamStepModel, vocab_size: int, num_classes: int) -> None:
+    def __init__(
+        self,
+        step_model: TwoStreamStepModel,
+        vocab_size: int,
+        num_classes: int,
+        num_positions: int | None = None,
+    ) -> None:
         super().__init__()
         if step_model.vocab_size != vocab_size + num_classes + 1:
             raise ConfigError(
@@ -64,7 +70,14 @@ class ClassConditionalStepModel(nn.Module):
         self.vocab_size = vocab_size
         self.num_classes = num_classes
         self.null_class = num_classes
-        self.max_tokens = step_model.max_positions - 1  # position 0 is the class
+        room = step_model.max_positions - 1  # position 0 is the class
+        if num_positions is not None and not 1 <= num_positions <= room:
+            raise ConfigError(
+                f"num_positions={num_positions} does not fit the step model (1..{room})"
+            )
+        # the image tokens it was built for (the rest of max_seq_len is room for the
+        # speculative windows of ar_vision.lm_adapter); old checkpoints: all the room
+        self.max_tokens = room if num_positions is None else num_positions
 
     @property
     def device(self) -> torch.device:
@@ -115,7 +128,11 @@ class ClassConditionalStepModel(nn.Module):
     def save_pretrained(self, path: str | Path) -> Path:
         """The two-stream model's files plus ``vision.json`` (vocabulary and classes)."""
         path = self.step_model.save_pretrained(path)
-        meta = {"vocab_size": self.vocab_size, "num_classes": self.num_classes}
+        meta = {
+            "vocab_size": self.vocab_size,
+            "num_classes": self.num_classes,
+            "num_positions": self.max_tokens,
+        }
         atomic_write_text(path / VISION_FILE, json.dumps(meta))
         return path
 
@@ -133,10 +150,12 @@ class ClassConditionalStepModel(nn.Module):
         try:
             meta = json.loads(file.read_text())
             vocab_size, num_classes = int(meta["vocab_size"]), int(meta["num_classes"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            n = meta.get("num_positions")  # absent in checkpoints before the SJD room
+            num_positions = None if n is None else int(n)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{file} is corrupted ({exc}); save the model again") from None
         step_model = TwoStreamStepModel.from_pretrained(path, device=device)
-        return cls(step_model, vocab_size, num_classes)
+        return cls(step_model, vocab_size, num_classes, num_positions)
 
 
 def drop_labels(labels: Tensor, null_class: int, p: float, generator: torch.Generator) -> Tensor:
@@ -154,22 +173,44 @@ def build_step_model(
     num_positions: int,
     size: str = "tiny",
     seed: int = 0,
+    window: int | None = None,
 ) -> ClassConditionalStepModel:
     """A fresh model for ``num_positions`` image tokens over ``vocab_size`` ids; ``size``
-    names a preset of :data:`PRESETS`; ``seed`` fixes the initialisation."""
+    names a preset of :data:`PRESETS`; ``seed`` fixes the initialisation.
+
+    ``max_seq_len`` is sized from the image, not a constant: both streams over
+    ``[BOS, class, image]`` in training (``2 (N + 2)``), or more: room for a speculative
+    window of up to ``window`` drafts (default N, the whole image; ``N + 2 window + 3``)
+    when the model runs as a causal LM (:class:`ar_vision.lm_adapter.CausalLMAdapter`: SJD, LANTERN). The
+    extra room only lengthens the position table; the rows a plan uses, and every other
+    weight, are drawn exactly as without it (the table is drawn last, element-wise)."""
     if size not in PRESETS:
         raise ConfigError(f"unknown model size {size!r}; choose one of {sorted(PRESETS)}")
+    window = num_positions if window is None else window
+    if window < 0:
+        raise ConfigError(f"window must be >= 0; got {window}")
     dim, n_layers, n_heads = PRESETS[size]
     cfg = TransformerConfig(
         vocab_size=vocab_size + num_classes + 1 + 2,  # + null class, [BOS], [QUERY]
         dim=dim,
         n_layers=n_layers,
         n_heads=n_heads,
-        max_seq_len=2 * (num_positions + 2),  # both streams over BOS, class and the image
+        # training: both streams over BOS, class and the image, 2 (N + 2); a causal-LM
+        # call of a window of w drafts: BOS + N committed + (w + 1) tokens + (w + 1) queries
+        max_seq_len=max(2 * (num_positions + 2), num_positions + 2 * window + 3),
         ffn_hidden=4 * dim,  # Llama's rounding to 256 would triple a tiny model's MLP
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = Transformer(cfg)
+        after_transformer = torch.get_rng_state()
         step_model = TwoStreamStepModel(transformer, vocab_size + num_classes + 1)
-    return ClassConditionalStepModel(step_model, vocab_size, num_classes)
+        # the position rows of a model without the window's room, drawn as it draws them
+        # (so a window changes no number of training or plain sampling)
+        torch.set_rng_state(after_transformer)
+        rows = num_positions + 2  # max_positions + 1 of max_seq_len 2 (N + 2)
+        table = nn.Embedding(rows, dim)  # its own init draws, then TwoStreamStepModel's
+        nn.init.normal_(table.weight, std=0.02)
+        with torch.no_grad():
+            step_model.pos_embed.weight[:rows] = table.weight
+    return ClassConditionalStepModel(step_model, vocab_size, num_classes, num_positions)
