@@ -224,3 +224,27 @@ def test_save_grid_rgb(tmp_path: Path) -> None:
     path = save_grid(images, tmp_path / "g.png", nrow=2, cell=4)
     with Image.open(path) as grid:
         assert grid.mode == "RGB" and grid.getpixel((2, 2)) == (255, 0, 0)
+
+
+def test_ctf_coarse_and_fine_nll_add_up_to_the_sequence_nll() -> None:
+    from ar_vision.model import build_step_model
+    from ar_vision.recipes.digits import sequence_nll
+    from ar_vision.recipes.images import coarse_fine_nll
+
+    config = VisionImagesConfig(tokenizer="ctf", ordering="coarse-to-fine", downsample=8, **TOY)
+    tokenizer = build_tokenizer(config)
+    x, y = load_digits(32, "test")
+    tokenizer.fit(x[:64], steps=3, batch_size=16, generator=torch.Generator().manual_seed(0))
+    rep = Representation.of(tokenizer)
+    plan = rep.plan("coarse-to-fine")
+    model = build_step_model(
+        vocab_size=rep.vocab_size, num_classes=10, num_positions=rep.num_tokens, seed=0
+    ).eval()
+    tokens, labels = rep.encode(x[:20]), y[:20]
+    coarse, fine = coarse_fine_nll(model, rep, plan, tokens, labels, batch_size=7)
+    total = sequence_nll(model, rep, plan, tokens, labels)  # nats per token of 2n
+    assert coarse + fine == pytest.approx(2 * total, rel=1e-5)
+    assert 0 < coarse <= torch.log(torch.tensor(float(config.n_coarse))) + 1.0
+    with pytest.raises(ar_core.ConfigError, match="tokenizer=ctf"):
+        vq = Representation.of(build_tokenizer(VisionImagesConfig(downsample=8)))
+        coarse_fine_nll(model, vq, vq.plan("raster"), tokens[:, :16], labels)

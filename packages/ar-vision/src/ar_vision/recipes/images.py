@@ -27,6 +27,7 @@ The train/test split is stratified per class (20% test, :func:`ar_vision.data.sp
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,6 +304,11 @@ def train_and_evaluate(config: VisionImagesConfig, out_dir: Path, progress: Prog
         m["nll_nats_per_token"] = nll
         m["bits_per_dim"] = metrics.bits_per_dim(nll * rep.num_tokens, dims)
         m["factorised_bits_per_dim"] = metrics.bits_per_dim(baseline * rep.num_tokens, dims)
+        if rep.coarse_fine:  # CTF: coarse perplexity against the full codes'
+            coarse, fine = coarse_fine_nll(model, rep, plan, test_t, data.test_y)
+            m["coarse_perplexity"] = math.exp(coarse)
+            m["fine_given_coarse_perplexity"] = math.exp(fine)
+            m["full_perplexity"] = math.exp(coarse + fine)
     if data.conditional:
         progress(f"training the {config.image_size}-px metrics classifier")
         clf = metrics.train_image_classifier(
@@ -318,6 +324,40 @@ def train_and_evaluate(config: VisionImagesConfig, out_dir: Path, progress: Prog
             m["precision"], m["recall"] = precision, recall
     curve = [(float(r["step"]), float(r["loss"])) for r in read_metrics(out_dir / "train")]
     return Evaluation(rep, model, plan, data, images, labels, m, curve)
+
+
+@torch.no_grad()
+def coarse_fine_nll(
+    model: ClassConditionalStepModel,
+    rep: Representation,
+    plan: Plan,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 256,
+) -> tuple[float, float]:
+    """CTF's two stages measured apart: mean NLL (nats per image position) of the coarse
+    labels, and of the fine codes given them, under the representation's constraints.
+    Their sum is the NLL of the fine codes themselves (a coarse label is a function of its
+    code), so ``exp(coarse)`` against ``exp(coarse + fine)`` is CTF's "coarse perplexity
+    far below full" comparison."""
+    from ar_core.steps import plan_slots
+    from ar_vision.representation import masked_log_probs
+
+    if not rep.coarse_fine:
+        raise ConfigError("coarse_fine_nll needs the coarse + fine layout of tokenizer=ctf")
+    order, slot_steps = plan_slots(plan)
+    n = rep.num_tokens // 2
+    coarse = fine = 0.0
+    for start in range(0, tokens.shape[0], batch_size):
+        x, y = tokens[start : start + batch_size], labels[start : start + batch_size]
+        logits = model(x, y, order, slot_steps)  # (b, 2n, V + C) in slot order
+        allowed = rep.allowed(order, x) if rep.allowed is not None else None
+        nll = -masked_log_probs(logits, allowed).gather(-1, x[:, order][..., None])[..., 0]
+        is_coarse = order < n  # (2n,) slot holds a coarse position
+        coarse += float(nll[:, is_coarse].sum())
+        fine += float(nll[:, ~is_coarse].sum())
+    count = tokens.shape[0] * n
+    return coarse / count, fine / count
 
 
 def _fmt(m: dict[str, float], key: str, digits: int = 3) -> float | str:
