@@ -81,6 +81,10 @@ def tiny_config(model_type: str, **extra: Any) -> Any:
     kw = {k: v for k, v in TINY.items() if k in names}
     if "sliding_window" in kw and getattr(text, "sliding_window", None) is None:
         del kw["sliding_window"]  # the family's windows are off by default: keep them off
+    types = getattr(text, "layer_types", None)
+    if types and "num_hidden_layers" in kw:  # 2 layers: one of each kind where it mixes kinds
+        kinds = list(dict.fromkeys(types))
+        kw["layer_types"] = (kinds + list(types))[:2]
     kw.update(extra)
     kw["is_decoder"] = True
     if text is default:

@@ -182,7 +182,13 @@ _FULL, _SLIDING = "full_attention", "sliding_attention"
 # Families whose positions are ALiBi biases (no position table, so the config has no
 # position limit): the default max_seq_len, Bloom's training length.
 ALIBI_MAX_SEQ_LEN = 2048
-_POSITION_LIMITS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+_POSITION_LIMITS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "max_target_positions",  # Whisper's decoder
+)
 
 
 class _StaticKVLayer(CacheLayerMixin):  # type: ignore[misc]
@@ -293,9 +299,26 @@ class HFCausalLM(nn.Module):
         self._hook = hidden_from.register_forward_hook(self._keep_hidden)
         try:
             self.n_kv_heads, self.head_dim = self._probe_cache_shape()
+            self._probe_adapter_forward()
         except ConfigError:
             self._hook.remove()
             raise
+
+    def _probe_adapter_forward(self) -> None:
+        """One 2-token forward the adapter's way (ar's cache, explicit 4-D masks and
+        position ids): a family whose code needs a 2-D padding mask instead (XLM) is
+        refused here, not in the user's first generate."""
+        ids = torch.zeros(1, 2, dtype=torch.long, device=self.device)
+        try:
+            with torch.no_grad():
+                self.forward(ids, cache=self.new_cache(1, min(4, self.max_seq_len)))
+        except Exception as e:
+            raise ConfigError(
+                f"from_hf: {self.family} fails on the adapter's explicit 4-D attention mask "
+                f"and position ids ({type(e).__name__}: {e}); its transformers code builds "
+                f"its own masks from a 2-D padding mask, so per-row cache lengths cannot be "
+                f"given; use a family that takes 4-D masks (e.g. gpt2, llama)"
+            ) from e
 
     # -- construction helpers ---------------------------------------------------------
     @staticmethod
