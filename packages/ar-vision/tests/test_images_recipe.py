@@ -248,3 +248,27 @@ def test_ctf_coarse_and_fine_nll_add_up_to_the_sequence_nll() -> None:
     with pytest.raises(ar_core.ConfigError, match="tokenizer=ctf"):
         vq = Representation.of(build_tokenizer(VisionImagesConfig(downsample=8)))
         coarse_fine_nll(model, vq, vq.plan("raster"), tokens[:, :16], labels)
+
+
+def test_ctf_with_a_bidirectional_fine_stage_trains_and_samples(tmp_path: Path) -> None:
+    data = tmp_path / "images"
+    write_digits(data)
+    config = VisionImagesConfig(
+        data=str(data),
+        tokenizer="ctf",
+        ordering="coarse-to-fine",
+        downsample=8,
+        n_coarse=4,
+        bidirectional_steps=True,
+        **TOY,
+    )
+    out = tmp_path / "run"
+    write_recipe_file(out, "vision-images", config)
+    result = recipe.run(config, out, lambda _: None)
+    assert result.metrics["network_calls_per_image"] == 16 + 1  # 16 coarse steps, 1 fine
+    assert result.metrics["full_perplexity"] == pytest.approx(
+        result.metrics["coarse_perplexity"] * result.metrics["fine_given_coarse_perplexity"],
+        rel=1e-3,
+    )
+    assert ClassConditionalStepModel.from_pretrained(out / "model").own_step_queries
+    assert recipe.sample(out, 2, lambda _: None).metrics["network_calls_per_image"] == 17

@@ -58,8 +58,12 @@ class ClassConditionalStepModel(nn.Module):
         vocab_size: int,
         num_classes: int,
         num_positions: int | None = None,
+        own_step_queries: bool = False,
     ) -> None:
         super().__init__()
+        # queries see the other queries of their step (CTF's bidirectional fine stage,
+        # ar_vision.bidirectional); False: each query sees only itself
+        self.own_step_queries = own_step_queries
         if step_model.vocab_size != vocab_size + num_classes + 1:
             raise ConfigError(
                 f"the step model has {step_model.vocab_size} data ids but {vocab_size} image "
@@ -115,6 +119,11 @@ class ClassConditionalStepModel(nn.Module):
         device = tokens.device
         order = order.to(device).expand(B, N)
         condition = self.class_tokens(labels)[:, None]  # (B, 1)
+        if self.own_step_queries:
+            from ar_vision.bidirectional import query_logits
+
+            out = query_logits(self.step_model, tokens, order, slot_steps.to(device), condition)
+            return out.logits[..., : self.vocab_size]
         logits = self.step_model(tokens, order, slot_steps.to(device), condition)  # (B, N, V+C+1)
         return logits[..., : self.vocab_size]  # (B, N, V)
 
@@ -132,6 +141,7 @@ class ClassConditionalStepModel(nn.Module):
             "vocab_size": self.vocab_size,
             "num_classes": self.num_classes,
             "num_positions": self.max_tokens,
+            "own_step_queries": self.own_step_queries,
         }
         atomic_write_text(path / VISION_FILE, json.dumps(meta))
         return path
@@ -152,10 +162,11 @@ class ClassConditionalStepModel(nn.Module):
             vocab_size, num_classes = int(meta["vocab_size"]), int(meta["num_classes"])
             n = meta.get("num_positions")  # absent in checkpoints before the SJD room
             num_positions = None if n is None else int(n)
+            own_step = bool(meta.get("own_step_queries", False))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{file} is corrupted ({exc}); save the model again") from None
         step_model = TwoStreamStepModel.from_pretrained(path, device=device)
-        return cls(step_model, vocab_size, num_classes, num_positions)
+        return cls(step_model, vocab_size, num_classes, num_positions, own_step)
 
 
 def drop_labels(labels: Tensor, null_class: int, p: float, generator: torch.Generator) -> Tensor:
@@ -174,6 +185,7 @@ def build_step_model(
     size: str = "tiny",
     seed: int = 0,
     window: int | None = None,
+    own_step_queries: bool = False,
 ) -> ClassConditionalStepModel:
     """A fresh model for ``num_positions`` image tokens over ``vocab_size`` ids; ``size``
     names a preset of :data:`PRESETS`; ``seed`` fixes the initialisation.
@@ -183,7 +195,9 @@ def build_step_model(
     window of up to ``window`` drafts (default N, the whole image; ``N + 2 window + 3``)
     when the model runs as a causal LM (:class:`ar_vision.lm_adapter.CausalLMAdapter`: SJD, LANTERN). The
     extra room only lengthens the position table; the rows a plan uses, and every other
-    weight, are drawn exactly as without it (the table is drawn last, element-wise)."""
+    weight, are drawn exactly as without it (the table is drawn last, element-wise).
+    ``own_step_queries``: the queries of a step see each other (CTF's bidirectional fine
+    stage; :mod:`ar_vision.bidirectional`)."""
     if size not in PRESETS:
         raise ConfigError(f"unknown model size {size!r}; choose one of {sorted(PRESETS)}")
     window = num_positions if window is None else window
@@ -213,4 +227,6 @@ def build_step_model(
         nn.init.normal_(table.weight, std=0.02)
         with torch.no_grad():
             step_model.pos_embed.weight[:rows] = table.weight
-    return ClassConditionalStepModel(step_model, vocab_size, num_classes, num_positions)
+    return ClassConditionalStepModel(
+        step_model, vocab_size, num_classes, num_positions, own_step_queries
+    )

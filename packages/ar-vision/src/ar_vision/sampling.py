@@ -77,6 +77,19 @@ def generate_images(
         transforms.append(ClassifierFreeGuidance(cfg_scale, plan.num_steps, cfg_schedule))
     if allowed is not None:
         transforms.append(AllowedValues(allowed))
+    if model.own_step_queries:  # each step's queries see each other
+        return _own_step_generate(
+            model,
+            plan,
+            labels,
+            rows,
+            transforms,
+            processors,
+            temperature,
+            generator,
+            return_logits,
+            use_cache,
+        )
     return generate_steps(
         model.step_model,
         plan,
@@ -89,4 +102,42 @@ def generate_images(
         return_logits=return_logits,
         use_cache=use_cache,
         vocab_size=model.vocab_size,
+    )
+
+
+def _own_step_generate(
+    model: ClassConditionalStepModel,
+    plan: Plan,
+    labels: Tensor,
+    rows: Tensor,
+    transforms: list[LogitsTransform],
+    processors: Sequence[sampling.LogitsProcessor],
+    temperature: float,
+    generator: torch.Generator | None,
+    return_logits: bool,
+    use_cache: bool,
+) -> StepOutput:
+    """ar-core's step loop (``run_steps``) with the runners of :mod:`ar_vision.bidirectional`."""
+    from ar_core.steps import Categorical, run_steps
+    from ar_vision.bidirectional import OwnStepCachedRunner, OwnStepUncachedRunner
+
+    model.step_model._check_positions(plan.num_positions + 1)
+    runner_class = OwnStepCachedRunner if use_cache else OwnStepUncachedRunner
+    runner = runner_class(
+        model.step_model,
+        plan,
+        rows.shape[0],
+        condition=model.class_tokens(rows)[:, None],
+        vocab_size=model.vocab_size,
+    )
+    B = labels.shape[0]
+    return run_steps(
+        runner,
+        plan,
+        batch_size=B,
+        sampler=Categorical(processors, temperature),
+        transforms=transforms,
+        values=torch.full((B, plan.num_positions), -1, dtype=torch.long, device=model.device),
+        generator=generator,
+        return_logits=return_logits,
     )

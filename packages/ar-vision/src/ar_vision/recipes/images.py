@@ -78,6 +78,9 @@ class VisionImagesConfig(pydantic.BaseModel):
     batch_size: int = pydantic.Field(default=64, ge=1)
     lr: float = pydantic.Field(default=3e-3, gt=0)
     model_size: Literal["tiny", "small", "base"] = "tiny"  # ar_vision.model.PRESETS
+    # the queries of a step see each other: CTF's fine stage as one bidirectional step
+    # (ar_vision.bidirectional); False: the causal two-stream model
+    bidirectional_steps: bool = False
     label_dropout: float = pydantic.Field(default=0.1, ge=0, lt=1)  # null-class rows for CFG
     cfg_scale: float = pydantic.Field(default=2.0, ge=0)  # 1.0 = no guidance
     cfg_schedule: Literal["constant", "linear"] = "constant"
@@ -258,6 +261,7 @@ def train_and_evaluate(config: VisionImagesConfig, out_dir: Path, progress: Prog
         num_positions=rep.num_tokens,
         size=config.model_size,
         seed=config.seed,
+        own_step_queries=config.bidirectional_steps,
     )
     train_config = TrainConfig.build(
         steps=config.steps,
