@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pydantic import ValidationError
 
 from ar_core import registry
 from ar_core.errors import ConfigError, InputError
@@ -35,11 +34,11 @@ def test_presets_and_validators() -> None:
     medium = TransformerConfig.from_name("medium")
     assert (medium.n_layers, medium.dim) == (8, 768)
     assert tiny.hidden_dim == llama_ffn_hidden(128) == 512
-    with pytest.raises(ValidationError, match="not divisible by n_heads"):
+    with pytest.raises(ConfigError, match="not divisible by n_heads"):
         TransformerConfig(vocab_size=10, dim=100, n_layers=1, n_heads=3)
-    with pytest.raises(ValidationError, match="n_kv_heads"):
+    with pytest.raises(ConfigError, match="n_kv_heads"):
         TransformerConfig(vocab_size=10, dim=96, n_layers=1, n_heads=6, n_kv_heads=4)
-    with pytest.raises(ValidationError, match="odd"):
+    with pytest.raises(ConfigError, match="odd"):
         TransformerConfig(vocab_size=10, dim=12, n_layers=1, n_heads=4)
     with pytest.raises(ConfigError, match="available: tiny"):
         TransformerConfig.from_name("huge")

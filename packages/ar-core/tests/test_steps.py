@@ -166,3 +166,35 @@ def test_errors_name_the_fix() -> None:
         generate_steps(small, Raster().plan((N,)))
     with pytest.raises(ConfigError, match="prompt"):
         generate_steps(tiny_model(), Raster().plan((N,)), given_steps=1)
+
+
+def test_nan_weight_is_an_error_naming_step_and_row_not_silent_tokens() -> None:
+    from ar_core.steps import ClassifierFreeGuidance
+
+    plan, B = PLANS["block3"], 3
+    model = tiny_model()
+    with torch.no_grad():
+        model.transformer.layers[0].attn.wq.weight[0, 0] = float("nan")
+    with pytest.raises(InputError, match=r"non-finite logits .* at decode step 0, row 0:"):
+        generate_steps(model, plan, batch_size=B, generator=torch.Generator().manual_seed(0))
+    # a NaN in the embedding of a condition id only row 1 sees: row 1, the first step
+    torch.manual_seed(0)
+    cfg = TransformerConfig(
+        vocab_size=V + 2, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=2 * N + 4
+    )
+    model = TwoStreamStepModel(Transformer(cfg), V).eval()
+    condition = torch.tensor([[1], [2], [1]])  # content ids; later steps may emit 2 too
+    healthy = generate_steps(model, plan, batch_size=B, condition=condition)
+    assert bool((healthy.tokens >= 0).all())
+    with torch.no_grad():
+        model.transformer.tok_embeddings.weight[2, 3] = float("nan")
+    with pytest.raises(InputError, match=r"at decode step 0, row 1:"):
+        generate_steps(model, plan, batch_size=B, condition=condition)
+    # guidance: row 1's unconditional copy (network row B + 1) is row 1's
+    guided = torch.tensor([[1], [1], [1], [1], [2], [1]])
+    cfg = ClassifierFreeGuidance(2.0, plan.num_steps)
+    with pytest.raises(InputError, match=r"at decode step 1, row 1:"):
+        generate_steps(
+            model, plan, batch_size=B, condition=guided, transforms=[cfg], given_steps=1,
+            prompt=torch.zeros(B, N, dtype=torch.long),
+        )  # fmt: skip

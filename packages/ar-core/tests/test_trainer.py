@@ -238,3 +238,36 @@ def test_transformer_lm_resume_is_exact(tmp_path: Path) -> None:
     straight = run(tmp_path / "a", [6])
     assert run(tmp_path / "b", [3, 6]) == straight
     assert straight[-1] < straight[0]
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint_kept(tmp_path: Path) -> None:
+    """A loss that turns NaN at update 3: a NonFiniteError (an ArError) naming the step;
+    the update is not applied and train_state/ on disk is still step 2's."""
+    from ar_core.errors import ArError, NonFiniteError
+
+    calls = {"n": 0}
+
+    def loss_fn(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        loss = toy.loss_fn(model, batch)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    config = TrainConfig(
+        steps=6, batch_size=4, warmup_steps=0, save_every=1, out_dir=tmp_path, progress=False
+    )
+    trainer = Trainer(toy.make_model(), loss_fn, toy.train_data, config)
+    with pytest.raises(NonFiniteError, match=r"loss is nan at step 3, the update was not") as err:
+        trainer.train()
+    assert isinstance(err.value, ArError) and "last good checkpoint" in str(err.value)
+    assert trainer.step == 2 and all(bool(p.isfinite().all()) for p in trainer.model.parameters())
+    saved = load_file(str(tmp_path / STATE_DIR / "model.safetensors"))
+    for name, tensor in trainer.model.state_dict().items():  # the weights of step 2
+        assert torch.equal(saved[name], tensor), name
+    resumed = Trainer(toy.make_model(), toy.loss_fn, toy.train_data, config)
+    assert resumed.resume() == 2
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), "Infinity"])
+def test_non_finite_learning_rate_is_a_config_error(value: Any) -> None:
+    with pytest.raises(ConfigError, match="lr"):
+        TrainConfig.build(steps=10, batch_size=8, warmup_steps=2, lr=value)

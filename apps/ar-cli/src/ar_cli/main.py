@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
+import pydantic
 import typer
 from rich.console import Console
 from typer.exceptions import TyperException
@@ -16,7 +19,7 @@ from typer.exceptions import TyperException
 from ar_cli import bench as bench_mod
 from ar_cli.report import RESULT_FILE, Run, print_result, print_table, write_report
 from ar_core import plugins, registry
-from ar_core.errors import ArError
+from ar_core.errors import ArError, ConfigError, validation_message
 from ar_core.recipes import (
     RecipeResult,
     Table,
@@ -35,6 +38,27 @@ app = typer.Typer(
 )
 console = Console(stderr=False)
 err_console = Console(stderr=True)
+
+
+def writable_folder(path: Path, option: str = "--out") -> Path:
+    """``path`` as a folder this process can write to (created if missing), or a one-line
+    ConfigError naming the problem and the fix; checked before any work starts."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"{option} {path} is a file, not a folder; pass a folder path (it is created if "
+            f"missing)"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".ar-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"{option} {path} cannot be written ({reason}); pass a folder you can write to"
+        ) from None
+    return path
 
 
 def _progress(message: str) -> None:
@@ -88,8 +112,7 @@ def train_cmd(
     r = registry.recipes.get(recipe)
     base = r.demo_config() if demo else r.config_class()
     config = build_config(r.config_class, base, parse_overrides(set_ or []))
-    out_dir = out or Path("ar-out") / recipe
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = writable_folder(out or Path("ar-out") / recipe)
     write_recipe_file(out_dir, recipe, config)
     start = time.perf_counter()
     result = r.run(config, out_dir, _progress)
@@ -154,6 +177,7 @@ def demo_cmd(
         names = [n for n in names if n in only] or list(only)
     if not names:
         raise ArError("no recipe is installed; install ar-core (and ar-text, ar-vision, ...)")
+    writable_folder(out)
     runs: list[Run] = []
     failed: list[str] = []
     total = time.perf_counter()
@@ -208,6 +232,12 @@ def _add_plugin_commands() -> None:
         err_console.print(f"error: {exc}")
 
 
+def _one_line(message: str) -> None:
+    # soft_wrap: one line whatever the terminal width (a wrapped line splits names)
+    message = " ".join(message.split())  # an error's own newlines too
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes end with a one-line error and exit code 2."""
     warnings.simplefilter("default", plugins.PluginLoadWarning)
@@ -227,8 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             err_console.print(f"error: {exc}", markup=False)
         return 2
     except ArError as exc:
-        # soft_wrap: one line whatever the terminal width (a wrapped line splits names)
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        _one_line(str(exc))
+        return 2
+    except pydantic.ValidationError as exc:  # a config a plugin validated itself
+        _one_line(validation_message(exc, exc.title))
         return 2
     return int(result) if isinstance(result, int) else 0
 

@@ -16,6 +16,7 @@ from ar_core.errors import (
     ConfigError,
     DuplicateRegistrationError,
     InputError,
+    NonFiniteError,
     PluginError,
     UnknownNameError,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "LogitsTransform",
     "MaskSpec",
     "ModelOutput",
+    "NonFiniteError",
     "Ordering",
     "Plan",
     "PlanError",

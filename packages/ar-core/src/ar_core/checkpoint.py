@@ -46,10 +46,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from torch import Tensor, nn
 
-from ar_core.errors import CheckpointError
+from ar_core.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from ar_core.model import Transformer, TransformerConfig
@@ -320,12 +320,12 @@ def read_config(path: str | Path) -> TransformerConfig:
         raise CheckpointError(f"{file} is missing; is {path} a model checkpoint?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{file} holds {type(raw).__name__}, not a TransformerConfig object")
     try:
-        return TransformerConfig.model_validate(raw)
-    except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
+        return TransformerConfig(**raw)  # a bad field is a one-line ConfigError
+    except ConfigError as exc:
+        errors = str(exc).removeprefix("invalid TransformerConfig: ")
         raise CheckpointError(f"{file} is not a valid TransformerConfig: {errors}") from None
 
 

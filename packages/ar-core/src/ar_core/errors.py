@@ -3,6 +3,8 @@ that names the problem and the fix (the CLI prints it and exits with code 2)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ArError(Exception):
     """Base class of user-facing errors."""
@@ -33,3 +35,15 @@ class PluginError(ArError):
 
 class CheckpointError(ArError):
     """A checkpoint that is missing, corrupted or does not match the model."""
+
+
+class NonFiniteError(ArError, FloatingPointError):
+    """A loss or gradient that became NaN or infinite during training."""
+
+
+def validation_message(exc: Any, name: str) -> str:
+    """One line from a pydantic ``ValidationError``: ``invalid NAME: field: problem; ...``."""
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+    )
+    return f"invalid {name}: {' '.join(problems.split())}"

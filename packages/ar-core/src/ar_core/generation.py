@@ -34,6 +34,7 @@ Notation: B rows, T prompt length (padded), N max_new_tokens, V vocabulary.
 
 from __future__ import annotations
 
+import re
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -41,14 +42,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from ar_core import registry
-from ar_core.errors import ConfigError, InputError
+from ar_core.errors import ConfigError, InputError, validation_message
 from ar_core.masks import MaskSpec
 from ar_core.protocols import CausalLM, KVCache
 from ar_core.sampling import (
+    FiniteWatch,
     LogitsProcessor,
     RepetitionPenalty,
     apply_processors,
@@ -82,9 +84,16 @@ __all__ = [
 
 
 class GenerationConfig(BaseModel):
-    """How many tokens to generate and how to pick them (flat, validated)."""
+    """How many tokens to generate and how to pick them (flat, validated: a bad value is a
+    one-line ConfigError naming the field)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(validation_message(exc, "GenerationConfig")) from None
 
     # new tokens per row, exactly (rows that finish early are padded)
     max_new_tokens: int = Field(default=32, ge=0)
@@ -204,11 +213,28 @@ def generate(
             else type(input_ids).__name__
         )
         raise InputError(f"input_ids must be a (B, T) long tensor, got {got}")
+    if input_ids.shape[0] == 0:
+        raise InputError("input_ids holds no rows (an empty batch); pass at least one prompt")
     if input_ids.shape[1] == 0:
         raise InputError("input_ids must hold at least one prompt token per row")
+    if not isinstance(config, GenerationConfig):
+        raise ConfigError(
+            f"config must be a GenerationConfig, got {type(config).__name__}; build one with "
+            f"GenerationConfig(max_new_tokens=...)"
+        )
     lengths = _prompt_lengths(input_ids, attention_mask, prompt_lengths)
     fn = registry.strategies.get(strategy)
-    return fn(model, input_ids, config, prompt_lengths=lengths, streamer=streamer, **kwargs)
+    try:
+        return fn(model, input_ids, config, prompt_lengths=lengths, streamer=streamer, **kwargs)
+    except TypeError as exc:
+        # a keyword the strategy does not take fails at the call, before any work
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if bad is None or bad.group(1) not in kwargs:
+            raise
+        raise ConfigError(
+            f"strategy {strategy!r} takes no argument {bad.group(1)!r}; check the spelling "
+            f"(help(ar_core.registry.strategies.get({strategy!r})) lists what it takes)"
+        ) from None
 
 
 # -- the loop -----------------------------------------------------------------------------
@@ -388,6 +414,10 @@ class Rows:
     columns for draft tokens. ``stats.accepted_lengths`` gets one entry per (step, row
     active at the start of the step).
 
+    Non-finite logits: a strategy passes the logits of every target-model call to
+    :meth:`watch` (a device-side flag, no sync); :meth:`finish` raises an ``InputError``
+    naming the first decode step (0 = the prefill) and row whose logits held NaN or inf.
+
     Streaming: a :class:`Streamer` receives (B, n) columns; a column is streamed once every
     unfinished row has produced it (finished rows contribute ``pad_token_id``). The
     concatenated stream equals the new tokens of ``sequences``.
@@ -421,6 +451,8 @@ class Rows:
         self.new_tokens = torch.full((B, N), self.pad, dtype=torch.long, device=device)
         self.finished = torch.full((B,), N == 0, dtype=torch.bool, device=device)
         self._streamed = 0
+        self.finite = FiniteWatch(B, device)
+        self._calls = 0  # target-model calls watched so far: the decode step of the next
 
     @property
     def seq(self) -> Tensor:
@@ -468,6 +500,13 @@ class Rows:
         self._stream()
         return kept
 
+    def watch(self, logits: Tensor, grouped: bool = False) -> None:
+        """Record whether one target-model call's ``logits`` (B·k, ..., V) are finite for
+        each unfinished row (``grouped``: the k copies of row b are rows b·k .. b·k + k - 1,
+        as beams are; otherwise b, b + B, ...). No host sync; :meth:`finish` checks."""
+        self.finite.update(logits, self._calls, active=~self.finished, grouped=grouped)
+        self._calls += 1
+
     def retire_finished(self, cache: KVCache) -> None:
         """Finished rows keep riding along in the batch; cropping their cache to 0 keeps
         their writes inside it (their outputs are ignored)."""
@@ -492,7 +531,9 @@ class Rows:
         self.streamer.end()
 
     def finish(self) -> GenerationResult:
-        """End the stream, assemble ``sequences`` and stop the timer."""
+        """Check the watched logits were finite, end the stream, assemble ``sequences`` and
+        stop the timer."""
+        self.finite.check()
         self.end()
         sequences = assemble_sequences(
             self.input_ids, self.prompt_lengths, self.new_tokens, self.pad, n=self.N
@@ -525,11 +566,13 @@ def decode_n_tokens(
     pad_token_id: int,
     streamer: Streamer | None,
     stats: GenerationStats,
+    watch: FiniteWatch | None = None,
 ) -> Tensor:
     """Pick ``n`` tokens, one decode step each; returns them as (B, n).
 
     ``history`` (B, L + n) holds the tokens so far (-1 = unused slot; the repetition
-    penalty reads it); ``logits`` (B, V) are those of the last prompt token.
+    penalty reads it); ``logits`` (B, V) are those of the last prompt token. ``watch``
+    records non-finite logits of unfinished rows on the device (the caller checks it).
     """
     B = logits.shape[0]
     out = torch.full((B, n), pad_token_id, dtype=torch.long, device=logits.device)
@@ -537,6 +580,8 @@ def decode_n_tokens(
     end = history.shape[1] - n  # next free history column, shared by all rows
     watch_eos = eos_ids.numel() > 0
     for i in range(n):
+        if watch is not None:
+            watch.update(logits, i, active=~finished)
         token = pick(logits, history)  # (B,)
         token = torch.where(finished, pad_token_id, token)
         out[:, i] = token
@@ -612,6 +657,7 @@ def _run(
     history = torch.full((B, T + N), -1, dtype=torch.long, device=device)
     history[:, :T] = torch.where(cols < prompt_lengths[:, None], input_ids, -1)
     new = torch.empty((B, 0), dtype=torch.long, device=device)
+    watch = FiniteWatch(B, device)
     with torch.no_grad():
         if N > 0:
             step: Callable[[Any, Tensor, Any], Tensor] = decode_one_token
@@ -633,7 +679,9 @@ def _run(
                 pad_token_id=config.pad_token_id,
                 streamer=streamer,
                 stats=stats,
+                watch=watch,
             )
+    watch.check()  # one sync for the whole decode, not one per token
     if streamer is not None:
         streamer.end()
     sequences = assemble_sequences(input_ids, prompt_lengths, new, config.pad_token_id, n=N)

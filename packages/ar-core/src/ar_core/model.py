@@ -26,13 +26,13 @@ from typing import Any, Literal, Self
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor, nn
 
 from ar_core import masks
 from ar_core.attention import AttentionPlan, attend_planned, plan_attention
 from ar_core.cache import StaticKVCache
-from ar_core.errors import ConfigError, InputError
+from ar_core.errors import ConfigError, InputError, validation_message
 
 __all__ = [
     "PRESETS",
@@ -57,9 +57,16 @@ def llama_ffn_hidden(dim: int, multiple_of: int = 256) -> int:
 
 
 class TransformerConfig(BaseModel):
-    """Flat configuration of :class:`Transformer`; every field is a constructor argument."""
+    """Flat configuration of :class:`Transformer`; every field is a constructor argument.
+    A bad value (or combination: heads that do not divide dim) is a one-line ConfigError."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(validation_message(exc, "TransformerConfig")) from None
 
     vocab_size: int = Field(gt=0, description="number of token ids")
     dim: int = Field(gt=0, description="model width C")

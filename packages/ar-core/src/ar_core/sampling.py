@@ -32,6 +32,7 @@ from torch import Tensor
 from ar_core.errors import ConfigError, InputError
 
 __all__ = [
+    "FiniteWatch",
     "LogitsProcessor",
     "MinP",
     "RepetitionPenalty",
@@ -206,6 +207,70 @@ def check_finite_rows(logits: Tensor) -> None:
             f"all logits are -inf in row {row} (of {logits.shape[0]}): there is no token "
             f"left to sample; loosen top_k/top_p/min_p/typical_p or check the model output"
         )
+
+
+class FiniteWatch:
+    """Records, on the device, whether each row's logits held NaN or +inf (or were all
+    -inf) at each step, without a host sync per step: :meth:`update` costs one or two
+    reductions; :meth:`check` (one sync, at the end of a loop) raises an
+    :class:`InputError` naming the earliest such step and the first row poisoned at it.
+    Partly -inf logits (masked tokens) are fine.
+
+    ``update(logits, step)``: ``logits`` (R, ..., V) with R a multiple of the ``rows``
+    watched: the copies of row b (guidance rows, beams) are rows b, b + rows, ... or, with
+    ``grouped=True``, rows b·k .. b·k + k - 1. ``active`` (rows,) bool: only these rows
+    count at this step (pass a tensor that is not modified in place later).
+    """
+
+    def __init__(self, rows: int, device: torch.device | str, what: str = "the model") -> None:
+        self.rows, self.what = rows, what
+        self._entries: list[tuple[int, Tensor, Tensor | None, bool]] = []
+
+    def update(
+        self,
+        logits: Tensor,
+        step: int,
+        active: Tensor | None = None,
+        grouped: bool = False,
+    ) -> None:
+        peak = logits.detach().amax(-1)  # NaN and +inf propagate; -inf only if all are
+        if peak.dim() > 1:  # a sum is non-finite iff a term is (peaks are far from overflow)
+            peak = peak.float().flatten(1).sum(-1)
+        self._entries.append((step, peak, active, grouped))  # (R,)
+
+    def _bad(self) -> tuple[Tensor, Tensor] | None:
+        """(steps (S,), bad (S, rows) bool) over every update, or None without any."""
+        if not self._entries:
+            return None
+        steps = torch.tensor([e[0] for e in self._entries], device=self._entries[0][1].device)
+        peaks = [e[1] for e in self._entries]
+        actives = [e[2] for e in self._entries]
+        if all(p.shape == (self.rows,) for p in peaks) and all(
+            a is not None for a in actives
+        ):  # the loop of greedy/sample: a few ops for the whole decode
+            return steps, ~torch.isfinite(torch.stack(peaks)) & torch.stack(actives)  # type: ignore[arg-type]
+        bad = []
+        for _step, peak, active, grouped in self._entries:
+            ok = torch.isfinite(peak)
+            ok = ok.reshape(self.rows, -1) if grouped else ok.reshape(-1, self.rows).T
+            row_bad = ~ok.all(-1)
+            bad.append(row_bad if active is None else row_bad & active)
+        return steps, torch.stack(bad)
+
+    def check(self) -> None:
+        found = self._bad()
+        if found is None:
+            return
+        steps, bad = found
+        if bool(bad.any()):  # the only host sync
+            hit_steps = steps[:, None].expand_as(bad)[bad]
+            step = int(hit_steps.min())
+            row = int((bad & (steps[:, None] == step)).any(0).nonzero()[0, 0])
+            raise InputError(
+                f"non-finite logits (NaN or inf) from {self.what} at decode step {step}, row "
+                f"{row}: the output would be garbage; check the model's weights and inputs "
+                f"for NaN/inf (e.g. torch.isfinite on each parameter) or use float32"
+            )
 
 
 def logits_to_probs(logits: Tensor) -> Tensor:

@@ -111,9 +111,16 @@ class TwoStreamStepModel(nn.Module):
                 f"TwoStreamStepModel.save_pretrained)"
             )
         transformer = Transformer.from_pretrained(path, device=device)
-        with safe_open(str(file), framework="pt") as f:
-            vocab_size = int(f.metadata()["vocab_size"])
-            weight = f.get_tensor("pos_embed")
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                vocab_size = int(f.metadata()["vocab_size"])
+                weight = f.get_tensor("pos_embed")
+        except Exception as exc:  # safetensors' own errors, a missing key or metadata
+            detail = "; ".join(str(exc).split("\n"))
+            raise CheckpointError(
+                f"{file} is damaged ({type(exc).__name__}: {detail}); save the model again "
+                f"(re-run `ar train`)"
+            ) from None
         model = cls(transformer, vocab_size)
         if weight.shape != model.pos_embed.weight.shape:
             raise CheckpointError(
@@ -504,15 +511,20 @@ def run_steps(
     ``runner``, the ``transforms`` in order, one draw of the ``sampler``, and the values
     committed to every network row (the same values for the conditional and the
     unconditional rows of guidance). ``values`` (B, N) holds what is known (-1 elsewhere)
-    and is filled in place."""
+    and is filled in place. Logits holding NaN or inf are an ``InputError`` naming the
+    earliest such step (its index in ``plan``) and row, raised once the loop ends (a
+    device-side flag: no host sync per step)."""
     device = plan.steps[0].device if values is None else values.device
     if values is None:
         values = torch.full((batch_size, plan.num_positions), -1, dtype=torch.long, device=device)
     out = StepOutput(tokens=values, calls=0)
+    finite = sampling.FiniteWatch(batch_size, values.device, what="the step model")
     for index in range(first_step, plan.num_steps):
         step = plan.steps[index].to(values.device)  # (m,)
         pred = runner.predict(step)  # (R, m, V)
         logits = pred.logits
+        if logits.shape[0] % batch_size == 0:  # else the row check below says what is wrong
+            finite.update(logits, index)  # rows b, b + B, ... are row b's guidance copies
         for transform in transforms:
             logits = transform(logits, index=index, step=step, values=values)
         if logits.shape[0] != batch_size:
@@ -526,6 +538,7 @@ def run_steps(
         values[:, step] = x
         rows = pred.logits.shape[0]
         runner.commit(step, x.repeat(rows // batch_size, *([1] * (x.dim() - 1))))
+    finite.check()  # one sync for the whole loop: NaN/inf logits name their step and row
     out.calls = runner.calls
     return out
 

@@ -51,7 +51,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ar_core.checkpoint import load_training_state, save_training_state
-from ar_core.errors import CheckpointError, ConfigError
+from ar_core.errors import CheckpointError, ConfigError, NonFiniteError
 
 Batch = Any  # a tensor, or a tuple / list / dict of tensors with the batch first
 DataFn = Callable[[torch.Generator, int], Batch]
@@ -64,7 +64,7 @@ METRICS_FILE = "metrics.jsonl"
 class TrainConfig(pydantic.BaseModel):
     """Flat training settings; every default says why it is what it is."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)  # lr=inf: refused
 
     steps: int = pydantic.Field(1000, ge=1)  # optimizer updates; the schedule spans them
     batch_size: int = pydantic.Field(32, ge=1)  # global rows per update, over all ranks
@@ -384,11 +384,27 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         else:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
+        loss_value = self._mean_over_ranks(total / cfg.grad_accum)  # the same on every rank
+        norm_value = float(norm)
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+            # refuse the update: the weights (and any saved state) stay the last good ones
+            self.optimizer.zero_grad(set_to_none=True)
+            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+            value = loss_value if what == "loss" else norm_value
+            kept = (
+                f"; the last good checkpoint in {self.config.out_dir / STATE_DIR} is kept"
+                if self.config.out_dir is not None and (self.config.out_dir / STATE_DIR).exists()
+                else ""
+            )
+            raise NonFiniteError(
+                f"{what} is {value} at step {self.step + 1}, the update was not applied{kept}: "
+                f"lower lr, enable grad_clip, or check the data and loss_fn for NaN/inf"
+            )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        return self._mean_over_ranks(total / cfg.grad_accum), float(norm)
+        return loss_value, norm_value
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -421,10 +437,6 @@ class Trainer:
         while self.step < end:
             loss, norm = self.train_step()
             losses.append(loss)
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss} at step {self.step}; lower lr or enable grad_clip"
-                )
             record: dict[str, Any] = {}
             if self.step % cfg.log_every == 0 or self.step == end:
                 record = {

@@ -85,6 +85,7 @@ def beam(
             cache = model.new_cache(B, max_len=cache_len)
             logits = prefill(model, input_ids, cache, prompt_lengths)  # (B, V)
             stats.target_forward_passes += 1
+            out.watch(logits)
             rows = torch.arange(B, device=device)
             cache = cache.fork(rows.repeat_interleave(K))  # (B K) rows, beam k of row b at b K + k
             logp = torch.log_softmax(logits.float(), -1).repeat_interleave(K, 0)  # (B K, V)
@@ -116,6 +117,7 @@ def beam(
                 cache = cache.fork((rows[:, None] * K + parent).flatten())
                 step_logits = model(token.flatten()[:, None], cache=cache).logits[:, -1]
                 stats.target_forward_passes += 1
+                out.watch(step_logits, grouped=True)  # beam k of row b at b K + k
                 logp = torch.log_softmax(step_logits.float(), -1)  # (B K, V)
             norm = float(t + 1) ** length_penalty
             fin_scores, fin_seqs = _add_finished(fin_scores, fin_seqs, live / norm, seqs)

@@ -84,6 +84,7 @@ def first_step(
     logits = [prefill(m, rows.input_ids, c, rows.prompt_lengths) for m, c in zip(models, caches)]
     rows.stats.target_forward_passes += 1
     rows.stats.draft_forward_passes += len(models) - 1
+    rows.watch(logits[0])  # decode step 0: the target's prefill
     first = picker.pick(logits[0], rows.seq)  # (B,)
     rows.emit(first[:, None], torch.ones_like(first))
     park_finished(rows, *caches)
@@ -159,6 +160,7 @@ def verify_step(
     tokens = torch.cat([rows.last()[:, None], drafts], 1)  # (B, k + 1)
     logits = model(tokens, cache=cache, commit=False).logits  # (B, k + 1, V)
     rows.stats.target_forward_passes += 1
+    rows.watch(logits)
     n, nxt = verify_draft(picker, drafts, q_probs, logits, rows.seq, lengths=lengths)
     counts = rows.emit(accepted_tokens(drafts, n, nxt), n + 1)
     cache.commit(counts)

@@ -76,6 +76,7 @@ def jacobi(
             tokens = torch.cat([last[:, None], guesses], dim=1)  # (B, W + 1)
             logits = model(tokens, cache=cache, commit=False).logits  # (B, W + 1, V)
             rows.stats.target_forward_passes += 1
+            rows.watch(logits)
             n_acc, last = accept_greedy(guesses, logits)  # (B,), (B,)
             rows.emit(accepted_tokens(guesses, n_acc, last), n_acc + 1)
             cache.commit(n_acc + 1)

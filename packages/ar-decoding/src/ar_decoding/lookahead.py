@@ -185,6 +185,7 @@ def lookahead(
                 commit=False,
             ).logits  # (B, S, V)
             rows.stats.target_forward_passes += 1
+            rows.watch(logits)
             # verification: each candidate continues `last`
             cand_logits = logits[:, cand_base:].reshape(B, G, levels, -1)  # (B, G, n-1, V)
             first = logits[:, :1, None].expand(B, G, 1, -1)  # (B, G, 1, V)

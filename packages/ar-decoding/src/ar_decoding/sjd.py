@@ -163,6 +163,7 @@ def jacobi_sampling(
             tokens = torch.cat([last[:, None], x], dim=1)  # (B, L + 1)
             logits = model(tokens, cache=cache, commit=False).logits  # (B, L + 1, V)
             rows.stats.target_forward_passes += 1
+            rows.watch(logits)
             p = picker.probs(logits)  # (B, L + 1, V)
             n_acc, last = accept(x, q, p, gen)  # (B,), (B,)
             rows.emit(accepted_tokens(x, n_acc, last), n_acc + 1)

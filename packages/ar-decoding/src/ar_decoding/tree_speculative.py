@@ -291,6 +291,7 @@ def tree_speculative(
             if cache_len - int(rows.length[live].max()) < M:  # no room for a tree: one token
                 logits = model(rows.last()[:, None], cache=target_cache, commit=False).logits
                 stats.target_forward_passes += 1
+                rows.watch(logits)
                 nxt = picker.pick(logits[:, 0], rows.seq)
                 counts = rows.emit(nxt[:, None], torch.ones_like(nxt))
                 target_cache.commit(counts)
@@ -307,6 +308,7 @@ def tree_speculative(
                 commit=False,
             ).logits  # (B, M, V)
             stats.target_forward_passes += 1
+            rows.watch(logits)
             scores = _processed(picker, logits, rows, tokens, tree, 0)  # (B, M, V)
             if picker.greedy:
                 best, nxt = accept_tree_greedy(tokens, scores.argmax(-1), tree)

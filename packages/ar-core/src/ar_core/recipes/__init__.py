@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -76,6 +77,7 @@ def torch_threads(n: int) -> Iterator[None]:
     the previous count. Small models train fastest on one thread of a shared machine."""
     import torch  # recipes import torch anyway; this module stays light without it
 
+    check_threads(n)
     before = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)
@@ -117,6 +119,69 @@ def _merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+MAX_THREADS_PER_CPU = 4  # threads beyond os.cpu_count() * this are a mistake, not a setting
+NON_EMPTY_LISTS = ("orderings",)  # list fields a recipe cannot run without
+
+
+def _walk(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    yield path, value
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from _walk(v, f"{path}[{i}]")
+
+
+def check_fields(config: pydantic.BaseModel) -> None:
+    """Checks every recipe config gets on top of its own validators, each a one-line
+    ConfigError naming the field and the fix: finite numbers everywhere (``lr=Infinity``),
+    ``dim`` divisible by ``n_heads`` (and ``n_heads`` by ``n_kv_heads``) with an even head
+    dimension (RoPE), ``threads`` within ``os.cpu_count() * 4``, no empty ``orderings``."""
+    name = type(config).__name__
+    fields = config.model_dump()
+    for path, value in _walk(fields, ""):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"invalid {name}: {path}={value} is not a finite number; pass one")
+    dim, heads = fields.get("dim"), fields.get("n_heads")
+    if isinstance(dim, int) and isinstance(heads, int) and heads > 0:
+        if dim % heads:
+            raise ConfigError(
+                f"invalid {name}: dim={dim} is not divisible by n_heads={heads}; pick n_heads "
+                f"that divides dim (e.g. {max(h for h in (1, 2, 4, 8) if dim % h == 0)})"
+            )
+        if (dim // heads) % 2:
+            raise ConfigError(
+                f"invalid {name}: head dimension dim / n_heads = {dim // heads} is odd; RoPE "
+                f"needs an even one: change dim or n_heads"
+            )
+        kv = fields.get("n_kv_heads")
+        if isinstance(kv, int) and kv > 0 and heads % kv:
+            raise ConfigError(
+                f"invalid {name}: n_heads={heads} is not divisible by n_kv_heads={kv}; pick "
+                f"n_kv_heads that divides n_heads"
+            )
+    threads = fields.get("threads")
+    if isinstance(threads, int):
+        check_threads(threads, f"invalid {name}: threads")
+    for key in NON_EMPTY_LISTS:
+        if key in fields and isinstance(fields[key], list | tuple) and not fields[key]:
+            raise ConfigError(
+                f"invalid {name}: {key} is empty; name at least one (or leave it out for the "
+                f"default)"
+            )
+
+
+def check_threads(n: int, what: str = "threads") -> None:
+    """ConfigError unless 0 <= n <= os.cpu_count() * 4 (0 = torch's setting)."""
+    limit = (os.cpu_count() or 1) * MAX_THREADS_PER_CPU
+    if not 0 <= n <= limit:
+        raise ConfigError(
+            f"{what}={n} is out of range on this machine ({os.cpu_count()} CPUs): pass 0 "
+            f"(torch's default) up to {limit}"
+        )
+
+
 def build_config(
     config_class: type[pydantic.BaseModel],
     base: pydantic.BaseModel | None,
@@ -125,7 +190,7 @@ def build_config(
     """Validate ``base`` updated with ``overrides``; a bad field is a one-line ConfigError."""
     data = _merge(base.model_dump() if base is not None else {}, overrides)
     try:
-        return config_class.model_validate(data)
+        config = config_class.model_validate(data)
     except pydantic.ValidationError as exc:
         # a field error shows the value it got; a whole-config check (empty loc) names
         # its fields in its own message, and its input would be the whole config
@@ -136,6 +201,8 @@ def build_config(
             for err in exc.errors()
         )
         raise ConfigError(f"invalid {config_class.__name__}: {problems}") from None
+    check_fields(config)
+    return config
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -183,6 +250,7 @@ __all__ = [
     "Table",
     "atomic_write_text",
     "build_config",
+    "check_fields",
     "parse_overrides",
     "read_recipe_file",
     "torch_threads",

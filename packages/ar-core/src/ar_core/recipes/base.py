@@ -18,7 +18,13 @@ from typing import Any, ClassVar
 import pydantic
 
 from ar_core.errors import ConfigError
-from ar_core.recipes import Progress, RecipeResult, read_recipe_file, torch_threads
+from ar_core.recipes import (
+    Progress,
+    RecipeResult,
+    check_fields,
+    read_recipe_file,
+    torch_threads,
+)
 
 
 class RecipeBase:
@@ -49,12 +55,14 @@ class RecipeBase:
         return self.config_class()
 
     def check_config(self, config: object) -> Any:
-        """``config`` itself when it is a ``config_class``; else a one-line ConfigError."""
+        """``config`` itself when it is a valid ``config_class`` (its cross-field checks:
+        :func:`~ar_core.recipes.check_fields`); else a one-line ConfigError."""
         if not isinstance(config, self.config_class):
             raise ConfigError(
                 f"recipe {self.name!r} expects a {self.config_class.__name__}, "
                 f"got {type(config).__name__}"
             )
+        check_fields(config)  # the checks of build_config, for configs built in Python
         return config
 
     def threads(self, config: pydantic.BaseModel) -> contextlib.AbstractContextManager[None]:
