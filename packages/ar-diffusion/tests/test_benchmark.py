@@ -24,8 +24,8 @@ def test_quick_benchmark(tmp_path: Path) -> None:
     assert set(report["runs"]) == {"ar", "mdlm", "bd3-4", "bd3-16"}
     for run in report["runs"].values():
         assert 0 < run["bits_per_byte"] < 16
-    gen = report["generation"]
-    assert gen["cached_equals_uncached"]
+    assert report["cached_equals_uncached"]
+    kv = report["kv_cache"]
     # 32 new tokens = 2 blocks of 16, 16 steps each, + prefill + one clean-KV write
-    assert gen["bd3-16 use_cache=True"]["network_calls"] == 2 * 16 + 2
-    assert gen["bd3-16 use_cache=False"]["network_calls"] == 2 * 16
+    assert kv["bd3-16 use_cache=True"]["network_calls"] == 2 * 16 + 2
+    assert kv["bd3-16 use_cache=False"]["network_calls"] == 2 * 16

@@ -122,7 +122,7 @@ def generation(
     # cached and uncached logits differ by float noise (~1e-5), which can flip an
     # inverse-CDF draw at temperature 1 somewhere in hundreds of draws
     greedy = GenerationConfig(max_new_tokens=n_new, temperature=0.0, seed=0)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"kv_cache": {}}
     seqs = {}
     for use_cache in (True, False):
         t0 = time.perf_counter()
@@ -137,12 +137,13 @@ def generation(
         )
         seconds = time.perf_counter() - t0
         seqs[use_cache] = res.sequences
-        out[f"bd3-16 use_cache={use_cache}"] = {
+        out["kv_cache"][f"bd3-16 use_cache={use_cache}"] = {
             "tokens_per_s": n_new * prompt.shape[0] / seconds,
             "network_calls": res.stats.target_forward_passes,
         }
     out["cache_speedup"] = (
-        out["bd3-16 use_cache=True"]["tokens_per_s"] / out["bd3-16 use_cache=False"]["tokens_per_s"]
+        out["kv_cache"]["bd3-16 use_cache=True"]["tokens_per_s"]
+        / out["kv_cache"]["bd3-16 use_cache=False"]["tokens_per_s"]
     )
     out["cached_equals_uncached"] = bool(torch.equal(seqs[True], seqs[False]))
     differ = (seqs[True] != seqs[False]).nonzero()
@@ -226,13 +227,11 @@ def main(argv: list[str]) -> dict[str, Any]:
         models[run] = model
     prompt = held[:16][None]
     n_new = 32 if quick else 496
-    report["generation"] = generation(
-        models["bd3-16"], models["ar"], prompt, n_new, [0.9, 0.7, 0.5, 0.3]
-    )
-    g = report["generation"]
+    report |= generation(models["bd3-16"], models["ar"], prompt, n_new, [0.9, 0.7, 0.5, 0.3])
+    g, kv = report, report["kv_cache"]
     print(
-        f"bd3-16 at {16 + n_new} positions: {g['bd3-16 use_cache=True']['tokens_per_s']:.0f} tok/s "
-        f"cached vs {g['bd3-16 use_cache=False']['tokens_per_s']:.0f} uncached "
+        f"bd3-16 at {16 + n_new} positions: {kv['bd3-16 use_cache=True']['tokens_per_s']:.0f} tok/s "
+        f"cached vs {kv['bd3-16 use_cache=False']['tokens_per_s']:.0f} uncached "
         f"({g['cache_speedup']:.1f}x), equal: {g['cached_equals_uncached']}"
     )
     for row in g["threshold"]:
