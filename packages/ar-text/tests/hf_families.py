@@ -82,7 +82,7 @@ def tiny_config(model_type: str, **extra: Any) -> Any:
     if "sliding_window" in kw and getattr(text, "sliding_window", None) is None:
         del kw["sliding_window"]  # the family's windows are off by default: keep them off
     types = getattr(text, "layer_types", None)
-    if types and "num_hidden_layers" in kw:  # 2 layers: one of each kind where it mixes kinds
+    if types and len(set(types)) > 1 and "num_hidden_layers" in kw:  # one layer of each kind
         kinds = list(dict.fromkeys(types))
         kw["layer_types"] = (kinds + list(types))[:2]
     kw.update(extra)
