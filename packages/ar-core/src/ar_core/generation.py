@@ -581,7 +581,7 @@ def decode_n_tokens(
     watch_eos = eos_ids.numel() > 0
     for i in range(n):
         if watch is not None:
-            watch.update(logits, i, active=~finished)
+            watch.update(logits, i, active=~finished if watch_eos else None)
         token = pick(logits, history)  # (B,)
         token = torch.where(finished, pad_token_id, token)
         out[:, i] = token

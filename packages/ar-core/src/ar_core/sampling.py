@@ -245,17 +245,20 @@ class FiniteWatch:
         steps = torch.tensor([e[0] for e in self._entries], device=self._entries[0][1].device)
         peaks = [e[1] for e in self._entries]
         actives = [e[2] for e in self._entries]
-        if all(p.shape == (self.rows,) for p in peaks) and all(
-            a is not None for a in actives
-        ):  # the loop of greedy/sample: a few ops for the whole decode
-            return steps, ~torch.isfinite(torch.stack(peaks)) & torch.stack(actives)  # type: ignore[arg-type]
-        bad = []
+        uniform = all(p.shape == (self.rows,) for p in peaks)
+        if uniform and len({a is None for a in actives}) == 1:
+            # the loop of greedy/sample: a few ops for the whole decode
+            bad = ~torch.isfinite(torch.stack(peaks))  # (S, rows)
+            if actives[0] is not None:
+                bad &= torch.stack(actives)  # type: ignore[arg-type]
+            return steps, bad
+        bad_rows = []
         for _step, peak, active, grouped in self._entries:
             ok = torch.isfinite(peak)
             ok = ok.reshape(self.rows, -1) if grouped else ok.reshape(-1, self.rows).T
             row_bad = ~ok.all(-1)
-            bad.append(row_bad if active is None else row_bad & active)
-        return steps, torch.stack(bad)
+            bad_rows.append(row_bad if active is None else row_bad & active)
+        return steps, torch.stack(bad_rows)
 
     def check(self) -> None:
         found = self._bad()
