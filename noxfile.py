@@ -109,7 +109,14 @@ def wheels(session: nox.Session) -> None:
         assert out and '"ar-core"' in out and '"ar-kernels"' in out, out
         out = session.run("ar", "bench", "--json", silent=True)
         listed = json.loads(out[out.index("{") :]) if out else {}
-        everyone = {"decode", "decoding", "flex_vs_sdpa", "hf_strategies", "stargraph_compare"}
+        everyone = {
+            "decode",
+            "decoding",
+            "diffusion",
+            "flex_vs_sdpa",
+            "hf_strategies",
+            "stargraph_compare",
+        }
         assert everyone | {"vision"} <= set(listed), listed
         session.log(f"full install checked at {time.perf_counter() - started:.0f} s")
 
