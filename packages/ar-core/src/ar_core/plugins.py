@@ -15,9 +15,11 @@ own entry point ``core = "ar_core._plugin"``.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -68,6 +70,20 @@ class _State:
 
 
 _state = _State()
+
+
+def lazy(module: str, attr: str) -> Callable[..., Any]:
+    """A stand-in for ``module.attr`` that imports ``module`` on its first call, so that a
+    plugin registers strategies (or any callables) without importing torch-heavy modules
+    at discovery: ``register("mdlm", lazy("ar_diffusion.mdlm", "mdlm"))``."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = attr
+    call.__module__ = module
+    call.__doc__ = f"{module}.{attr} (imported on first use)"
+    return call
 
 
 def allow_list() -> set[str] | None:

@@ -6,12 +6,8 @@ Each strategy module is imported when the strategy first runs, so loading the pl
 
 from __future__ import annotations
 
-import functools
-import importlib
-from collections.abc import Callable
-from typing import Any
-
 from ar_core.hookspecs import Register, hookimpl
+from ar_core.plugins import lazy
 
 # strategy name -> (module of ar_diffusion, function)
 STRATEGIES: dict[str, tuple[str, str]] = {
@@ -20,21 +16,10 @@ STRATEGIES: dict[str, tuple[str, str]] = {
 }
 
 
-def _lazy(module: str, attr: str) -> Callable[..., Any]:
-    def strategy(*args: Any, **kwargs: Any) -> Any:
-        fn = getattr(importlib.import_module(f"ar_diffusion.{module}"), attr)
-        return fn(*args, **kwargs)
-
-    functools.update_wrapper(strategy, lambda: None)
-    strategy.__name__ = strategy.__qualname__ = attr
-    strategy.__doc__ = f"ar_diffusion.{module}.{attr} (imported on first use)"
-    return strategy
-
-
 @hookimpl
 def register_strategies(register: Register) -> None:
     for name, (module, attr) in STRATEGIES.items():
-        register(name, _lazy(module, attr))
+        register(name, lazy(f"ar_diffusion.{module}", attr))
 
 
 @hookimpl
