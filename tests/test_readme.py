@@ -25,7 +25,7 @@ RUNNABLE = [
     ROOT / "docs" / "concepts" / "loop.md",
     *sorted((ROOT / "docs" / "getting-started").glob("*.md")),
 ]
-GETTING_STARTED = ["image-folder.md", "speed-up-hf.md", "strategy-plugin.md"]
+GETTING_STARTED = ["diffusion-lm.md", "image-folder.md", "speed-up-hf.md", "strategy-plugin.md"]
 
 
 def _python_blocks(path: Path) -> list[str]:
