@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import pydantic
 import torch
@@ -203,27 +203,8 @@ def train_and_evaluate(config: VisionDigitsConfig, out_dir: Path, progress: Prog
         size=config.model_size,
         seed=config.seed,
     )
-    train_config = TrainConfig.build(
-        steps=config.steps,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        weight_decay=0.0,  # a few hundred updates on 1.4k images: decay only slows them
-        warmup_steps=max(1, config.steps // 20),
-        out_dir=out_dir / "train",
-        seed=config.seed,
-        log_every=max(1, config.steps // 50),
-        progress=config.progress_bar,
-    )
-    progress(
-        f"training {config.ordering} over {rep.num_tokens} {config.tokenizer} tokens "
-        f"({plan.num_steps} steps a sample), {config.steps} updates"
-    )
-    start = time.perf_counter()
     data = TokenData(train_t, train_y, config.label_dropout)
-    Trainer(model, plan_loss(plan), data, train_config).train()
-    train_seconds = time.perf_counter() - start
-    model.eval()
-    model.save_pretrained(out_dir / "model")
+    train_seconds = train_step_model(model, rep, plan, data, config, out_dir, progress)
 
     progress("evaluating NLL and sampling")
     # trains and caches the metrics classifier on first use; outside no_grad (class_accuracy
@@ -254,14 +235,89 @@ def train_and_evaluate(config: VisionDigitsConfig, out_dir: Path, progress: Prog
     return Evaluation(rep, model, plan, images, labels, m, curve)
 
 
+class StepModelSettings(Protocol):
+    """The config fields the vision recipes share for training and sampling a step model
+    (``VisionDigitsConfig`` and ``VisionImagesConfig`` both have them)."""
+
+    @property
+    def ordering(self) -> str: ...
+
+    @property
+    def tokenizer(self) -> str: ...
+
+    @property
+    def steps(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def lr(self) -> float: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def progress_bar(self) -> bool: ...
+
+    @property
+    def cfg_scale(self) -> float: ...
+
+    @property
+    def cfg_schedule(self) -> Literal["constant", "linear"]: ...
+
+    @property
+    def top_k(self) -> int | None: ...
+
+    @property
+    def top_p(self) -> float | None: ...
+
+
+def train_step_model(
+    model: ClassConditionalStepModel,
+    rep: Representation,
+    plan: Plan,
+    data: TokenData,
+    config: StepModelSettings,
+    out_dir: Path,
+    progress: Progress,
+) -> float:
+    """Train ``model`` on ``data`` under ``plan`` with ar-core's Trainer (logs under
+    ``out_dir/train``), save it to ``out_dir/model`` in eval mode; the training seconds."""
+    train_config = TrainConfig.build(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        weight_decay=0.0,  # a few hundred updates on 1.4k images: decay only slows them
+        warmup_steps=max(1, config.steps // 20),
+        out_dir=out_dir / "train",
+        seed=config.seed,
+        log_every=max(1, config.steps // 50),
+        progress=config.progress_bar,
+    )
+    progress(
+        f"training {config.ordering} over {rep.num_tokens} {config.tokenizer} tokens "
+        f"({plan.num_steps} steps a sample), {config.steps} updates"
+    )
+    start = time.perf_counter()
+    Trainer(model, plan_loss(plan), data, train_config).train()
+    seconds = time.perf_counter() - start
+    model.eval()
+    model.save_pretrained(out_dir / "model")
+    return seconds
+
+
 def sample_images(
     model: ClassConditionalStepModel,
     rep: Representation,
     plan: Plan,
     labels: torch.Tensor,
-    config: VisionDigitsConfig,
+    config: StepModelSettings,
+    *,
+    cfg_scale: float | None = None,
 ) -> tuple[StepOutput, float]:
-    """Sample ``labels`` (B,) with the config's CFG and filters: (StepOutput, seconds)."""
+    """Sample ``labels`` (B,) with the config's CFG (``cfg_scale`` overrides its scale)
+    and filters: (StepOutput, seconds)."""
     processors: list[LogitsProcessor] = []
     if config.top_k is not None:
         processors.append(TopK(config.top_k))
@@ -273,7 +329,7 @@ def sample_images(
         model,
         plan,
         labels,
-        cfg_scale=config.cfg_scale,
+        cfg_scale=config.cfg_scale if cfg_scale is None else cfg_scale,
         cfg_schedule=config.cfg_schedule,
         processors=processors,
         allowed=rep.allowed,

@@ -40,13 +40,17 @@ from ar_core.errors import CheckpointError, ConfigError, InputError
 from ar_core.ordering import Plan
 from ar_core.recipes import Progress, RecipeResult, Table, atomic_write_text
 from ar_core.recipes.base import RecipeBase
-from ar_core.sampling import LogitsProcessor, TopK, TopP
 from ar_core.steps import StepOutput
-from ar_core.trainer import TrainConfig, Trainer, read_metrics
+from ar_core.trainer import read_metrics
 from ar_vision.model import ClassConditionalStepModel, build_step_model
-from ar_vision.recipes.digits import TokenData, load_tokenizer, plan_loss, sequence_nll
+from ar_vision.recipes.digits import (
+    TokenData,
+    load_tokenizer,
+    sequence_nll,
+    train_step_model,
+)
+from ar_vision.recipes.digits import sample_images as digits_sample_images
 from ar_vision.representation import Representation, factorised_nll
-from ar_vision.sampling import generate_images
 
 TokenizerName = Literal["pixel", "vqvae", "msrvq", "nfig", "ctf"]
 CLASSES_FILE = "classes.json"
@@ -208,24 +212,9 @@ def sample_images(
     rep: Representation,
 ) -> tuple[StepOutput, float]:
     """Sample ``labels`` (B,) with the config's CFG (none when unconditional) and filters."""
-    processors: list[LogitsProcessor] = []
-    if config.top_k is not None:
-        processors.append(TopK(config.top_k))
-    if config.top_p is not None:
-        processors.append(TopP(config.top_p))
-    gen = torch.Generator().manual_seed(config.seed + 1)
-    start = time.perf_counter()
-    out = generate_images(
-        model,
-        plan,
-        labels,
-        cfg_scale=config.cfg_scale if conditional else 1.0,
-        cfg_schedule=config.cfg_schedule,
-        processors=processors,
-        allowed=rep.allowed,
-        generator=gen,
+    return digits_sample_images(
+        model, rep, plan, labels, config, cfg_scale=config.cfg_scale if conditional else 1.0
     )
-    return out, time.perf_counter() - start
 
 
 def train_and_evaluate(config: VisionImagesConfig, out_dir: Path, progress: Progress) -> Evaluation:
@@ -263,28 +252,9 @@ def train_and_evaluate(config: VisionImagesConfig, out_dir: Path, progress: Prog
         seed=config.seed,
         own_step_queries=config.bidirectional_steps,
     )
-    train_config = TrainConfig.build(
-        steps=config.steps,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        weight_decay=0.0,
-        warmup_steps=max(1, config.steps // 20),
-        out_dir=out_dir / "train",
-        seed=config.seed,
-        log_every=max(1, config.steps // 50),
-        progress=config.progress_bar,
-    )
-    progress(
-        f"training {config.ordering} over {rep.num_tokens} {config.tokenizer} tokens "
-        f"({plan.num_steps} steps a sample), {config.steps} updates"
-    )
-    start = time.perf_counter()
     dropout = config.label_dropout if data.conditional else 0.0
     token_data = TokenData(train_t, train_y := data.train_y, dropout, data.num_classes)
-    Trainer(model, plan_loss(plan), token_data, train_config).train()
-    train_seconds = time.perf_counter() - start
-    model.eval()
-    model.save_pretrained(out_dir / "model")
+    train_seconds = train_step_model(model, rep, plan, token_data, config, out_dir, progress)
 
     progress("evaluating NLL and sampling")
     labels = sample_labels(data.num_classes, data.conditional, config.samples_per_class)
