@@ -29,6 +29,8 @@ MEMBERS = {
     "ar-vision": "packages/ar-vision",
     "ar-text": "packages/ar-text",
     "ar-diffusion": "packages/ar-diffusion",
+    "ar-video": "packages/ar-video",
+    "ar-timeseries": "packages/ar-timeseries",
     "ar-cli": "apps/ar-cli",
 }
 SOURCES = [f"{path}/src" for path in MEMBERS.values()]
@@ -102,7 +104,7 @@ def wheels(session: nox.Session) -> None:
         session.run(
             "python",
             "-c",
-            "import ar_core, ar_kernels, ar_decoding, ar_vision, ar_text, ar_diffusion, ar_cli; print('imports ok')",
+            "import ar_core, ar_kernels, ar_decoding, ar_vision, ar_text, ar_diffusion, ar_video, ar_timeseries, ar_cli; print('imports ok')",
         )
         session.run("ar", "plugins")
         out = session.run("ar", "plugins", "--json", silent=True)

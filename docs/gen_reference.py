@@ -21,6 +21,8 @@ PACKAGES = {
     "ar-vision": "packages/ar-vision",
     "ar-text": "packages/ar-text",
     "ar-diffusion": "packages/ar-diffusion",
+    "ar-video": "packages/ar-video",
+    "ar-timeseries": "packages/ar-timeseries",
     "ar-cli": "apps/ar-cli",
 }
 

@@ -251,7 +251,15 @@ def test_known_providers_name_only_what_the_packages_register():
     from ar_core.registry import HOOK_REGISTRIES, KNOWN_PROVIDERS
 
     plugin_package = {i.name: i.distribution for i in plugins.plugin_infos()}
-    ours = {"ar-kernels", "ar-decoding", "ar-vision", "ar-text", "ar-diffusion"}
+    ours = {
+        "ar-kernels",
+        "ar-decoding",
+        "ar-vision",
+        "ar-text",
+        "ar-diffusion",
+        "ar-video",
+        "ar-timeseries",
+    }
     by_kind = {reg.kind: reg for reg in HOOK_REGISTRIES.values()}
     assert set(KNOWN_PROVIDERS) <= set(by_kind)
     for kind, reg in by_kind.items():

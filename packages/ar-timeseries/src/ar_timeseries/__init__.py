@@ -1,0 +1,3 @@
+"""ar-timeseries (work in progress: see the package README)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+"""ar-video's plugin: registers its recipes and benchmarks (imported lazily)."""
+
+from __future__ import annotations
