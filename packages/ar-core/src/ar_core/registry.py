@@ -35,10 +35,11 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
             "lantern",
             "beam",
             "constrained",
+            "medusa",
         )
     }
     | {"mdlm": "ar-diffusion", "block-diffusion": "ar-diffusion"},
-    "attention_backends": {"flex": "ar-kernels", "xformers": "ar-kernels"},
+    "attention_backends": {"flex": "ar-kernels", "xformers": "ar-kernels", "triton": "ar-kernels"},
     "tokenizers": {
         "byte": "ar-text",
         "bpe": "ar-text",

@@ -20,6 +20,7 @@ STRATEGIES: dict[str, tuple[str, str]] = {
     "lantern": ("lantern", "lantern"),
     "beam": ("beam", "beam"),
     "constrained": ("constrained", "constrained"),
+    "medusa": ("medusa", "medusa"),
 }
 
 
