@@ -31,15 +31,9 @@ tensors (it is read back with ``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
-import shutil
 import struct
-import uuid
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +43,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
+from ar_core.atomic import atomic_folder, atomic_write_bytes, resolve_folder
 from ar_core.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
@@ -67,6 +62,7 @@ __all__ = [
     "save_model",
     "save_training_state",
     "state_for_saving",
+    "write_model_files",
 ]
 
 CONFIG_NAME = "config.json"
@@ -88,96 +84,15 @@ _ST_DTYPES: dict[str, torch.dtype] = {
 }
 
 
-# -- atomic writes ----------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    """Persist a rename: fsync the folder that holds the entry (best effort)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
-    with _atomic_path(Path(path)) as tmp:
-        tmp.write_bytes(data)
-
-
-def _previous(path: Path) -> Path:
-    return path.with_name(f".{path.name}.previous")
-
-
-@contextlib.contextmanager
-def _atomic_folder(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success swap it in for ``path`` (the old one is kept
-    as ``.<name>.previous`` until the new one is in place)."""
-    path = path.resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"cannot write a checkpoint folder at {path}: a file is in the way")
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        yield tmp
-        for child in tmp.iterdir():
-            _fsync_file(child)
-        _fsync_dir(tmp)
-        previous = _previous(path)
-        if path.exists():
-            if previous.exists():  # stale, from an earlier crash; path is complete
-                shutil.rmtree(previous)
-            os.replace(path, previous)
-        # else: a ``previous`` left by a crash is the last good checkpoint; it stays until
-        # the new one is in place
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if previous.exists():
-            shutil.rmtree(previous)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+# -- atomic writes (ar_core.atomic: one writer for every folder) ----------------------------
 
 
 def _resolve_folder(path: str | Path) -> Path:
     """The checkpoint folder, or the ``.previous`` copy a crash mid-save left behind."""
     path = Path(path)
-    if path.is_dir():
-        return path
-    previous = _previous(path.resolve())
-    if previous.is_dir():
-        warnings.warn(
-            f"checkpoint {path} is missing but {previous} exists (a save was interrupted); "
-            f"loading the previous checkpoint",
-            stacklevel=3,
-        )
-        return previous
-    if path.exists():
+    if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path} is a file; a checkpoint is a folder holding {WEIGHTS_NAME}")
-    raise CheckpointError(f"no checkpoint at {path}: the folder does not exist")
+    return resolve_folder(path, what="checkpoint")
 
 
 # -- validation -------------------------------------------------------------------------
@@ -301,10 +216,17 @@ def _write_model_files(model: nn.Module, folder: Path) -> None:
     save_file(state_for_saving(model), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
 
 
+def write_model_files(model: nn.Module, folder: str | Path) -> None:
+    """Write ``config.json`` (when the model has a pydantic ``cfg``) and ``model.safetensors``
+    into ``folder`` as they are (no atomicity: call it inside :func:`ar_core.atomic.atomic_folder`
+    to add files of your own to the same atomic folder)."""
+    _write_model_files(model, Path(folder))
+
+
 def save_model(model: nn.Module, path: str | Path) -> Path:
     """Write the folder ``path`` (config.json + model.safetensors) atomically; return it."""
     path = Path(path)
-    with _atomic_folder(path) as tmp:
+    with atomic_folder(path) as tmp:
         _write_model_files(model, tmp)
     return path
 
@@ -401,7 +323,7 @@ def save_training_state(
         "rng": _rng_state(),
         "extra": extra or {},
     }
-    with _atomic_folder(path) as tmp:
+    with atomic_folder(path) as tmp:
         _write_model_files(model, tmp)
         torch.save(payload, tmp / TRAINING_STATE_NAME)
     return path

@@ -45,8 +45,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ar_core import masks, registry, sampling
+from ar_core.atomic import resolve_folder, write_folder
 from ar_core.cache import StaticKVCache
-from ar_core.checkpoint import atomic_write_bytes
+from ar_core.checkpoint import write_model_files
 from ar_core.errors import CheckpointError, ConfigError, InputError
 from ar_core.masks import MaskSpec
 from ar_core.model import ModelOutput, Transformer
@@ -84,17 +85,22 @@ class TwoStreamStepModel(nn.Module):
 
     # -- persistence -------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> Path:
-        """``Transformer.save_pretrained(path)`` plus ``two_stream.safetensors`` (the
-        position embedding and the data vocabulary size), each written atomically."""
+        """Write the folder ``path`` atomically (:func:`ar_core.atomic.write_folder`): the
+        Transformer's ``config.json`` + ``model.safetensors`` and ``two_stream.safetensors``
+        (the position embedding and the data vocabulary size), all in one rename."""
+        return write_folder(path, self.write_files)
+
+    def write_files(self, folder: Path) -> None:
+        """The files of :meth:`save_pretrained`, written into ``folder`` as they are (for a
+        subclass or wrapper that adds files of its own to the same atomic folder)."""
         from safetensors.torch import save
 
-        path = self.transformer.save_pretrained(path)
+        write_model_files(self.transformer, folder)
         blob = save(
             {"pos_embed": self.pos_embed.weight.detach().contiguous()},
             metadata={"vocab_size": str(self.vocab_size)},
         )
-        atomic_write_bytes(path / TWO_STREAM_FILE, blob)
-        return path
+        (Path(folder) / TWO_STREAM_FILE).write_bytes(blob)
 
     @classmethod
     def from_pretrained(
@@ -103,7 +109,7 @@ class TwoStreamStepModel(nn.Module):
         """Load a folder written by :meth:`save_pretrained`."""
         from safetensors import safe_open
 
-        path = Path(path)
+        path = resolve_folder(path, what="model")
         file = path / TWO_STREAM_FILE
         if not file.is_file():
             raise CheckpointError(

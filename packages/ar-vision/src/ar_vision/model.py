@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ar_core.atomic import resolve_folder, write_folder
 from ar_core.errors import CheckpointError, ConfigError, InputError
 from ar_core.model import Transformer, TransformerConfig
-from ar_core.recipes import atomic_write_text
 from ar_core.steps import TwoStreamStepModel, query_stream_loss
 
 VISION_FILE = "vision.json"
@@ -136,21 +136,24 @@ class ClassConditionalStepModel(nn.Module):
     # -- persistence ---------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> Path:
         """The two-stream model's files plus ``vision.json`` (vocabulary and classes)."""
-        path = self.step_model.save_pretrained(path)
         meta = {
             "vocab_size": self.vocab_size,
             "num_classes": self.num_classes,
             "num_positions": self.max_tokens,
             "own_step_queries": self.own_step_queries,
         }
-        atomic_write_text(path / VISION_FILE, json.dumps(meta))
-        return path
+
+        def write(folder: Path) -> None:  # every file, then one rename (ar_core.atomic)
+            self.step_model.write_files(folder)
+            (folder / VISION_FILE).write_text(json.dumps(meta))
+
+        return write_folder(path, write)
 
     @classmethod
     def from_pretrained(
         cls, path: str | Path, *, device: torch.device | str | None = None
     ) -> ClassConditionalStepModel:
-        path = Path(path)
+        path = resolve_folder(path, what="model")
         file = path / VISION_FILE
         if not file.is_file():
             raise CheckpointError(
