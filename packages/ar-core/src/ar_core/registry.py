@@ -36,6 +36,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
             "beam",
             "constrained",
             "medusa",
+            "assd",
         )
     }
     | {"mdlm": "ar-diffusion", "block-diffusion": "ar-diffusion"},

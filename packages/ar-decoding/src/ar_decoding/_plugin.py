@@ -21,6 +21,7 @@ STRATEGIES: dict[str, tuple[str, str]] = {
     "beam": ("beam", "beam"),
     "constrained": ("constrained", "constrained"),
     "medusa": ("medusa", "medusa"),
+    "assd": ("assd", "assd"),
 }
 
 
