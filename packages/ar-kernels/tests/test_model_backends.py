@@ -15,7 +15,7 @@ from ar_core.generation import GenerationConfig, generate
 from ar_core.model import Transformer, TransformerConfig
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-BACKENDS = ["math", "sdpa", "flex", "xformers"]
+BACKENDS = ["math", "sdpa", "flex", "xformers", "triton"]
 
 
 def _runnable(backend: str, device: str) -> str | None:
@@ -40,8 +40,8 @@ def _reference(model: Transformer, prompt: list[int], n: int) -> tuple[list[int]
 def test_cached_generation_equals_uncached(backend: str, device: str) -> None:
     reason = _runnable(backend, device)
     if reason is not None:
-        if backend == "xformers" and device == "cpu":
-            assert "CUDA" in reason  # the clear error, tested in test_xformers.py too
+        if backend in ("xformers", "triton") and device == "cpu":
+            assert "CUDA" in reason  # the clear error, tested in test_xformers.py/test_triton.py
         pytest.skip(reason)
     torch.manual_seed(0)
     cfg = TransformerConfig.from_name("tiny", n_kv_heads=2, attention_backend=backend)

@@ -1,9 +1,11 @@
-"""ar-kernels' plugin: registers its attention backends (``flex``, ``xformers``) and its benchmark."""
+"""ar-kernels' plugin: registers its attention backends (``flex``, ``xformers``, ``triton``)
+and its benchmark."""
 
 from __future__ import annotations
 
 from ar_core.hookspecs import Register, hookimpl
 from ar_kernels.flex import FlexBackend
+from ar_kernels.triton_backend import TritonBackend
 from ar_kernels.xformers_backend import XformersBackend
 
 
@@ -11,6 +13,7 @@ from ar_kernels.xformers_backend import XformersBackend
 def register_attention_backends(register: Register) -> None:
     register("flex", FlexBackend())
     register("xformers", XformersBackend())
+    register("triton", TritonBackend())
 
 
 @hookimpl
