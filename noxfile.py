@@ -183,3 +183,13 @@ def slow(session: nox.Session) -> None:
     _sync(session, "--all-packages", "--group", "test", "--group", "example")
     for folder in [*(f"{p}/tests" for p in MEMBERS.values()), "tests"]:
         session.run("pytest", "-m", "slow", folder, *session.posargs, success_codes=[0, 5])
+
+
+@nox.session
+def triton(session: nox.Session) -> None:
+    """ar-kernels' Triton kernels against the math backend in Triton's CPU interpreter
+    (``TRITON_INTERPRET=1``, tiny shapes, float32 and float16; a few minutes). Not in the
+    default run; on a CUDA machine ``tools/gpu_check.sh`` runs the same tests on the GPU."""
+    _sync(session, "--package", "ar-kernels")
+    tests = sorted(glob.glob("packages/ar-kernels/tests/test_triton*.py"))
+    session.run("pytest", "-m", "slow", *tests, *session.posargs, env={"TRITON_INTERPRET": "1"})
