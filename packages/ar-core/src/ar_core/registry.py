@@ -39,7 +39,10 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
             "assd",
         )
     }
-    | {"mdlm": "ar-diffusion", "block-diffusion": "ar-diffusion"},
+    | {
+        name: "ar-diffusion"
+        for name in ("mdlm", "block-diffusion", "freecache", "ar-guided-diffusion")
+    },
     "attention_backends": {"flex": "ar-kernels", "xformers": "ar-kernels", "triton": "ar-kernels"},
     "tokenizers": {
         "byte": "ar-text",

@@ -13,6 +13,8 @@ from ar_core.plugins import lazy
 STRATEGIES: dict[str, tuple[str, str]] = {
     "mdlm": ("mdlm", "mdlm"),
     "block-diffusion": ("bd3", "block_diffusion"),
+    "freecache": ("freecache", "freecache"),
+    "ar-guided-diffusion": ("ar_guided", "ar_guided_diffusion"),
 }
 
 

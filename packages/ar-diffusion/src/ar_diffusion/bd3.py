@@ -46,14 +46,14 @@ from ar_core.generation import (
     check_eos,
     make_generator,
     positive_int,
-    prefill,
     reject_repetition_penalty,
 )
-from ar_diffusion.mdlm import check_prompts
+from ar_diffusion.layout import PromptLayout
 from ar_diffusion.schedule import LogLinearSchedule, antithetic_times
-from ar_diffusion.subs import check_mask_id, draw_tokens, subs_log_probs, subs_logits
+from ar_diffusion.subs import check_mask_id, subs_log_probs, subs_logits
+from ar_diffusion.unmask import check_threshold, first_hitting_step, reveal_counts, threshold_step
 
-__all__ = ["bd3_loss", "bd3_nelbo_terms", "block_diffusion", "sampling_step_ids"]
+__all__ = ["bd3_loss", "bd3_nelbo_terms", "block_diffusion"]
 
 
 def check_block_size(block_size: int, n: int, what: str) -> int:
@@ -112,42 +112,28 @@ def bd3_loss(
     return (schedule.weight(t_pos) * nll).sum(-1)  # (B,)
 
 
-def sampling_step_ids(prompt_len: int, n_new: int, block_size: int) -> Tensor:
-    """Block index of each of the ``prompt_len + n_new`` positions: the prompt is cut into
-    blocks of ``block_size`` from position 0 (its last block may be shorter), the new
-    tokens form whole blocks after it. The sampler's ``masks.block_causal`` uses them."""
-    prompt_blocks = (prompt_len + block_size - 1) // block_size
-    return torch.cat(
-        [
-            torch.arange(prompt_len) // block_size,
-            prompt_blocks + torch.arange(n_new) // block_size,
-        ]
-    )
-
-
-def _reveal_counts(block_size: int, steps: int) -> list[int]:
-    """Positions revealed at each of ``steps`` steps: ``block_size`` split evenly (the
-    first-hitting schedule of a linear mask rate); steps past ``block_size`` reveal 0."""
-    return [(i + 1) * block_size // steps - i * block_size // steps for i in range(steps)]
-
-
 def _x_theta(
     model: Any,
     x: Tensor,
     block: Tensor,
     cache: Any,
     attn: masks.MaskSpec,
+    layout: PromptLayout,
     mask_id: int,
     picker: TokenPicker,
 ) -> Tensor:
-    """SUBS probabilities of the active block (B, L, V) after the clean tokens ``x``: one
-    network call, over the cache (pending entries) or over the whole sequence."""
+    """SUBS probabilities of the active block (B, L, V) after the clean columns ``x``
+    (B, P + kL): one network call, over the cache (pending entries) or over the whole
+    sequence so far."""
     L = block.shape[1]
+    start = x.shape[1]
     if cache is not None:
-        logits = model(block, cache=cache, mask=attn, commit=False).logits  # (B, L, V)
+        positions = layout.cols(start, start + L)
+        logits = model(block, positions=positions, cache=cache, mask=attn, commit=False).logits
     else:
-        logits = model(torch.cat([x, block], 1), mask=attn).logits[:, -L:]
-    return picker.probs(subs_logits(logits.float(), block, mask_id))
+        seq = torch.cat([x, block], 1)  # (B, P + (k + 1) L)
+        logits = model(seq, positions=layout.cols(0, start + L), mask=attn).logits[:, -L:]
+    return picker.probs(subs_logits(logits.float(), block, mask_id))  # (B, L, V)
 
 
 def block_diffusion(
@@ -171,67 +157,52 @@ def block_diffusion(
     counts network calls (the prompt prefill and the clean-KV writes included)."""
     reject_repetition_penalty(config, "block-diffusion")
     check_eos(config, model.vocab_size)
-    B, P = input_ids.shape
+    B = input_ids.shape[0]
     device = input_ids.device
     lengths = (
-        torch.full((B,), P, dtype=torch.long, device=device)
+        torch.full((B,), input_ids.shape[1], dtype=torch.long, device=device)
         if prompt_lengths is None
         else prompt_lengths
     )
     N = config.max_new_tokens
     L = check_block_size(block_size, N, "block-diffusion") if N else block_size
-    if threshold is not None:
-        if steps is not None:
-            raise ConfigError(
-                "block-diffusion: give steps= or threshold=, not both (threshold unmasking "
-                "takes as many steps as it needs)"
-            )
-        if not 0.0 < float(threshold) <= 1.0:
-            raise ConfigError(f"block-diffusion: threshold must be in (0, 1], got {threshold}")
+    check_threshold(threshold, steps, "block-diffusion")
     steps = positive_int(L if steps is None else steps, "steps", "block-diffusion")
-    check_prompts(model, input_ids, lengths, N, "block-diffusion")
-    mask_id = check_mask_id(mask_id, model.vocab_size, input_ids, "block-diffusion")
+    layout = PromptLayout.build(model, input_ids, lengths, N, "block-diffusion")
+    P = layout.width
+    mask_id = check_mask_id(
+        mask_id, model.vocab_size, layout.real_tokens(input_ids), "block-diffusion"
+    )
     rows = Rows(input_ids, lengths, config, streamer)
     picker = TokenPicker(config, device=device)
     gen = make_generator(config, device, generator)
-    attn = masks.block_causal(sampling_step_ids(P, N, L).to(device))  # (P + N,)
-    x = input_ids.clone()  # the clean sequence so far (B, P + k L)
+    attn = layout.block_causal(L)  # over the P + N columns
+    x = layout.tokens  # the clean columns so far (B, P + k L)
     cache = None
     with torch.no_grad():
         if use_cache and N:
             cache = model.new_cache(B, P + N)
-            prefill(model, input_ids, cache, lengths, mask=attn)
+            model(x, positions=layout.cols(0, P), cache=cache, mask=attn)  # commits P columns
             rows.stats.target_forward_passes += 1
         for k in range(N // L):
             block = torch.full((B, L), mask_id, dtype=torch.long, device=device)
-
             if threshold is None:
-                for n_reveal in _reveal_counts(L, steps):
+                for n_reveal in reveal_counts(L, steps):
                     if n_reveal == 0:
                         continue  # nothing changes at this step: no network call
-                    probs = _x_theta(model, x, block, cache, attn, mask_id, picker)
+                    probs = _x_theta(model, x, block, cache, attn, layout, mask_id, picker)
                     rows.stats.target_forward_passes += 1
-                    drawn = draw_tokens(probs, gen, picker.greedy)  # (B, L)
-                    masked = block == mask_id
-                    score = torch.rand((B, L), generator=gen, device=device)
-                    score = torch.where(masked, score, -1.0)  # uniform order over masked
-                    chosen = score.topk(n_reveal, dim=-1).indices  # (B, n_reveal)
-                    reveal = torch.zeros_like(masked).scatter_(1, chosen, True) & masked
-                    block = torch.where(reveal, drawn, block)
+                    block = first_hitting_step(block, probs, n_reveal, mask_id, gen, picker.greedy)
             else:
                 while bool((block == mask_id).any()):
-                    probs = _x_theta(model, x, block, cache, attn, mask_id, picker)
+                    probs = _x_theta(model, x, block, cache, attn, layout, mask_id, picker)
                     rows.stats.target_forward_passes += 1
-                    drawn = draw_tokens(probs, gen, picker.greedy)  # (B, L)
-                    masked = block == mask_id
-                    conf = probs.gather(-1, drawn[..., None])[..., 0]  # (B, L)
-                    conf = torch.where(masked, conf, -1.0)
-                    best = torch.zeros_like(masked).scatter_(1, conf.argmax(-1, keepdim=True), True)
-                    reveal = masked & ((conf >= threshold) | best)
-                    block = torch.where(reveal, drawn, block)
-            x = torch.cat([x, block], 1)
-            if cache is not None and k < N // L - 1:
-                model(block, cache=cache, mask=attn, commit=True)  # the clean block's KV, once
+                    block = threshold_step(block, probs, threshold, mask_id, gen, picker.greedy)
+            if cache is not None and k < N // L - 1:  # the clean block's KV, once
+                model(
+                    block, positions=layout.cols(P + k * L, P + (k + 1) * L), cache=cache, mask=attn
+                )
                 rows.stats.target_forward_passes += 1
+            x = torch.cat([x, block], 1)
     rows.emit(x[:, P:], torch.full((B,), N, dtype=torch.long, device=device))
     return rows.finish()

@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 
 from ar_core import masks
-from ar_core.errors import InputError
 from ar_core.generation import (
     GenerationConfig,
     GenerationResult,
@@ -39,10 +38,11 @@ from ar_core.generation import (
     positive_int,
     reject_repetition_penalty,
 )
+from ar_diffusion.layout import PromptLayout
 from ar_diffusion.schedule import LogLinearSchedule, antithetic_times
 from ar_diffusion.subs import check_mask_id, draw_tokens, subs_log_probs, subs_logits
 
-__all__ = ["check_prompts", "corrupt", "mdlm", "mdlm_loss", "mdlm_nelbo_terms"]
+__all__ = ["corrupt", "mdlm", "mdlm_loss", "mdlm_nelbo_terms"]
 
 
 def corrupt(x0: Tensor, rate: Tensor, mask_id: int, generator: torch.Generator | None) -> Tensor:
@@ -84,27 +84,6 @@ def mdlm_loss(
     return (schedule.weight(t)[:, None] * nll).sum(-1)  # (B,)
 
 
-def check_prompts(
-    model: Any, input_ids: Tensor, prompt_lengths: Tensor, n_new: int, strategy: str
-) -> int:
-    """The prompt length P of a diffusion sampler: prompts of one length (no padding)
-    whose P + ``n_new`` positions fit the model."""
-    P = input_ids.shape[1]
-    if bool((prompt_lengths != P).any()):
-        raise InputError(
-            f"{strategy}: prompts of different lengths ({sorted(set(prompt_lengths.tolist()))}) "
-            f"are not supported; the diffusion samplers attend bidirectionally over the "
-            f"prompt, so run rows of one prompt length together"
-        )
-    if P + n_new > model.max_seq_len:
-        raise InputError(
-            f"{strategy}: prompt length {P} + max_new_tokens {n_new} = {P + n_new} positions "
-            f"exceed the model's max_seq_len={model.max_seq_len}; shorten the prompt or "
-            f"lower max_new_tokens"
-        )
-    return P
-
-
 def mdlm(
     model: Any,
     input_ids: Tensor,
@@ -132,22 +111,25 @@ def mdlm(
     )
     N = config.max_new_tokens
     steps = positive_int(N if steps is None else steps, "steps", "mdlm") if N else 0
-    P = check_prompts(model, input_ids, lengths, N, "mdlm")
-    mask_id = check_mask_id(mask_id, model.vocab_size, input_ids, "mdlm")
+    layout = PromptLayout.build(model, input_ids, lengths, N, "mdlm")
+    P = layout.width
+    mask_id = check_mask_id(mask_id, model.vocab_size, layout.real_tokens(input_ids), "mdlm")
     schedule = LogLinearSchedule() if schedule is None else schedule
     rows = Rows(input_ids, lengths, config, streamer)
     device = input_ids.device
     picker = TokenPicker(config, device=device)
     gen = make_generator(config, device, generator)
-    x = torch.cat([input_ids, torch.full((B, N), mask_id, dtype=torch.long, device=device)], 1)
-    attn = masks.prefix(P + N)  # bidirectional over prompt and answer
+    new = torch.full((B, N), mask_id, dtype=torch.long, device=device)
+    x = torch.cat([layout.tokens, new], 1)  # (B, P + N), prompts left-padded
+    positions = layout.cols(0, P + N)
+    attn = layout.bidirectional()  # over prompt and answer
     probs: Tensor | None = None  # x_theta at the new positions (B, N, V), while valid
     with torch.no_grad():
         for i in range(steps):
             t = torch.tensor(1.0 - i / steps)
             s = torch.tensor(1.0 - (i + 1) / steps)
             if probs is None or not use_cache:
-                logits = model(x, mask=attn).logits[:, P:]  # (B, N, V)
+                logits = model(x, positions=positions, mask=attn).logits[:, P:]  # (B, N, V)
                 rows.stats.target_forward_passes += 1
                 probs = picker.probs(subs_logits(logits.float(), x[:, P:], mask_id))
             stay = schedule.mask_rate(s) / schedule.mask_rate(t)  # P(still masked at s)
