@@ -1,4 +1,5 @@
-"""FlexAttention vs SDPA with a dense boolean mask, on block-causal masks.
+"""FlexAttention vs SDPA with a dense boolean mask (and ar-kernels' Triton kernel on
+CUDA), on block-causal masks.
 
 Block-causal attention (block diffusion, ACDiT, VAR: position i sees j iff
 block(j) <= block(i)) at 1k, 2k and 4k tokens, B=1, H=4, D=64, float32 (CPU) or
@@ -8,6 +9,11 @@ bfloat16 (CUDA). For each length and block size:
   ``flex_attention``; compilation and the first call are warm-up).
 * ``sdpa_ms``: ``scaled_dot_product_attention(q, k, v, attn_mask=dense)`` with the
   (1, 1, T, T) boolean mask already built.
+* ``triton_ms`` (CUDA only): ``TritonBackend.attend_prepared`` with its tile lists
+  already built (``triton_plan_ms``: building them); ``triton_vs_flex`` =
+  ``triton_ms / flex_ms`` (the goal of issue 17: <= 1.5 at 4k tokens). Off CUDA the
+  row says why it was skipped (``triton_skipped``): Triton's CPU interpreter is for
+  tests, not timings.
 * ``block_mask_build_ms`` / ``dense_mask_build_ms``: building each mask once.
 * Memory. CUDA: peak ``torch.cuda.max_memory_allocated`` during one attention call,
   minus what was allocated before it (the inputs and the mask). CPU: there is no
@@ -38,6 +44,7 @@ from torch import Tensor
 
 from ar_core import masks
 from ar_kernels.flex import FlexBackend
+from ar_kernels.triton_backend import TritonBackend
 
 BATCH, HEADS, HEAD_DIM = 1, 4, 64
 
@@ -133,6 +140,14 @@ def run_case(
     else:
         memory_kind = "mask_bytes"
         flex_mem, sdpa_mem = block_mask_bytes(block_mask), dense.numel() * dense.element_size()
+    triton = time_triton(spec, q, k, v, q_offset, kv_len, device, warmup, repeats)
+    if triton["triton_ms"] is not None:
+        triton["triton_vs_flex"] = triton["triton_ms"] / flex_ms
+        triton["triton_max_abs_diff"] = (
+            (triton.pop("out").float() - run_sdpa().float()).abs().max().item()
+        )
+    else:
+        triton.pop("out")
     visible = float(dense.float().mean())
     return {
         "seq_len": seq_len,
@@ -148,6 +163,54 @@ def run_case(
         "sdpa_mem_bytes": sdpa_mem,
         "mem_ratio": (sdpa_mem / flex_mem) if flex_mem else None,
         "max_abs_diff": max_diff,
+        **triton,
+    }
+
+
+def triton_skip_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the Triton kernel is not timed here (None: it is)."""
+    if device.type != "cuda":
+        return f"the Triton kernels are timed on CUDA only (got {device.type})"
+    return TritonBackend().unsupported_reason(device=device, dtype=dtype, mask=None)
+
+
+def time_triton(
+    spec: masks.MaskSpec,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_offset: Tensor,
+    kv_len: Tensor,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+) -> dict[str, Any]:
+    """``triton_ms`` and ``triton_plan_ms`` with the tile lists prepared once (as a model
+    does per forward), or None and ``triton_skipped`` with the reason."""
+    reason = triton_skip_reason(device, q.dtype)
+    if reason is not None:
+        return {"triton_ms": None, "triton_plan_ms": None, "triton_skipped": reason, "out": None}
+    backend = TritonBackend()
+    seq_len = q.shape[2]
+
+    def plan() -> Any:
+        return backend.prepare(
+            mask=spec, q_offset=q_offset, kv_len=kv_len, q_len=seq_len, k_len=seq_len
+        )
+
+    plan_ms = time_ms(plan, device, 1, repeats)
+    state = plan()
+
+    def run() -> Tensor:
+        return backend.attend_prepared(q, k, v, state, None)
+
+    out = run()  # compiles
+    return {
+        "triton_ms": time_ms(run, device, warmup, repeats),
+        "triton_plan_ms": plan_ms,
+        "tiles_visited": state.tiles.visited_tiles,
+        "tiles_total": state.tiles.total_tiles,
+        "out": out,
     }
 
 
@@ -156,19 +219,26 @@ def print_table(rows: list[dict[str, Any]], device: str) -> None:
     print(f"\nFlexAttention vs SDPA (dense bool mask), block-causal, {device}; memory = {kind}")
     header = (
         f"{'T':>6} {'block':>5} {'dens':>5} {'flex ms':>9} {'sdpa ms':>9} {'x':>6} "
-        f"{'bm build':>9} {'dense bld':>9} {'flex MiB':>9} {'sdpa MiB':>9} {'mem x':>7}"
+        f"{'bm build':>9} {'dense bld':>9} {'flex MiB':>9} {'sdpa MiB':>9} {'mem x':>7} "
+        f"{'triton ms':>9} {'tri/flex':>8}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         mem_ratio = f"{r['mem_ratio']:.1f}" if r["mem_ratio"] is not None else "-"
+        tri = f"{r['triton_ms']:.2f}" if r["triton_ms"] is not None else "skipped"
+        tri_x = f"{r['triton_vs_flex']:.2f}" if r["triton_ms"] is not None else "-"
         print(
             f"{r['seq_len']:>6} {r['block']:>5} {r['density']:>5.2f} {r['flex_ms']:>9.2f} "
             f"{r['sdpa_ms']:>9.2f} {r['speedup']:>6.2f} {r['block_mask_build_ms']:>9.2f} "
             f"{r['dense_mask_build_ms']:>9.2f} {r['flex_mem_bytes'] / 2**20:>9.3f} "
-            f"{r['sdpa_mem_bytes'] / 2**20:>9.3f} {mem_ratio:>7}"
+            f"{r['sdpa_mem_bytes'] / 2**20:>9.3f} {mem_ratio:>7} {tri:>9} {tri_x:>8}"
         )
-    print("x = sdpa_ms / flex_ms (>1: flex faster); mem x = sdpa / flex\n")
+    print("x = sdpa_ms / flex_ms (>1: flex faster); mem x = sdpa / flex; tri/flex = triton / flex")
+    skipped = {r.get("triton_skipped") for r in rows} - {None}
+    for reason in sorted(str(x) for x in skipped):
+        print(f"triton skipped: {reason}")
+    print()
 
 
 def main(argv: list[str]) -> dict[str, Any]:
