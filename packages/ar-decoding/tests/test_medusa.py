@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import ALPHA, chi2_pvalue, exact_joint, tiny
+from ramp_models import ramp_base, ramps
 
 from ar_core.errors import ConfigError
 from ar_core.generation import GenerationConfig, generate
@@ -15,34 +16,10 @@ from ar_decoding.medusa import MedusaHeads, train_medusa_heads
 GREEDY = GenerationConfig(max_new_tokens=15, temperature=0)
 
 
-def _ramps(vocab: int, step: int, seq_len: int):
-    """x_{t+1} = x_t + step (mod vocab) from a random start: the future is predictable."""
-
-    def sample(gen: torch.Generator, batch_size: int) -> torch.Tensor:
-        start = torch.randint(0, vocab, (batch_size, 1), generator=gen)
-        return (start + step * torch.arange(seq_len)) % vocab
-
-    return sample
-
-
 def _trained_pair() -> tuple[torch.nn.Module, MedusaHeads, list[float]]:
-    """A base trained to continue ramps, and Medusa heads trained on it."""
-    torch.manual_seed(0)
-    base = tiny(16, dim=32, layers=1)
-    data = _ramps(16, 3, 24)
-    opt = torch.optim.AdamW(base.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    base.train()
-    for _ in range(60):
-        x = data(gen, 16)
-        loss = torch.nn.functional.cross_entropy(
-            base(x[:, :-1]).logits.flatten(0, 1), x[:, 1:].flatten()
-        )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    base.eval()
-    heads, losses = train_medusa_heads(base, data, num_heads=3, steps=40, batch_size=16, lr=3e-3)
+    """The ramp base and Medusa heads trained on it."""
+    base = ramp_base()
+    heads, losses = train_medusa_heads(base, ramps(), num_heads=3, steps=40, batch_size=16, lr=3e-3)
     return base, heads, losses
 
 
@@ -69,7 +46,7 @@ def test_trained_heads_accept_several_tokens_and_equal_greedy(pair) -> None:
     base, heads, losses = pair
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10  # the heads learned
     gen = torch.Generator().manual_seed(5)
-    x = _ramps(16, 3, 6)(gen, 2)  # (2, 6)
+    x = ramps(6)(gen, 2)  # (2, 6)
     cfg = GenerationConfig(max_new_tokens=24, temperature=0)
     ref = generate(base, x, cfg)
     out = generate(base, x, cfg, strategy="medusa", heads=heads)

@@ -37,6 +37,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
             "constrained",
             "medusa",
             "assd",
+            "mtp",
         )
     }
     | {
@@ -44,6 +45,9 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         for name in ("mdlm", "block-diffusion", "freecache", "ar-guided-diffusion")
     },
     "attention_backends": {"flex": "ar-kernels", "xformers": "ar-kernels", "triton": "ar-kernels"},
+    "step_samplers": {
+        name: "ar-diffusion" for name in ("diffusion-head", "flow-head", "gmm-head", "mse-head")
+    },
     "tokenizers": {
         "byte": "ar-text",
         "bpe": "ar-text",

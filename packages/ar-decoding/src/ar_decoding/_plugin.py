@@ -22,6 +22,7 @@ STRATEGIES: dict[str, tuple[str, str]] = {
     "constrained": ("constrained", "constrained"),
     "medusa": ("medusa", "medusa"),
     "assd": ("assd", "assd"),
+    "mtp": ("mtp", "mtp"),
 }
 
 

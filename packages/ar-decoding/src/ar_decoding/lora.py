@@ -1,0 +1,107 @@
+"""Gated LoRA: a low-rank update that is active only on the tokens a gate selects.
+
+Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models" (2021, arXiv:2106.09685);
+the gate is Samragh et al.'s ("Your LLM Knows the Future", 2025): ``y = W x + g * B A x``
+with ``g = 1`` only on mask tokens, so every other token's output is exactly the frozen
+base's (:mod:`ar_decoding.mtp`).
+
+:func:`add_lora` replaces the chosen ``nn.Linear`` modules of an ar-core ``Transformer``'s
+blocks in place with :class:`LoRALinear`. With a :class:`Gate`, the update is applied with
+``torch.where(gate, W x + B A x, W x)``: ungated tokens get ``W x`` itself, bit for bit,
+whatever A and B hold (no ``+ 0 * ...`` rounding). Without one (plain LoRA) every token
+gets the update. B starts at zero, so a fresh adapter changes nothing.
+
+Notation: r rank, d_in/d_out the layer's sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ar_core.errors import ConfigError
+
+__all__ = ["DEFAULT_TARGETS", "Gate", "LoRALinear", "add_lora", "lora_parameters"]
+
+DEFAULT_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+
+
+class Gate:
+    """The tokens the adapters act on: ``value`` (B, T, 1) bool while a gated forward runs,
+    None otherwise (no token: the base model exactly)."""
+
+    def __init__(self) -> None:
+        self.value: Tensor | None = None
+
+
+class LoRALinear(nn.Module):
+    """``base(x) + (alpha / r) * B(A(x))``, on the tokens of ``gate`` (all tokens when
+    ``gate`` is None)."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, gate: Gate | None) -> None:
+        super().__init__()
+        d_in, d_out = base.in_features, base.out_features
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(d_in, d_out):
+            raise ConfigError(
+                f"LoRA rank must be an int in [1, {min(d_in, d_out)}] for a {d_in} -> {d_out} "
+                f"layer, got {rank!r}; a rank above the layer's smaller side adds nothing"
+            )
+        self.base, self.rank, self.scale, self.gate = base, rank, alpha / rank, gate
+        w = base.weight
+        self.lora_a = nn.Parameter(torch.empty(rank, d_in, device=w.device, dtype=w.dtype))
+        self.lora_b = nn.Parameter(torch.zeros(d_out, rank, device=w.device, dtype=w.dtype))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+
+    def delta(self, x: Tensor) -> Tensor:
+        return (x @ self.lora_a.T) @ self.lora_b.T * self.scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.base(x)
+        if self.gate is None:  # plain LoRA: every token
+            return y + self.delta(x)
+        g = self.gate.value
+        if g is None:
+            return y
+        return torch.where(g, y + self.delta(x), y)
+
+
+def add_lora(
+    model: nn.Module,
+    rank: int,
+    *,
+    alpha: float | None = None,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    gated: bool = True,
+) -> Gate | None:
+    """Wrap the linears named ``targets`` (``wq wk wv wo w1 w2 w3`` of ar-core's blocks) of
+    every block of ``model.layers`` in :class:`LoRALinear` of ``rank`` (in place). Returns
+    the shared :class:`Gate` (``gated=True``) or None (plain LoRA). ``alpha`` defaults to
+    ``rank`` (scale 1)."""
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(
+            f"add_lora needs an ar-core Transformer (a `layers` ModuleList), got "
+            f"{type(model).__name__}"
+        )
+    gate = Gate() if gated else None
+    found = 0
+    for block in layers:
+        for parent in list(block.modules()):
+            for name, child in list(parent.named_children()):
+                if name in targets and isinstance(child, nn.Linear):
+                    setattr(parent, name, LoRALinear(child, rank, alpha or rank, gate))
+                    found += 1
+    if not found:
+        raise ConfigError(f"add_lora: no nn.Linear named {list(targets)} in model.layers")
+    return gate
+
+
+def lora_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The adapters' A and B matrices."""
+    for module in model.modules():
+        if isinstance(module, LoRALinear):
+            yield module.lora_a
+            yield module.lora_b

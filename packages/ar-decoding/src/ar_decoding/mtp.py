@@ -1,0 +1,373 @@
+"""Multi-token prediction with mask tokens, gated LoRA and a sampler head (strategy
+``mtp``; linear and quadratic decoding).
+
+Samragh et al., "Your LLM Knows the Future: Uncovering Its Multi-Token Prediction
+Potential" (Apple, 2025, arXiv:2507.11851).
+
+Model (:class:`MTPModel`). ``k`` learned mask embeddings ``m_0 .. m_{k-1}`` are appended
+after a token ``x_t`` (at RoPE positions ``t+1 .. t+k``); the output at ``m_i`` is trained
+to predict ``x_{t+2+i}`` (the base's own output at ``x_t`` predicts ``x_{t+1}``). The
+frozen base is adapted by gated LoRA (:mod:`ar_decoding.lora`): the update acts only on
+mask tokens, and real tokens never attend to mask tokens, so every next-token output is
+exactly the base's. A sampler head (a 2-layer MLP over ``[h(m_i); emb(y_{t+1+i})]``, added
+to ``h(m_i)`` and read out by the base's output head) makes the draft chain coherent: each
+draft conditions on the token sampled before it.
+
+Training (:func:`train_mtp`, the three losses): per sequence, mask blocks after ``A``
+random anchors (one forward; a ``table`` mask: real tokens causal among real tokens, a
+block's masks see the real tokens up to their anchor and the earlier masks of their
+block). ``mask CE`` (base output head at ``m_i`` vs ``x_{t+2+i}``) + ``sampler CE``
+(teacher-forced previous token) + ``consistency`` (MSE between ``h(m_i)`` and the
+stop-gradient hidden state of the real token ``x_{t+1+i}``, whose output predicts the
+same future token). Only the adapters, the mask embeddings and the sampler learn.
+
+Decoding (one forward per step, lossless). Input: ``[last, d_1 .. d_j]`` (the row's last
+token and its drafts) plus mask blocks: **linear** - one block after the row's last draft;
+**quadratic** - a block after every real token. The real tokens' outputs verify the
+drafts (:func:`ar_decoding.verify.verify_draft`: greedy argmax agreement, or min(1, p/q)
+with the sampler's q and the residual); the block anchored at the last accepted token
+(quadratic: always present; linear: only when every draft was accepted) gives the next
+step's drafts through the sampler chain started at the verified next token. The step's
+input holds the real tokens first and the mask blocks after them (the interleaving is in
+the RoPE positions and the ``table`` mask), so committing the accepted count keeps exactly
+the accepted real tokens in the cache. Output = the base's greedy output / sampling
+distribution exactly.
+
+Only ar-core ``Transformer`` bases are supported (gated LoRA wraps its blocks' linears and
+the mask embeddings enter as ``query_embeds``); ``from_hf`` models are not.
+
+Notation: B rows, T tokens, k masks, j drafts this step, C width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ar_core import masks
+from ar_core.errors import ConfigError
+from ar_core.generation import (
+    GenerationConfig,
+    GenerationResult,
+    Rows,
+    Streamer,
+    TokenPicker,
+    cache_budget,
+    positive_int,
+)
+from ar_core.model import ModelOutput, Transformer
+from ar_core.protocols import KVCache
+from ar_decoding.draft import accepted_tokens, park_finished
+from ar_decoding.lora import add_lora, lora_parameters
+from ar_decoding.verify import verify_draft
+
+__all__ = ["MTPModel", "block_layout", "mtp", "mtp_losses", "train_mtp"]
+
+
+class MTPModel(nn.Module):
+    """A frozen ar-core ``Transformer`` with ``num_masks`` mask tokens, gated LoRA of
+    ``rank`` (``gated=False``: plain LoRA, the control that changes the base) and a sampler
+    head. Called like the base (a ``CausalLM``): plain tokens get the base's outputs."""
+
+    def __init__(
+        self, base: Transformer, num_masks: int, *, rank: int = 16, gated: bool = True
+    ) -> None:
+        super().__init__()
+        if not isinstance(base, Transformer):
+            raise ConfigError(
+                f"MTPModel wraps an ar_core Transformer (gated LoRA on its blocks), got "
+                f"{type(base).__name__}"
+            )
+        positive_int(num_masks, "num_masks", "mtp")
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.base, self.num_masks = base, num_masks
+        self.vocab_size, self.max_seq_len = base.vocab_size, base.max_seq_len
+        self.gate = add_lora(base, rank, gated=gated)
+        C = base.cfg.dim
+        emb = base.tok_embeddings.weight.detach()
+        init = emb.mean(0, keepdim=True) + 0.02 * torch.randn(num_masks, C, device=emb.device)
+        self.mask_embed = nn.Parameter(init.to(emb.dtype))
+        self.sampler = nn.Sequential(nn.Linear(2 * C, C), nn.SiLU(), nn.Linear(C, C))
+        last = self.sampler[2]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.sampler.to(device=emb.device, dtype=emb.dtype)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [*lora_parameters(self.base), self.mask_embed, *self.sampler.parameters()]
+
+    def forward(
+        self,
+        tokens: Tensor,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
+        mask: masks.MaskSpec | None = None,
+        commit: bool = True,
+    ) -> ModelOutput:
+        return self.base(tokens, positions=positions, cache=cache, mask=mask, commit=commit)  # type: ignore[arg-type]
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        return self.base.new_cache(batch_size, max_len=max_len)
+
+    def mixed(
+        self,
+        tokens: Tensor,
+        mask_index: Tensor,
+        positions: Tensor,
+        mask: masks.MaskSpec,
+        cache: KVCache | None = None,
+    ) -> ModelOutput:
+        """Real tokens and mask tokens together: ``mask_index`` (B, T) is -1 for a real
+        token (``tokens`` holds it) and ``i`` for mask ``m_i``; the LoRA acts on masks only.
+        The new cache entries stay pending."""
+        is_mask = mask_index >= 0  # (B, T)
+        ids = torch.where(is_mask, 0, tokens)
+        embeds = self.base.tok_embeddings(ids)
+        embeds = torch.where(is_mask[..., None], self.mask_embed[mask_index.clamp(min=0)], embeds)
+        if self.gate is not None:
+            self.gate.value = is_mask[..., None]
+        try:
+            return self.base(
+                ids,
+                positions=positions,
+                cache=cache,
+                mask=mask,
+                commit=False,
+                query_embeds=embeds,  # type: ignore[arg-type]
+            )
+        finally:
+            if self.gate is not None:
+                self.gate.value = None
+
+    def sample_logits(self, hidden: Tensor, prev: Tensor) -> Tensor:
+        """The sampler head: ``hidden`` (..., C) of a mask, ``prev`` (...) the token before
+        the one it predicts -> logits (..., V)."""
+        z = torch.cat([hidden, self.base.tok_embeddings(prev)], -1)
+        return self.base.output(hidden + self.sampler(z))
+
+
+def block_layout(num_real: int, anchors: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The layout of ``num_real`` real tokens followed by mask blocks of ``k`` masks, block
+    ``a`` after real index ``anchors[b, a]`` (B, A) (-1 = no block). Returns ``mask_index``
+    (B, n) (-1 real, i for m_i), ``offset`` (B, n) the RoPE offset from the first real
+    token, ``visible`` (B, n, n) and ``block_slot`` (B, A) the slot of each block's m_0;
+    n = num_real + A k."""
+    B, A = anchors.shape
+    device = anchors.device
+    n = num_real + A * k
+    slot = torch.arange(n, device=device)
+    is_mask = slot >= num_real
+    block = ((slot - num_real).clamp(min=0) // k)[None, :].expand(B, n)  # (B, n)
+    i = (slot - num_real).clamp(min=0) % k  # (n,)
+    anchor = anchors.gather(1, block.clamp(max=max(A - 1, 0)))  # (B, n)
+    mask_index = torch.where(is_mask[None, :], i[None, :], -1).expand(B, n)
+    offset = torch.where(is_mask[None, :], anchor + 1 + i[None, :], slot[None, :])  # (B, n)
+    # real -> real: causal; mask (a, i) -> real <= anchor and masks (a, <= i)
+    q_real, kv_real = ~is_mask[:, None], ~is_mask[None, :]
+    real_real = (q_real & kv_real & (slot[None, :] <= slot[:, None]))[None]
+    mask_real = (~q_real & kv_real)[None] & (slot[None, None, :] <= anchor[:, :, None])
+    same_block = block[:, :, None] == block[:, None, :]
+    mask_mask = (~q_real & ~kv_real)[None] & same_block & (slot[None, :] <= slot[:, None])[None]
+    live = (anchor >= 0) | ~is_mask[None, :]  # blocks with anchor -1 see nothing
+    visible = (real_real | mask_real | mask_mask) & live[:, :, None]
+    visible |= torch.eye(n, dtype=torch.bool, device=device)[None]  # every slot sees itself
+    block_slot = num_real + k * torch.arange(A, device=device)[None, :].expand(B, A)
+    return mask_index.contiguous(), offset, visible, block_slot
+
+
+def mtp_losses(
+    model: MTPModel, batch: Tensor, anchors: Tensor, consistency: float = 1.0
+) -> dict[str, Tensor]:
+    """The three losses on ``batch`` (B, T) with mask blocks after real indices ``anchors``
+    (A,) (each <= T - k - 2): ``mask_ce``, ``sampler_ce``, ``consistency`` and ``total``."""
+    B, T = batch.shape
+    k = model.num_masks
+    A = anchors.numel()
+    mask_index, offset, visible, _ = block_layout(T, anchors[None, :].expand(B, A), k)
+    out = model.mixed(
+        torch.cat([batch, batch.new_zeros(B, A * k)], 1),
+        mask_index,
+        offset,
+        masks.table(visible[0]),
+    )
+    h_mask = out.hidden[:, T:].view(B, A, k, -1)  # (B, A, k, C)
+    logits_mask = out.logits[:, T:].view(B, A, k, -1)
+    ahead = anchors[:, None] + torch.arange(k, device=batch.device)[None, :]  # (A, k): t + i
+    target = batch[:, ahead + 2]  # (B, A, k): x_{t+2+i}
+    prev = batch[:, ahead + 1]  # x_{t+1+i}
+    with torch.no_grad():
+        h_real = out.hidden[:, :T].detach()[:, ahead + 1]  # (B, A, k, C)
+    V = logits_mask.shape[-1]
+    mask_ce = F.cross_entropy(logits_mask.reshape(-1, V).float(), target.reshape(-1))
+    sampler_logits = model.sample_logits(h_mask, prev)
+    sampler_ce = F.cross_entropy(sampler_logits.reshape(-1, V).float(), target.reshape(-1))
+    cons = F.mse_loss(h_mask.float(), h_real.float())
+    return {
+        "mask_ce": mask_ce,
+        "sampler_ce": sampler_ce,
+        "consistency": cons,
+        "total": mask_ce + sampler_ce + consistency * cons,
+    }
+
+
+def train_mtp(
+    model: MTPModel,
+    batches: Callable[[torch.Generator, int], Tensor],
+    *,
+    steps: int = 200,
+    batch_size: int = 8,
+    anchors: int = 4,
+    lr: float = 1e-3,
+    consistency: float = 1.0,
+    seed: int = 0,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train the adapters, mask embeddings and sampler (the base stays frozen) on
+    ``batches(generator, batch_size) -> (B, T)``; ``anchors`` mask blocks per sequence at
+    random positions each step. Returns the losses of every step."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=0.0)
+    history: list[dict[str, float]] = []
+    model.train()
+    device = model.mask_embed.device
+    for step in range(steps):
+        batch = batches(gen, batch_size).to(device)
+        T, k = batch.shape[1], model.num_masks
+        if k + 3 > T:
+            raise ConfigError(f"train_mtp: sequences of {T} tokens are too short for k={k} masks")
+        a = torch.randperm(T - k - 1, generator=gen)[: min(anchors, T - k - 1)].sort().values
+        losses = mtp_losses(model, batch, a.to(device), consistency)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        opt.step()
+        history.append({name: float(v.detach()) for name, v in losses.items()})
+        if progress is not None:
+            progress(step, history[-1])
+    model.eval()
+    return history
+
+
+def _sampler_chain(
+    model: MTPModel, h: Tensor, first: Tensor, n: int, rows: Rows, picker: TokenPicker
+) -> tuple[Tensor, Tensor | None]:
+    """``n`` drafts (B, n) after the verified token ``first`` (B,) from the mask hidden
+    states ``h`` (B, k, C), and their probabilities (B, n, V) when sampling."""
+    drafts = first.new_empty(first.shape[0], n)
+    qs: list[Tensor] = []
+    prev = first
+    for i in range(n):
+        token, q = picker.pick_with_probs(
+            model.sample_logits(h[:, i], prev), rows.seq, drafts[:, :i]
+        )
+        drafts[:, i] = token
+        if q is not None:
+            qs.append(q)
+        prev = token
+    return drafts, (torch.stack(qs, 1) if qs else None)
+
+
+def mtp(
+    model: MTPModel,
+    input_ids: Tensor,
+    config: GenerationConfig,
+    *,
+    prompt_lengths: Tensor,
+    streamer: Streamer | None = None,
+    num_draft_tokens: int | None = None,
+    quadratic: bool = False,
+    do_sample: bool | None = None,
+    generator: torch.Generator | None = None,
+) -> GenerationResult:
+    """Strategy ``mtp`` on an :class:`MTPModel` (trained with :func:`train_mtp`):
+    ``num_draft_tokens`` (default and at most ``model.num_masks``) drafts per step,
+    ``quadratic`` interleaves a mask block after every draft. Lossless: greedy output =
+    the base's greedy output; sampling = the base's distribution."""
+    if not isinstance(model, MTPModel):
+        raise ConfigError(
+            f"strategy 'mtp' needs an MTPModel (MTPModel(base, k) trained with train_mtp), "
+            f"got {type(model).__name__}"
+        )
+    k = model.num_masks
+    j_max = k if num_draft_tokens is None else num_draft_tokens
+    positive_int(j_max, "num_draft_tokens", "mtp")
+    if j_max > k:
+        raise ConfigError(f"mtp: num_draft_tokens={j_max} exceeds the model's {k} mask tokens")
+    device = input_ids.device
+    picker = TokenPicker(config, do_sample, generator, device)
+    rows = Rows(input_ids, prompt_lengths, config, streamer, scratch=j_max + 1)
+    stats = rows.stats
+    width = (j_max + 1) * (k + 1) if quadratic else j_max + 1 + k  # a step's writes
+    cache_len = cache_budget(
+        model, input_ids, prompt_lengths, config.max_new_tokens, extra=width, extra_required=False
+    )
+    if rows.all_finished():
+        return rows.finish()
+    B = input_ids.shape[0]
+    with torch.no_grad():
+        cache = model.new_cache(B, max_len=cache_len)
+        logits = model(input_ids, cache=cache, commit=False).logits
+        cache.commit(prompt_lengths)
+        stats.target_forward_passes += 1
+        logits = logits[rows.rows, prompt_lengths - 1]
+        rows.watch(logits)
+        first = picker.pick(logits, rows.seq)
+        rows.emit(first[:, None], torch.ones_like(first))
+        park_finished(rows, cache)
+        drafts = input_ids.new_zeros(B, 0)
+        q: Tensor | None = None
+        lengths = torch.zeros(B, dtype=torch.long, device=device)  # valid drafts per row
+        while not rows.all_finished():
+            live = ~rows.finished
+            room = cache_len - int(rows.length[live].max()) + 1  # slots from the last token
+            j = drafts.shape[1]
+            n_real = j + 1
+            if quadratic:
+                anchors = torch.arange(n_real, device=device).expand(B, n_real)
+            else:
+                anchors = lengths[:, None]
+            if n_real + anchors.shape[1] * k > room:  # no room for masks: one plain token
+                out = model(rows.last()[:, None], cache=cache, commit=False)
+                stats.target_forward_passes += 1
+                rows.watch(out.logits)
+                nxt = picker.pick(out.logits[:, 0], rows.seq)
+                cache.commit(rows.emit(nxt[:, None], torch.ones_like(nxt)))
+                park_finished(rows, cache)
+                drafts, q, lengths = drafts[:, :0], None, torch.zeros_like(lengths)
+                continue
+            mask_index, offset, visible, block_slot = block_layout(n_real, anchors, k)
+            start = cache.lengths.clone()  # (B,) slot of the last token
+            tokens = torch.cat([rows.last()[:, None], drafts], 1)  # (B, j + 1)
+            tokens = torch.cat([tokens, tokens.new_zeros(B, mask_index.shape[1] - n_real)], 1)
+            out = model.mixed(
+                tokens,
+                mask_index,
+                start[:, None] + offset,
+                masks.table(visible, start=start),
+                cache=cache,
+            )
+            stats.target_forward_passes += 1
+            real_logits = out.logits[:, :n_real]  # (B, j + 1, V)
+            rows.watch(real_logits)
+            n, nxt = verify_draft(picker, drafts, q, real_logits, rows.seq, lengths=lengths)
+            counts = rows.emit(accepted_tokens(drafts, n, nxt), n + 1)
+            cache.commit(counts)  # real tokens come first in the step: already in place
+            # the next drafts: from the block anchored at the last accepted real token
+            if quadratic:
+                block = n  # (B,) block index = real index
+                has = torch.ones_like(n, dtype=torch.bool)
+            else:
+                block = torch.zeros_like(n)
+                has = n == lengths
+            m0 = block_slot.gather(1, block[:, None]).squeeze(1)  # (B,)
+            idx = m0[:, None] + torch.arange(k, device=device)[None, :]  # (B, k)
+            h = out.hidden.gather(1, idx[..., None].expand(B, k, out.hidden.shape[-1]))
+            park_finished(rows, cache)
+            j_next = max(0, min(j_max, int(rows.remaining().max()) - 1))
+            drafts, q = _sampler_chain(model, h, nxt.clamp(min=0), j_next, rows, picker)
+            lengths = torch.where(has & ~rows.finished, j_next, 0)
+    return rows.finish()
