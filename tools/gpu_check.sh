@@ -1,22 +1,47 @@
 #!/usr/bin/env bash
-# GPU checks for ar-core/ar-kernels, run on a lent CUDA machine (never in CI):
-# backend parity tests (math, sdpa, flex, xformers) and the CUDA decode / flex benchmarks.
+# GPU check of ar-kernels' Triton backend, on a CUDA machine (never in CI; about 5 minutes):
+#   bash tools/gpu_check.sh            # results in $OUT, or ./gpu-out
+# It runs tools/gpu_check.py: the Triton/backend tests on CUDA, parity of triton, sdpa,
+# flex and xformers against math, the Triton forward vs FlexAttention/SDPA/xformers on
+# block-causal masks at 4k tokens, and the decode kernel's achieved HBM bandwidth; it
+# writes $OUT/gpu_check.json (+ tests.txt, gpu.txt).
 #
-# Prepare here:  uv build --all-packages -o .whl/ar   (plus the wheels the machine lacks:
-# xformers, pydantic and its deps, in .whl/), then run this script there with .whl carried.
-# Results go to $OUT (or ./gpu-out).
+# Python: the workspace's .venv when there is one; else python3 with the sources of
+# ar-core and ar-kernels on PYTHONPATH (a bare GPU machine with torch, triton, pluggy and
+# pytest). Packages that machine lacks (pydantic for ar-core; xformers, optional) travel
+# as wheels in .whl/ and are installed to /tmp/ar-site first; prepare them where pip can
+# download with `bash tools/gpu_check.sh --fetch-wheels` (Python 3.12, manylinux x86-64).
+# Extra arguments go to gpu_check.py (e.g. --smoke: tiny sizes, to check the script).
 set -uo pipefail
-OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--fetch-wheels" ]; then
+  # the versions uv.lock pins (pydantic and pydantic-core must match exactly)
+  pins=$(python3 -c 'import tomllib; lock = tomllib.load(open("uv.lock", "rb")); want = {"pydantic", "pydantic-core", "annotated-types", "typing-inspection"}; print(" ".join(p["name"] + "==" + p["version"] for p in lock["package"] if p["name"] in want))') || exit 1
+  mkdir -p .whl
+  # shellcheck disable=SC2086
+  exec python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d .whl $pins
+fi
+
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl .whl/ar/*.whl || exit 1
-export PYTHONPATH=/tmp/site
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, xformers, transformers; print('torch', torch.__version__, 'xformers', xformers.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
-python3 -m ar_cli plugins | tee -a "$OUT/gpu.txt"
-status=0
-timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
-  packages/ar-kernels/tests packages/ar-core/tests/test_attention.py 2>&1 | tee "$OUT/tests.txt" | tail -25 || status=1
-timeout 200 python3 packages/ar-core/benchmarks/decode.py --device cuda --out "$OUT/decode_cuda.json" 2>&1 | tee "$OUT/decode.txt" | tail -30 || status=1
-timeout 120 python3 packages/ar-kernels/benchmarks/flex_vs_sdpa.py --device cuda --out "$OUT/flex_cuda.json" 2>&1 | tee "$OUT/flex.txt" | tail -20 || status=1
-exit $status
+
+if [ -x .venv/bin/python ]; then
+  PY=.venv/bin/python
+else
+  PY=python3
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/ar-site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/ar-site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  export PYTHONPATH=$PWD/packages/ar-core/src:$PWD/packages/ar-kernels/src${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || true; } | tee "$OUT/gpu.txt"
+"$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'triton', triton.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"
+
+timeout 470 "$PY" tools/gpu_check.py --out "$OUT" "$@"

@@ -74,11 +74,14 @@ class TritonBackend:
         decode_block_n: int = 64,
         decode_max_rows: int = 64,
         num_splits: int | None = None,
+        num_warps: int | None = None,
+        num_stages: int | None = None,
     ) -> None:
         """``block_m`` x ``block_n``: the flash kernel's tiles (powers of two >= 16);
         ``decode_block_n``: keys per step of the decode kernel; ``decode_max_rows``: the
         most ``G * Tq`` query rows a decode program holds; ``num_splits``: split-K chunks
-        per row (None = enough to fill the GPU)."""
+        per row (None = enough to fill the GPU); ``num_warps``, ``num_stages``: the flash
+        kernel's Triton launch options (None = Triton's defaults)."""
         for name, size in (
             ("block_m", block_m),
             ("block_n", block_n),
@@ -91,6 +94,8 @@ class TritonBackend:
         self.decode_block_n = decode_block_n
         self.decode_max_rows = decode_max_rows
         self.num_splits = num_splits
+        self.num_warps = num_warps
+        self.num_stages = num_stages
 
     # -- capability -------------------------------------------------------------------
     def unsupported_reason(
@@ -185,7 +190,9 @@ class TritonBackend:
                 )
         from ar_kernels.triton_flash import flash_attention
 
-        return flash_attention(q, k, v, state.tiles, scale)
+        return flash_attention(
+            q, k, v, state.tiles, scale, num_warps=self.num_warps, num_stages=self.num_stages
+        )
 
     def attend(
         self,

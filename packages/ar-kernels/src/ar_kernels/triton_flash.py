@@ -151,11 +151,25 @@ def input_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def launch_options(num_warps: int | None, num_stages: int | None) -> dict[str, int]:
+    """Triton launch options that were set (unset ones keep Triton's defaults)."""
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def flash_attention(
-    q: Tensor, k: Tensor, v: Tensor, tiles: TileLists, scale: float | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    tiles: TileLists,
+    scale: float | None = None,
+    *,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> Tensor:
     """Attention of ``q`` (B, Hq, Tq, D) over ``k``, ``v`` (B, Hkv, Tk, D), visiting only
-    the tiles of ``tiles`` (built for this Tq, Tk). Returns (B, Hq, Tq, D) in q's dtype."""
+    the tiles of ``tiles`` (built for this Tq, Tk). Returns (B, Hq, Tq, D) in q's dtype.
+    ``num_warps``, ``num_stages``: Triton launch options (None = Triton's default)."""
     batch, heads, q_len, head_dim = q.shape
     k_len = k.shape[2]
     if (tiles.q_len, tiles.k_len) != (q_len, k_len) or tiles.kv_count.shape[0] != batch:
@@ -195,8 +209,9 @@ def flash_attention(
         BLOCK_N=tiles.block_n,
         BLOCK_D=head_block(head_dim),
         INPUT_PRECISION=input_precision(q.dtype),
+        **launch_options(num_warps, num_stages),
     )
     return out
 
 
-__all__ = ["flash_attention", "head_block", "input_precision"]
+__all__ = ["flash_attention", "head_block", "input_precision", "launch_options"]
