@@ -48,6 +48,9 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     "step_samplers": {
         name: "ar-diffusion" for name in ("diffusion-head", "flow-head", "gmm-head", "mse-head")
     },
+    "step_samplers": {
+        name: "ar-diffusion" for name in ("diffusion-head", "flow-head", "gmm-head", "mse-head")
+    },
     "tokenizers": {
         "byte": "ar-text",
         "bpe": "ar-text",

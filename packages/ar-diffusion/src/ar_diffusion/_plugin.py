@@ -24,6 +24,21 @@ def register_strategies(register: Register) -> None:
         register(name, lazy(f"ar_diffusion.{module}", attr))
 
 
+# step sampler name -> function of ar_diffusion.heads.samplers (continuous heads)
+STEP_SAMPLERS: dict[str, str] = {
+    "diffusion-head": "diffusion_head",
+    "flow-head": "flow_head",
+    "gmm-head": "gmm_head",
+    "mse-head": "mse_head",
+}
+
+
+@hookimpl
+def register_step_samplers(register: Register) -> None:
+    for name, attr in STEP_SAMPLERS.items():
+        register(name, lazy("ar_diffusion.heads.samplers", attr))
+
+
 @hookimpl
 def register_benchmarks(register: Register) -> None:
     from ar_core.benchmarks import lazy_benchmark  # the module itself imports when it runs
