@@ -38,6 +38,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
             "medusa",
             "assd",
             "mtp",
+            "first",
         )
     }
     | {

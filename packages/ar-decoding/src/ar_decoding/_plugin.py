@@ -23,6 +23,7 @@ STRATEGIES: dict[str, tuple[str, str]] = {
     "medusa": ("medusa", "medusa"),
     "assd": ("assd", "assd"),
     "mtp": ("mtp", "mtp"),
+    "first": ("first", "first"),
 }
 
 
