@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of ar-kernels' Triton backend, on a CUDA machine (never in CI; about 5 minutes):
+# GPU check of ar-kernels' Triton backend, on a CUDA machine (never in CI; sized for < 8 min):
 #   bash tools/gpu_check.sh            # results in $OUT, or ./gpu-out
 # It runs tools/gpu_check.py: the Triton/backend tests on CUDA, parity of triton, sdpa,
 # flex and xformers against math, the Triton forward vs FlexAttention/SDPA/xformers on
