@@ -69,6 +69,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "text-sequencematch": "ar-text",
         "vision-digits": "ar-vision",
         "vision-images": "ar-vision",
+        "diffusion-text": "ar-diffusion",
     },
     "benchmarks": {
         "decoding": "ar-decoding",

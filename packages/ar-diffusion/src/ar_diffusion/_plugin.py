@@ -24,6 +24,13 @@ def register_strategies(register: Register) -> None:
         register(name, lazy(f"ar_diffusion.{module}", attr))
 
 
+@hookimpl
+def register_recipes(register: Register) -> None:
+    from ar_diffusion.recipes import text  # imports torch: only when recipes load
+
+    register("diffusion-text", text.recipe)
+
+
 # step sampler name -> function of ar_diffusion.heads.samplers (continuous heads)
 STEP_SAMPLERS: dict[str, str] = {
     "diffusion-head": "diffusion_head",
