@@ -13,11 +13,13 @@ import importlib.util
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ar_core import masks, registry
 from ar_core.attention import MathBackend, attend, resolve_backend, visible_keys
 from ar_core.cache import StaticKVCache
-from ar_core.errors import ConfigError
+from ar_core.errors import ConfigError, InputError
 from ar_kernels import triton_backend
 from ar_kernels.block_sparsity import tile_lists
 from ar_kernels.triton_backend import TritonBackend
@@ -141,6 +143,43 @@ def test_block_causal_visits_only_the_lower_triangle_of_tiles():
     tree = masks.tree(PARENTS, 20)
     tiles = tile_lists(visible_keys(tree, torch.tensor([0]), torch.tensor([32]), 32, 32), 16, 16)
     assert tiles.partial_masks.shape[0] >= 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    steps=st.lists(st.integers(0, 5), min_size=1, max_size=50),
+    parents=st.integers(1, 12).flatmap(
+        lambda m: st.tuples(*(st.integers(-1, i - 1) for i in range(m)))
+    ),
+    start=st.integers(0, 20),
+    tiles=st.sampled_from([(16, 16), (16, 32), (32, 16)]),
+)
+def test_tile_lists_reproduce_random_block_causal_and_tree_masks(steps, parents, start, tiles):
+    n, m = len(steps), len(parents)
+    zero = torch.zeros(1, dtype=torch.long)
+    for spec, length in (
+        (masks.block_causal(steps), n),
+        (masks.tree(list(parents), start), start + m),
+    ):
+        visible = visible_keys(spec, zero, torch.tensor([length]), length, length)
+        torch.testing.assert_close(tile_lists(visible, *tiles).to_dense(), visible)
+
+
+def test_decode_entry_points_refuse_bad_input():
+    from ar_kernels.triton_decode import cache_decode_attention, decode_attention
+
+    cache = StaticKVCache(2, 3, 2, 16, 8)
+    with pytest.raises(InputError, match=r"layer 2 not in \[0, 2\)"):
+        cache_decode_attention(torch.zeros(3, 4, 1, 16), cache, 2)
+    with pytest.raises(InputError, match=r"q \(B, Hq, Tq, D\) = \(3, 3, 1, 16\) does not fit"):
+        cache_decode_attention(torch.zeros(3, 3, 1, 16), cache, 0)
+    with pytest.raises(InputError, match="q is torch.float16 but the cache holds torch.float32"):
+        cache_decode_attention(torch.zeros(3, 4, 1, 16, dtype=torch.float16), cache, 0)
+    q, k = torch.zeros(1, 2, 1, 16), torch.zeros(1, 1, 8, 16)
+    with pytest.raises(InputError, match="needs q_offset"):
+        decode_attention(q, k, k, torch.tensor([3]), causal=True)
+    with pytest.raises(InputError, match="num_splits must be >= 1, got 0"):
+        decode_attention(q, k, k, torch.tensor([3]), num_splits=0)
 
 
 def test_tile_lists_refuse_bad_input():
