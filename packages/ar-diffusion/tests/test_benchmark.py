@@ -29,3 +29,8 @@ def test_quick_benchmark(tmp_path: Path) -> None:
     # 32 new tokens = 2 blocks of 16, 16 steps each, + prefill + one clean-KV write
     assert kv["bd3-16 use_cache=True"]["network_calls"] == 2 * 16 + 2
     assert kv["bd3-16 use_cache=False"]["network_calls"] == 2 * 16
+    fc = report["freecache"]
+    assert fc["freecache refresh=1"]["agreement_with_reference"] == 1.0
+    assert fc["freecache"]["network_calls"] == fc["uncached (reference)"]["network_calls"] == 32
+    for row in report["ar_guided"].values():
+        assert row["equals_ar_greedy"]

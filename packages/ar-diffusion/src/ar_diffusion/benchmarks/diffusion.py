@@ -16,7 +16,10 @@ averaged over ``--eval-samples`` antithetic time draws per window. Then, on ``bd
 16-byte prompt) with and without the block KV cache (tokens/s; outputs compared with
 argmax values, the first differing position if any), and
 confidence-threshold unmasking: network calls per token against the AR model's NLL of
-the sample (generative perplexity), next to AR ``sample``.
+the sample (generative perplexity), next to AR ``sample``. On ``mdlm``: FreeCache's
+tokens/s against the uncached reference at its measured agreement rate (the fraction of
+argmax tokens equal to the reference's; ``refresh=1`` is exact), and AR-guided
+diffusion with the ``ar`` model as guide (AR calls per token, equality with AR greedy).
 
     uv run ar bench diffusion -- [--quick] [--out PATH] [--steps N]
 """
@@ -108,6 +111,74 @@ def generation(
     return out
 
 
+def freecache_rows(
+    mdlm: Transformer, ar: Transformer, prompt: torch.Tensor, n_new: int
+) -> dict[str, Any]:
+    """FreeCache on the MDLM model (blocks of 16, 16 steps each, argmax tokens): tokens/s
+    against the uncached reference and the fraction of tokens equal to it; refresh=1 is
+    exact. Then AR-guided diffusion with the AR model as guide: calls per token against
+    AR greedy, and whether it equals AR greedy."""
+    mdlm.eval()
+    ar.eval()
+    greedy = GenerationConfig(max_new_tokens=n_new, temperature=0.0, seed=0)
+    runs: dict[str, dict[str, Any]] = {}
+    ref_seq = None
+    settings: list[tuple[str, dict[str, Any]]] = [
+        ("uncached (reference)", {"use_cache": False}),
+        ("freecache", {}),
+        ("freecache refresh=4", {"refresh": 4}),
+        ("freecache refresh=1", {"refresh": 1}),
+    ]
+    for name, kwargs in settings:
+        t0 = time.perf_counter()
+        res = generate(
+            mdlm, prompt, greedy, strategy="freecache", block_size=16, steps=16, **kwargs
+        )
+        seconds = time.perf_counter() - t0
+        if ref_seq is None:
+            ref_seq = res.sequences
+        new, ref_new = res.sequences[:, prompt.shape[1] :], ref_seq[:, prompt.shape[1] :]
+        runs[name] = {
+            "tokens_per_s": n_new * prompt.shape[0] / seconds,
+            "network_calls": res.stats.target_forward_passes,
+            "agreement_with_reference": float((new == ref_new).float().mean()),
+        }
+    ref_speed = runs["uncached (reference)"]["tokens_per_s"]
+    for row in runs.values():
+        row["speedup"] = row["tokens_per_s"] / ref_speed
+    guided: dict[str, dict[str, Any]] = {}
+    seqs = {}
+    guided_settings: list[tuple[str, Transformer, str, dict[str, Any]]] = [
+        ("ar greedy", ar, "greedy", {}),
+        ("mdlm ar-guided block 16", mdlm, "ar-guided-diffusion", {"guide": ar, "block_size": 16}),
+        ("mdlm ar-guided block 4", mdlm, "ar-guided-diffusion", {"guide": ar, "block_size": 4}),
+    ]
+    for name, model, strategy, kwargs in guided_settings:
+        t0 = time.perf_counter()
+        res = generate(model, prompt, greedy, strategy=strategy, **kwargs)
+        seconds = time.perf_counter() - t0
+        seqs[name] = res.sequences
+        ar_calls = (
+            res.stats.target_forward_passes
+            if strategy == "greedy"
+            else res.stats.draft_forward_passes
+        )
+        guided[name] = {
+            "tokens_per_s": n_new * prompt.shape[0] / seconds,
+            "ar_calls_per_token": ar_calls / n_new,
+            "diffusion_calls_per_token": 0.0
+            if strategy == "greedy"
+            else res.stats.target_forward_passes / n_new,
+            "equals_ar_greedy": bool(torch.equal(res.sequences, seqs["ar greedy"])),
+        }
+    return {
+        "freecache": runs,
+        "freecache_speedup": runs["freecache"]["speedup"],
+        "freecache_agreement": runs["freecache"]["agreement_with_reference"],
+        "ar_guided": guided,
+    }
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few updates, short generation")
@@ -156,6 +227,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     prompt = held[:16][None]
     n_new = 32 if quick else 496
     report |= generation(models["bd3-16"], models["ar"], prompt, n_new, [0.9, 0.7, 0.5, 0.3])
+    report |= freecache_rows(models["mdlm"], models["ar"], prompt, n_new)
     g, kv = report, report["kv_cache"]
     print(
         f"bd3-16 at {16 + n_new} positions: {kv['bd3-16 use_cache=True']['tokens_per_s']:.0f} tok/s "
@@ -166,6 +238,17 @@ def main(argv: list[str]) -> dict[str, Any]:
         print(
             f"  {row['method']:<24} calls/token {row['calls_per_token']:.3f}  "
             f"AR NLL of the sample {row['gen_nll_nats_per_byte']:.3f} nats/byte"
+        )
+    for name, row in report["freecache"].items():
+        print(
+            f"  mdlm {name:<22} {row['tokens_per_s']:.0f} tok/s ({row['speedup']:.2f}x), "
+            f"{row['network_calls']} calls, agreement {row['agreement_with_reference']:.3f}"
+        )
+    for name, row in report["ar_guided"].items():
+        print(
+            f"  {name:<24} AR calls/token {row['ar_calls_per_token']:.3f}, diffusion calls/token "
+            f"{row['diffusion_calls_per_token']:.3f}, {row['tokens_per_s']:.0f} tok/s, "
+            f"equals AR greedy: {row['equals_ar_greedy']}"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
