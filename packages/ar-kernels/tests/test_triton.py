@@ -277,7 +277,8 @@ def test_decode_over_a_ragged_static_cache_equals_math(splits, q_len, dtype):
 @needs_kernels
 def test_decode_rows_without_keys_return_zeros_and_long_caches_split():
     """kv_len 0 gives zeros (as math does); 150 keys in 16-key blocks over 4 splits
-    equals one split and math; a row's splits past its length do nothing."""
+    equals one split and math; a row's splits past its length do nothing; a length past
+    the buffer is clamped to it."""
     from ar_kernels.triton_decode import decode_attention
 
     q, k, v = make_qkv(1, 160, heads=4, kv_heads=1)
@@ -286,6 +287,12 @@ def test_decode_rows_without_keys_return_zeros_and_long_caches_split():
     assert bool((outs[1][1] == 0).all())
     torch.testing.assert_close(outs[0], outs[1], atol=1e-6, rtol=1e-5)
     assert_matches_math(outs[1], q, k, v, None, kv_len - 1, kv_len, torch.float32)
+    # lengths past the 160-slot buffer read the whole buffer, never beyond it
+    past = decode_attention(
+        q, k, v, torch.tensor([500, 161], device=DEVICE), num_splits=3, block_n=16
+    )
+    full = torch.tensor([160, 160], device=DEVICE)
+    assert_matches_math(past, q, k, v, None, full - 1, full, torch.float32)
 
 
 @pytest.mark.slow

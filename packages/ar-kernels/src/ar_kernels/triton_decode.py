@@ -66,6 +66,7 @@ def _decode_split_kernel(
     groups,
     q_len,
     head_dim,
+    n_slots,
     n_splits,
     scale_log2,
     CAUSAL: tl.constexpr,
@@ -96,7 +97,7 @@ def _decode_split_kernel(
         other=0.0,
     )  # (BLOCK_R, BLOCK_D)
 
-    n_keys = tl.load(KV_LEN + b).to(tl.int32)
+    n_keys = tl.minimum(tl.load(KV_LEN + b).to(tl.int32), n_slots)  # never past the buffer
     chunk = tl.cdiv(tl.cdiv(n_keys, n_splits), BLOCK_N) * BLOCK_N  # this row's split size
     start = split * chunk
     end = tl.minimum(start + chunk, n_keys)
@@ -247,6 +248,7 @@ def decode_attention(
         groups,
         q_len,
         head_dim,
+        max_keys,
         splits,
         scale * LOG2E,
         CAUSAL=causal,
