@@ -297,6 +297,7 @@ def mtp(
     positive_int(j_max, "num_draft_tokens", "mtp")
     if j_max > k:
         raise ConfigError(f"mtp: num_draft_tokens={j_max} exceeds the model's {k} mask tokens")
+    k = j_max  # a block needs only the masks of the drafts it feeds: m_0 .. m_{j_max - 1}
     device = input_ids.device
     picker = TokenPicker(config, do_sample, generator, device)
     rows = Rows(input_ids, prompt_lengths, config, streamer, scratch=j_max + 1)

@@ -14,7 +14,15 @@ whether the output equals greedy's. Hugging Face's ``generate`` (greedy,
 ``assistant_model=``, ``prompt_lookup_num_tokens=``) runs on the converted weights
 (:mod:`ar_core.interop.hf_llama`); we report its tokens/s, our/HF ratio and equality.
 
-    uv run ar bench decoding -- [--quick] [--out PATH]
+The parallel-generation families train their extra parts on the frozen target (cached
+like the models): Medusa heads (:func:`ar_decoding.medusa.train_medusa_heads`), one MTP
+model with 8 mask tokens (gated LoRA + sampler head, :func:`ar_decoding.mtp.train_mtp`;
+run with k = 4 and 8 drafts, linear and quadratic), and FiRST self-speculative decoding
+with a fixed skip set as the draft. ASSD needs an any-subset two-stream model: a small
+one is trained on the same corpus (random orders) and ASSD (k = 4, 8) is compared with the
+same model decoding one position per call (its own greedy), in a table of its own.
+
+    uv run ar bench decoding -- [--quick] [--out PATH] [--only medusa,mtp,first,assd]
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import torch.nn.functional as F
 from ar_core import registry
 from ar_core.generation import GenerationConfig, generate
 from ar_core.model import Transformer, TransformerConfig
+from ar_core.steps import TwoStreamStepModel
 from ar_core.trainer import TrainConfig, Trainer
 
 TARGET = dict(vocab_size=256, dim=384, n_layers=6, n_heads=6, n_kv_heads=2, max_seq_len=1024)
@@ -120,12 +129,177 @@ def prompts(held: list[bytes], n: int, length: int) -> list[torch.Tensor]:
     return out
 
 
+# -- the parallel-generation families: extra parts trained on the frozen target -------------
+
+
+def _cached_state(name: str, key: dict[str, Any], cache_dir: Path) -> tuple[Path, bool]:
+    blob = json.dumps(key, sort_keys=True)
+    path = cache_dir / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}.pt"
+    return path, path.exists()
+
+
+def _progress(name: str, steps: int) -> Callable[[int, Any], None]:
+    every = max(1, steps // 5)
+
+    def report(step: int, loss: Any) -> None:
+        if (step + 1) % every == 0:
+            shown = loss if isinstance(loss, float) else {k: round(v, 3) for k, v in loss.items()}
+            print(f"[{name}] step {step + 1}/{steps}: {shown}", flush=True)
+
+    return report
+
+
+def medusa_heads(
+    target: Transformer, settings: dict[str, Any], data: torch.Tensor, cache_dir: Path
+) -> Any:
+    from ar_decoding.medusa import MedusaHeads, train_medusa_heads
+
+    path, hit = _cached_state(
+        "medusa", {"target": TARGET, **settings, "bytes": data.numel()}, cache_dir
+    )
+    heads = MedusaHeads.for_model(target, settings["heads"])
+    if hit:
+        heads.load_state_dict(torch.load(path))
+        print(f"[medusa] cached heads: {path}", flush=True)
+        return heads.eval()
+    t0 = time.perf_counter()
+    heads, losses = train_medusa_heads(
+        target,
+        batches(data, settings["seq_len"]),
+        heads=heads,
+        steps=settings["steps"],
+        batch_size=settings["batch_size"],
+        lr=settings["lr"],
+        progress=_progress("medusa", settings["steps"]),
+    )
+    print(f"[medusa] trained in {time.perf_counter() - t0:.0f}s, loss {losses[0]:.2f} -> "
+          f"{sum(losses[-10:]) / len(losses[-10:]):.2f}", flush=True)  # fmt: skip
+    torch.save(heads.state_dict(), path)
+    return heads
+
+
+def mtp_model(
+    target: Transformer, settings: dict[str, Any], data: torch.Tensor, cache_dir: Path
+) -> Any:
+    import copy
+
+    from ar_decoding.mtp import MTPModel, train_mtp
+
+    path, hit = _cached_state(
+        "mtp", {"target": TARGET, **settings, "bytes": data.numel()}, cache_dir
+    )
+    model = MTPModel(copy.deepcopy(target), settings["masks"], rank=settings["rank"])
+    if hit:
+        model.load_state_dict(torch.load(path))
+        print(f"[mtp] cached model: {path}", flush=True)
+        return model.eval()
+    t0 = time.perf_counter()
+    history = train_mtp(
+        model,
+        batches(data, settings["seq_len"]),
+        steps=settings["steps"],
+        batch_size=settings["batch_size"],
+        anchors=settings["anchors"],
+        lr=settings["lr"],
+        progress=_progress("mtp", settings["steps"]),
+    )
+    print(f"[mtp] trained in {time.perf_counter() - t0:.0f}s: first {history[0]}, last "
+          f"{history[-1]}", flush=True)  # fmt: skip
+    torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def two_stream_model(
+    arch: dict[str, Any], settings: dict[str, Any], data: torch.Tensor, cache_dir: Path
+) -> TwoStreamStepModel:
+    """An any-subset model: random order per row, a random number of given slots (one
+    step) then one step per slot, the query-stream cross-entropy."""
+    key = {"arch": arch, **settings, "bytes": data.numel()}
+    folder = (
+        cache_dir
+        / f"two-stream-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
+    )
+    if (folder / "config.json").exists():
+        print(f"[two-stream] cached weights: {folder}", flush=True)
+        return TwoStreamStepModel.from_pretrained(folder).eval()
+    torch.manual_seed(0)
+    n = settings["seq_len"]
+    model = TwoStreamStepModel(Transformer(TransformerConfig(**arch)), 256)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings["lr"])
+    gen = torch.Generator().manual_seed(0)
+    sample = batches(data, n - 1)
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(settings["steps"]):
+        x = sample(gen, settings["batch_size"])  # (B, n)
+        B = x.shape[0]
+        order = torch.rand(B, n, generator=gen).argsort(-1)
+        if step % 2 == 0:  # half the batches: left to right after a prefix (the bench's use)
+            order = torch.arange(n).expand(B, n)
+        g = int(torch.randint(1, n // 2, (), generator=gen))
+        slot_steps = torch.cat([torch.zeros(g, dtype=torch.long), torch.arange(1, n - g + 1)])
+        loss = model.loss(x, order, slot_steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % max(1, settings["steps"] // 5) == 0:
+            print(
+                f"[two-stream] step {step + 1}: loss {sum(losses[-20:]) / len(losses[-20:]):.2f}",
+                flush=True,
+            )
+    print(f"[two-stream] trained in {time.perf_counter() - t0:.0f}s", flush=True)
+    model.eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def run_assd(
+    model: TwoStreamStepModel, held: list[bytes], settings: dict[str, Any], ks: list[int]
+) -> dict[str, dict[str, Any]]:
+    """ASSD with k drafts against k = 1 (one position per call: the model's own greedy)."""
+    from ar_decoding.assd import assd_fill
+
+    n_prompt, n_new = settings["prompt"], settings["new"]
+    xs = [
+        x[:, :n_prompt]
+        for x in prompts(held, settings["prompts"], 4 * n_prompt)
+        if x.shape[1] >= n_prompt
+    ]
+    runs: dict[int, dict[str, Any]] = {}
+    for k in [1, *ks]:
+        outs, calls, accepted, seconds = [], 0, [], 0.0
+        for x in xs:
+            tokens = torch.cat([x, torch.full((1, n_new), -1)], 1)
+            t0 = time.perf_counter()
+            res = assd_fill(model, tokens, k=k, temperature=0.0)
+            seconds += time.perf_counter() - t0
+            outs.append(res.tokens)
+            calls += int(res.calls.sum())
+            accepted += res.accepted_lengths
+        runs[k] = {"outputs": outs, "seconds": seconds, "calls": calls, "accepted": accepted}
+    base = runs[1]
+    rows = {}
+    for k, r in runs.items():
+        rows["assd k=1 (sequential)" if k == 1 else f"assd k={k}"] = {
+            "network_calls_per_token": r["calls"] / (n_new * len(xs)),
+            "mean_accepted_length": sum(r["accepted"]) / len(r["accepted"]),
+            "speedup_vs_sequential": base["seconds"] / r["seconds"],
+            "identical_to_sequential_greedy": all(
+                torch.equal(a, b) for a, b in zip(r["outputs"], base["outputs"], strict=True)
+            ),
+        }
+    return rows
+
+
 # -- measuring ------------------------------------------------------------------------------
 
 
 def run_ours(
-    target: Transformer, xs: list[torch.Tensor], n_new: int, strategy: str, kwargs: dict[str, Any]
+    target: Any, xs: list[torch.Tensor], n_new: int, strategy: str, kwargs: dict[str, Any]
 ) -> dict[str, Any]:
+    kwargs = dict(kwargs)
+    target = kwargs.pop("model", target)  # strategies on a wrapped model (mtp)
     cfg = GenerationConfig(max_new_tokens=n_new, temperature=0)
     generate(target, xs[0], cfg, strategy=strategy, **kwargs)  # warm-up
     outs, passes, tokens, accepted, seconds = [], 0, 0, [], 0.0
@@ -172,6 +346,12 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--num-draft-tokens", type=int, default=4)
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face")
     parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated families to run besides greedy (speculative, lookahead, medusa, "
+        "mtp, first, assd); default all",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -207,6 +387,40 @@ def main(argv: list[str]) -> dict[str, Any]:
     for name in ("jacobi", "lookahead"):  # the other engineer's strategies, when present
         if name in registry.strategies.names():
             strategies[name] = (name, {})
+    only = {f for f in args.only.split(",") if f}
+
+    def wanted(family: str) -> bool:
+        return not only or family in only
+
+    medusa_train = dict(heads=4, steps=20 if quick else 300, batch_size=8, seq_len=128, lr=1e-3)
+    mtp_train = dict(
+        masks=8, rank=16, steps=10 if quick else 150, batch_size=4, seq_len=96, anchors=8, lr=1e-3
+    )
+    if wanted("medusa"):
+        heads = medusa_heads(target, medusa_train, data, cache_dir)
+        strategies["medusa 4 heads (3,2,1,1)"] = ("medusa", dict(heads=heads))
+    if wanted("mtp"):
+        mtp = mtp_model(target, mtp_train, data, cache_dir)
+        for kk in (4, 8):
+            for quadratic in (False, True):
+                label = f"mtp k={kk} {'quadratic' if quadratic else 'linear'}"
+                strategies[label] = (
+                    "mtp",
+                    dict(model=mtp, num_draft_tokens=kk, quadratic=quadratic),
+                )
+    if wanted("first"):
+        for skip in ((2, 3, 4), (1, 3, 5)):
+            strategies[f"first self-spec skip {skip}"] = (
+                "first",
+                dict(skip_layers=skip, speculative_draft=True, num_draft_tokens=k),
+            )
+        strategies["first skip (1, 3, 5) (lossy)"] = ("first", dict(skip_layers=(1, 3, 5)))
+    if only:
+        strategies = {
+            label: v
+            for label, v in strategies.items()
+            if label == "greedy" or any(label.startswith(f) for f in only)
+        }
 
     results: dict[str, dict[str, Any]] = {}
     for label, (strategy, kwargs) in strategies.items():
@@ -227,8 +441,18 @@ def main(argv: list[str]) -> dict[str, Any]:
             ),
         }
 
+    assd_rows: dict[str, dict[str, Any]] = {}
+    two_stream_arch = dict(
+        vocab_size=258, dim=256, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=256
+    )
+    assd_train = dict(steps=20 if quick else 400, batch_size=16, seq_len=96, lr=1e-3)
+    assd_bench = dict(prompts=len(xs), prompt=48, new=48)
+    if wanted("assd"):
+        two = two_stream_model(two_stream_arch, assd_train, data, cache_dir)
+        assd_rows = run_assd(two, held, assd_bench, [4, 8])
+
     hf_rows: dict[str, dict[str, Any]] = {}
-    if not args.no_hf:
+    if not args.no_hf and (not only or "speculative" in only):
         from ar_core.interop.hf_llama import to_hf
 
         hf_target, hf_draft = to_hf(target), to_hf(draft)
@@ -256,15 +480,25 @@ def main(argv: list[str]) -> dict[str, Any]:
         "machine": f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "target": TARGET,
         "draft": DRAFT,
-        "training": {"target": target_train, "draft": draft_train},
         "prompts": len(xs),
         "prompt_bytes": [int(x.shape[1]) for x in xs],
         "new_tokens": n_new,
         "strategies": rows,
         "hugging_face": hf_rows,
+        "training": {
+            "target": target_train,
+            "draft": draft_train,
+            "medusa": medusa_train,
+            "mtp": mtp_train,
+            "two_stream": assd_train,
+        },
+        "assd": assd_rows,
+        "assd_model": two_stream_arch,
+        "assd_setting": assd_bench,
+        "load_average": list(__import__("os").getloadavg()),
     }
     print(
-        f"\n{'strategy':24} {'tok/s':>7} {'speedup':>8} {'passes/tok':>10} {'acc.len':>8} "
+        f"\n{'strategy':32} {'tok/s':>7} {'speedup':>8} {'passes/tok':>10} {'acc.len':>8} "
         f"{'=greedy':>8} {'HF tok/s':>9} {'ours/HF':>8} {'HF=ours':>8}"
     )
     for label, r in rows.items():
@@ -275,10 +509,19 @@ def main(argv: list[str]) -> dict[str, Any]:
             else f"{'-':>9} {'-':>8} {'-':>8}"
         )
         print(
-            f"{label:24} {r['tokens_per_s']:7.1f} {r['speedup_vs_greedy']:8.2f} "
+            f"{label:32} {r['tokens_per_s']:7.1f} {r['speedup_vs_greedy']:8.2f} "
             f"{r['target_passes_per_token']:10.3f} {r['mean_accepted_length']:8.2f} "
             f"{r['identical_to_greedy']!s:>8} {hf_cols}"
         )
+    if assd_rows:
+        print(
+            f"\n{'ASSD (own two-stream model)':28} {'calls/tok':>9} {'acc.len':>8} {'speedup':>8} {'=seq':>6}"
+        )
+        for label, r in assd_rows.items():
+            print(
+                f"{label:28} {r['network_calls_per_token']:9.3f} {r['mean_accepted_length']:8.2f} "
+                f"{r['speedup_vs_sequential']:8.2f} {r['identical_to_sequential_greedy']!s:>6}"
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
