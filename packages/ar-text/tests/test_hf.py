@@ -328,6 +328,14 @@ def test_from_hf_refuses_models_that_are_not_causal_lms(build: Callable[[], Any]
         from_hf(build())
 
 
+def test_from_hf_accepts_a_gpt2_whose_config_says_is_decoder_false() -> None:
+    """transformers 4.x gives every config ``is_decoder=False``; only families whose code
+    reads it (BERT-like) attend bidirectionally, so GPT-2 with the flag is still causal."""
+    hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**_GPT2))
+    hf_model.config.is_decoder = False
+    assert from_hf(hf_model).vocab_size == V
+
+
 _BERT = {
     "vocab_size": V,
     "hidden_size": 32,

@@ -56,7 +56,9 @@ dim, C model width, V vocabulary.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,6 +129,17 @@ def _causal_lm_classes() -> set[str]:
     return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
+@functools.cache
+def _reads_is_decoder(cls: type) -> bool:
+    """Whether the modelling code of ``cls`` reads ``config.is_decoder`` (BERT-like families
+    switch between bidirectional and causal attention on it; GPT-2 and Llama ignore it)."""
+    module = sys.modules.get(cls.__module__)
+    try:
+        return module is not None and "config.is_decoder" in inspect.getsource(module)
+    except (OSError, TypeError):  # no source (a frozen or compiled module): assume it does
+        return True
+
+
 def _check_causal_lm(hf: Any) -> None:
     """Refuse, before anything runs, models that are not decoder-only causal LMs with an LM
     head (a bare base model, a masked LM, an encoder-decoder)."""
@@ -147,9 +160,10 @@ def _check_causal_lm(hf: Any) -> None:
             f"from_hf: {name} is not a causal LM (its class is not in transformers' "
             f"causal-LM auto mapping, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES); {fix}"
         )
-    if name in _causal_lm_classes() and getattr(hf.config, "is_decoder", True) is False:
+    if getattr(hf.config, "is_decoder", True) is False and _reads_is_decoder(type(hf)):
         # the BERT-like *ForCausalLM / *LMHeadModel classes attend bidirectionally unless
-        # their config says is_decoder=True
+        # their config says is_decoder=True (transformers 4.x gives every config
+        # is_decoder=False, so only the families whose code reads it are refused)
         raise ConfigError(
             f"from_hf: {name} was built with is_decoder=False, so it attends bidirectionally; "
             f"set config.is_decoder=True (AutoModelForCausalLM.from_pretrained(path, "
@@ -226,6 +240,9 @@ class _StaticKVLayer(CacheLayerMixin):  # type: ignore[misc]
         return self.store.max_length()
 
     def get_max_length(self) -> int:
+        return self.store.max_len
+
+    def get_max_cache_shape(self) -> int:  # the name transformers < 5.1 asks for
         return self.store.max_len
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
