@@ -70,6 +70,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "vision-digits": "ar-vision",
         "vision-images": "ar-vision",
         "diffusion-text": "ar-diffusion",
+        "video-moving-digits": "ar-video",
     },
     "benchmarks": {
         "decoding": "ar-decoding",
@@ -78,6 +79,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "hf_strategies": "ar-text",
         "stargraph_compare": "ar-text",
         "vision": "ar-vision",
+        "video": "ar-video",
     },
 }
 

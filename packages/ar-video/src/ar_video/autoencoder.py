@@ -5,7 +5,7 @@ image/video autoencoder (Rombach et al., "High-Resolution Image Synthesis with L
 Diffusion Models", 2022, arXiv:2112.10752). Here a small one is trained on the frames
 themselves: a stride-4 4x4 convolution (one cell per 4x4 patch), a 3x3 and a 1x1
 convolution take a (1, H, W) frame to a (C, H/4, W/4) latent, and the mirror image (a
-stride-4 transposed convolution last) brings it back (sigmoid output, MSE loss); the
+stride-4 transposed convolution last) brings it back (linear output, MSE loss; decoded frames are clamped to [0, 1]); the
 patch-sized stride keeps it cheap enough to train in seconds on a CPU. After training
 the latents are standardised per channel (mean and std over the training frames, kept as
 buffers and saved), so the flow-matching models see unit-scale latents.
@@ -76,7 +76,9 @@ class FrameAutoencoder(nn.Module):
         return self.encoder(frames * 2 - 1)  # (M, C, h, w)
 
     def _decode_raw(self, z: Tensor) -> Tensor:
-        return torch.sigmoid(self.decoder(z))  # (M, 1, H, W)
+        # a linear output (clamped to [0, 1] only when decoding): a sigmoid saturates on
+        # the black background and some seeds collapse to an all-black reconstruction
+        return self.decoder(z) * 0.5 + 0.5  # (M, 1, H, W)
 
     def forward(self, frames: Tensor) -> Tensor:
         """Reconstruction of (M, 1, H, W) frames (the training map)."""
@@ -116,7 +118,7 @@ class FrameAutoencoder(nn.Module):
         x = torch.cat(
             [self._decode_raw(z[i : i + batch_size]) for i in range(0, n * f, batch_size)]
         )
-        return x.reshape(n, f, 1, self.size, self.size)
+        return x.clamp(0, 1).reshape(n, f, 1, self.size, self.size)
 
     # -- persistence ------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -64,7 +64,8 @@ def far_velocity(
     *,
     first_frame: int = 0,
 ) -> Tensor:
-    """The velocity of every fine frame, one forward without a cache.
+    """The head's output (clean latent or velocity, :meth:`FrameTransformer.predict`) for
+    every fine frame, one forward without a cache.
 
     ``x`` (B, F, C, h, w): fine frames (noisy at ``t`` (B, F), or clean where ``clean``
     (B, F)); ``long`` (B, L, C, h, w): clean coarse frames before them. Frames are
@@ -81,7 +82,7 @@ def far_velocity(
         first_frame, first_frame + n_long
     ).repeat_interleave(model.n_long)
     hidden = model.run(torch.cat(parts, dim=1), index, frame_causal(index))
-    return model.velocity(hidden[:, n_long * model.n_long :], t)
+    return model.predict(hidden[:, n_long * model.n_long :], t)
 
 
 @dataclass
@@ -128,10 +129,10 @@ class FarLoss:
             t = torch.rand(B, self.window)
         clean = torch.rand(B, self.window) < self.clean_prob
         eps = torch.randn_like(x1)
-        xt, target = flow_targets(x1, t, eps)
+        xt, _ = flow_targets(x1, t, eps)
         xt = torch.where(clean[..., None, None, None], x1, xt)
-        v = far_velocity(model, xt, t, clean, long, first_frame=start)
-        err = F.mse_loss(v, target, reduction="none").mean(dim=(2, 3, 4))  # (B, F)
+        out = far_velocity(model, xt, t, clean, long, first_frame=start)
+        err = F.mse_loss(out, model.target(x1, eps), reduction="none").mean(dim=(2, 3, 4))  # (B, F)
         weight = (~clean).float()
         return (err * weight).sum() / weight.sum().clamp_min(1.0)
 
@@ -208,6 +209,6 @@ def far_generate(
                     coarse_cached = n_coarse
             else:
                 hidden = model.run(noisy, index[-n:], mask, cache)
-            x = x + model.velocity(hidden[:, -n:], t) / steps
+            x = x + model.to_velocity(model.predict(hidden[:, -n:], t), x, t) / steps
         frames.append(x[:, 0])
     return torch.stack(frames[fc:], dim=1)

@@ -14,7 +14,9 @@ x_t = t x_1 + (1 - t) eps) embedded sinusoidally and added to its tokens, or a l
 "clean" embedding for context frames (FAR's stochastic clean context and ViD-GPT's
 frame-as-prompt mark clean frames this way, distinct from t = 1). The output head is
 modulated by t (a shift and a scale, as DiT's final adaLN layer; Peebles & Xie 2023,
-arXiv:2212.09748) and predicts the velocity x_1 - eps of every patch.
+arXiv:2212.09748) and predicts, for every patch, the clean latent x_1 (``prediction=
+"data"``, the default; the velocity is then (x_1 - x_t) / (1 - t), the same flow) or the
+velocity x_1 - eps itself (``prediction="velocity"``).
 
 Long-term context (FAR, Gu et al. 2025, arXiv:2503.19325): older frames can be given as
 *coarse* tokens, ``long_patch`` x ``long_patch`` patches (4x fewer tokens at twice the
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import torch
@@ -84,6 +86,10 @@ class FrameTransformerConfig(pydantic.BaseModel):
     n_layers: int = pydantic.Field(default=2, ge=1)
     n_heads: int = pydantic.Field(default=4, ge=1)
     max_frames: int = pydantic.Field(default=64, ge=2)  # RoPE table: frame indices < this
+    # "data": the head predicts the clean latent x_1 and the velocity is (x_1 - x_t) / (1 - t)
+    # (the same flow, another parameterisation; it learns in far fewer updates on CPU
+    # budgets); "velocity": the head predicts x_1 - eps directly (FAR's choice)
+    prediction: Literal["data", "velocity"] = "data"
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> FrameTransformerConfig:
@@ -129,6 +135,7 @@ class FrameTransformer(nn.Module):
         n_layers: int = 2,
         n_heads: int = 4,
         max_frames: int = 64,
+        prediction: Literal["data", "velocity"] = "data",
     ) -> None:
         super().__init__()
         self.cfg = FrameTransformerConfig(
@@ -140,6 +147,7 @@ class FrameTransformer(nn.Module):
             n_layers=n_layers,
             n_heads=n_heads,
             max_frames=max_frames,
+            prediction=prediction,
         )
         cfg = self.cfg
         self.n, self.n_long = cfg.tokens_per_frame, cfg.long_tokens_per_frame
@@ -201,13 +209,25 @@ class FrameTransformer(nn.Module):
         x = x + self.time_embedding(ones, ones.bool())[:, :, None]
         return x.flatten(1, 2)
 
-    def velocity(self, hidden: Tensor, t: Tensor) -> Tensor:
-        """Hidden states of F fine frames (B, F n, D) at times t (B, F) -> (B, F, C, h, w)."""
+    def predict(self, hidden: Tensor, t: Tensor) -> Tensor:
+        """The head's output for F fine frames: hidden (B, F n, D) at times t (B, F) ->
+        (B, F, C, h, w), the clean latent or the velocity (``prediction``)."""
         B, F_ = t.shape
         h = hidden.reshape(B, F_, self.n, -1)
         shift, scale = self.head_mod(self.time_mlp(_sinusoid(t, self.cfg.dim))).chunk(2, dim=-1)
         out = self.head(h * (1 + scale[:, :, None]) + shift[:, :, None])  # (B, F, n, C p p)
         return unpatchify(out, self.cfg.patch, self.cfg.latent_channels, self.cfg.latent_size)
+
+    def to_velocity(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The flow's velocity from the head's output ``out`` at ``x_t`` (B, F, C, h, w),
+        times ``t`` (B, F); with data prediction (x_1 - x_t) / (1 - t), 1 - t >= 0.05."""
+        if self.cfg.prediction == "velocity":
+            return out
+        return (out - x_t) / (1 - t).clamp_min(0.05)[..., None, None, None]
+
+    def target(self, x1: Tensor, eps: Tensor) -> Tensor:
+        """What the head is trained to output: x_1 (data) or x_1 - eps (velocity)."""
+        return x1 if self.cfg.prediction == "data" else x1 - eps
 
     # -- the backbone -------------------------------------------------------------------
     def run(

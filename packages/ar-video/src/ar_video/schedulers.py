@@ -175,7 +175,8 @@ def ad_generate(
         clean = torch.cat(
             [torch.ones(B, fc, dtype=torch.bool), (now == 0)[None].expand(B, n_new)], 1
         )
-        v = far_velocity(model, torch.cat([context, x], dim=1), t, clean)[:, fc:]
+        out = far_velocity(model, torch.cat([context, x], dim=1), t, clean)[:, fc:]
+        v = model.to_velocity(out, x, t[:, fc:])
         calls += 1
         dt = ((now - nxt).float() / steps)[None, :, None, None, None]
         x = x + v * dt

@@ -42,11 +42,11 @@ def _index(first: int, frames: int, n: int) -> Tensor:
 def vidgpt_velocity(
     model: FrameTransformer, x: Tensor, t: Tensor, clean: Tensor, first_frame: int = 0
 ) -> Tensor:
-    """Velocity of every frame of ``x`` (B, F, C, h, w) (uncached, one forward)."""
+    """The head's output for every frame of ``x`` (B, F, C, h, w) (uncached, one forward)."""
     model.check_latents(x, "frames")
     index = _index(first_frame, x.shape[1], model.n)
     hidden = model.run(model.embed_fine(x, t, clean), index, frame_causal(index))
-    return model.velocity(hidden, t)
+    return model.predict(hidden, t)
 
 
 @dataclass
@@ -70,10 +70,10 @@ class VidGptLoss:
         prompt = torch.arange(self.window)[None, :] < p  # (B, F)
         t = torch.rand(B, 1).expand(B, self.window)  # one time for the whole chunk
         eps = torch.randn_like(x1)
-        xt, target = flow_targets(x1, t, eps)
+        xt, _ = flow_targets(x1, t, eps)
         xt = torch.where(prompt[..., None, None, None], x1, xt)
-        v = vidgpt_velocity(model, xt, t, prompt, first_frame=start)
-        err = F.mse_loss(v, target, reduction="none").mean(dim=(2, 3, 4))  # (B, F)
+        out = vidgpt_velocity(model, xt, t, prompt, first_frame=start)
+        err = F.mse_loss(out, model.target(x1, eps), reduction="none").mean(dim=(2, 3, 4))  # (B, F)
         weight = (~prompt).float()
         return (err * weight).sum() / weight.sum()
 
@@ -126,7 +126,7 @@ def vidgpt_generate(
                     cache.commit(P * n)  # the prompt's keys/values; the chunk stays pending
             else:
                 hidden = model.run(noisy, index[P * n :], mask, cache)
-            x = x + model.velocity(hidden[:, -g * n :], t) / steps
+            x = x + model.to_velocity(model.predict(hidden[:, -g * n :], t), x, t) / steps
         frames.extend(x.unbind(1))
         f += g
     return torch.stack(frames[fc:], dim=1)

@@ -1,0 +1,1 @@
+"""ar-video's benchmarks (``ar bench video``)."""

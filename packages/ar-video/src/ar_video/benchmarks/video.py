@@ -1,0 +1,163 @@
+"""FAR and ViD-GPT against copy-last-frame on moving digits; long-term context; KV cache.
+
+One run of ``video-moving-digits``'s pieces at the chosen size (the recipe's default
+config unless ``--quick``): the autoencoder, FAR and ViD-GPT trained with ar-core's
+Trainer for ``--steps`` updates each, then on the held-out clips:
+
+* PSNR and SSIM (and MSE) by horizon 1..10 for every model, copy-last-frame and the
+  autoencoder's reconstruction of the true frames (the floor of a latent model);
+* FAR's error at the last horizon with and without its long-term (coarse) context;
+* frames per second of FAR and ViD-GPT rollouts of ``--rollout-frames`` new frames (16)
+  with and without the KV cache, on the same noise (outputs compared: max abs difference),
+  one warm-up call first, the best of ``--repeats`` timings each.
+
+    uv run ar bench video -- [--quick] [--out PATH] [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ar_video.autoencoder import FrameAutoencoder, train_autoencoder
+from ar_video.far import far_generate
+from ar_video.metrics import by_horizon, per_clip_metrics, sign_test
+from ar_video.recipes.moving_digits import (
+    LABELS,
+    VideoMovingDigitsConfig,
+    _clips,
+    evaluate,
+    train_model,
+)
+from ar_video.vidgpt import vidgpt_generate
+
+
+def _speed(
+    models: dict[str, Any],
+    latents: torch.Tensor,
+    n_new: int,
+    config: VideoMovingDigitsConfig,
+    repeats: int,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, model in models.items():
+        runs: dict[bool, float] = {}
+        frames: dict[bool, torch.Tensor] = {}
+        fn = far_generate if name == "far" else vidgpt_generate
+        for use_cache in (True, False):
+
+            def roll(
+                n: int, fn: Any = fn, model: Any = model, use_cache: bool = use_cache
+            ) -> torch.Tensor:
+                gen = torch.Generator().manual_seed(0)
+                return fn(  # type: ignore[no-any-return]
+                    model,
+                    latents,
+                    n,
+                    steps=config.sample_steps,
+                    window=config.window,
+                    use_cache=use_cache,
+                    generator=gen,
+                )
+
+            roll(2)  # warm-up
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                frames[use_cache] = roll(n_new)
+                best = min(best, time.perf_counter() - start)
+            runs[use_cache] = latents.shape[0] * n_new / best
+        out[name] = {
+            "frames_per_s_cached": runs[True],
+            "frames_per_s_uncached": runs[False],
+            "speedup": runs[True] / runs[False],
+            "max_abs_diff": float((frames[True] - frames[False]).abs().max()),
+        }
+    return out
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny data and few updates")
+    parser.add_argument("--out", default=".bench/video.json")
+    parser.add_argument("--steps", type=int, default=None, help="updates per model")
+    parser.add_argument("--rollout-frames", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    base = VideoMovingDigitsConfig(seed=args.seed, progress_bar=False)
+    if args.quick:
+        base = base.model_copy(
+            update=dict(train_clips=32, test_clips=8, ae_steps=20, steps=10, n_layers=1)
+        )
+    if args.steps is not None:
+        base = base.model_copy(update=dict(steps=args.steps))
+    config = VideoMovingDigitsConfig.model_validate(base.model_dump())
+    out_dir = Path(args.out).parent / "video_run"
+    train = _clips(config, "train", config.train_clips, config.seed)
+    test = _clips(config, "test", config.test_clips, config.seed)
+    torch.manual_seed(config.seed)
+    ae = FrameAutoencoder(size=config.size, channels=config.latent_channels)
+    ae_m = train_autoencoder(ae, train, steps=config.ae_steps, seed=config.seed)
+    latents = ae.encode(train)
+    models: dict[str, Any] = {}
+    train_s: dict[str, float] = {}
+    for name in config.models:
+        models[name], train_s[name], _ = train_model(name, latents, config, out_dir, print)
+        print(f"[{name}] {config.steps} updates in {train_s[name]:.0f} s", flush=True)
+    _, metrics, _ = evaluate(models, ae, test, config)
+    report: dict[str, Any] = {
+        "config": config.model_dump(),
+        "autoencoder_psnr_train": ae_m["psnr"],
+        "train_seconds": train_s,
+        "by_horizon": {LABELS[k]: by_horizon(m) for k, m in metrics.items()},
+    }
+    wins, n, p = sign_test(metrics["far"]["mse"][:, 0], metrics["copy-last"]["mse"][:, 0])
+    report["far_vs_copy_last_h1"] = {"wins": wins, "pairs": n, "p_value": p, "alpha": config.alpha}
+    # FAR without its long-term context: the same model, only the short window
+    ctx = test[:, : config.context]
+    truth = test[:, config.context : config.context + config.horizon]
+    long_rows = {}
+    for long_context in (True, False):
+        z = far_generate(
+            models["far"],
+            ae.encode(ctx),
+            config.horizon,
+            steps=config.sample_steps,
+            window=config.window,
+            long_context=long_context,
+            generator=torch.Generator().manual_seed(config.seed + 1),
+        )
+        h = by_horizon(per_clip_metrics(ae.decode(z), truth))
+        long_rows["with long-term context" if long_context else "short window only"] = {
+            f"mse_h{config.horizon}": h["mse"][-1],
+            f"psnr_h{config.horizon}": h["psnr"][-1],
+            f"ssim_h{config.horizon}": h["ssim"][-1],
+        }
+    report["far_long_context"] = long_rows
+    report["kv_cache"] = _speed(
+        models, ae.encode(ctx[:8]), args.rollout_frames, config, args.repeats
+    )
+    for name, row in report["by_horizon"].items():
+        print(f"{name:<22} PSNR " + " ".join(f"{v:5.2f}" for v in row["psnr"]))
+        print(f"{'':<22} SSIM " + " ".join(f"{v:5.3f}" for v in row["ssim"]))
+    print(f"FAR vs copy-last at h=1: {wins}/{n} clips better, sign test p = {p:.3g}")
+    for k, v in long_rows.items():
+        print(f"FAR {k}: " + ", ".join(f"{a} {b:.4f}" for a, b in v.items()))
+    for k, v in report["kv_cache"].items():
+        print(
+            f"{LABELS[k]} {args.rollout_frames}-frame rollouts: {v['frames_per_s_cached']:.1f} "
+            f"frames/s cached vs {v['frames_per_s_uncached']:.1f} uncached ({v['speedup']:.2f}x), "
+            f"max |diff| {v['max_abs_diff']:.1e}"
+        )
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    return report

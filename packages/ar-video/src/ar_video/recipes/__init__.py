@@ -1,0 +1,1 @@
+"""ar-video's recipes (``video-moving-digits``)."""
