@@ -28,6 +28,7 @@ from ar_core.recipes import (
     read_recipe_file,
     write_recipe_file,
 )
+from ar_core.runs import RunControl, RunFolder, read_run_file, run_control
 
 app = typer.Typer(
     name="ar",
@@ -102,26 +103,75 @@ def train_cmd(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config field: key=value.")
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run folder (default ar-out/RECIPE).")
+    ] = None,
     demo: Annotated[
         bool, typer.Option("--demo", help="Start from the small demo settings.")
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the unfinished run in --out from its last checkpoint (same "
+            "config; steps may change).",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace the run in --out; the old run stays until the new one completes.",
+        ),
+    ] = False,
+    checkpoint_every: Annotated[
+        int,
+        typer.Option("--checkpoint-every", help="Checkpoint every N updates (0: off).", min=0),
+    ] = 0,
+    checkpoint_minutes: Annotated[
+        float,
+        typer.Option("--checkpoint-minutes", help="Checkpoint every M minutes (0: off).", min=0.0),
+    ] = 10.0,
 ) -> None:
     """Run a recipe: data, training, sampling, evaluation; results under --out
-    (index.html, and result.json for scripts)."""
+    (index.html, and result.json for scripts). A folder holding a run is refused unless
+    --resume or --overwrite; Ctrl-C saves a checkpoint and prints how to resume."""
     r = registry.recipes.get(recipe)
+    overrides = parse_overrides(set_ or [])
     base = r.demo_config() if demo else r.config_class()
-    config = build_config(r.config_class, base, parse_overrides(set_ or []))
+    config = build_config(r.config_class, base, overrides)
     out_dir = writable_folder(out or Path("ar-out") / recipe)
-    write_recipe_file(out_dir, recipe, config)
-    start = time.perf_counter()
-    result = r.run(config, out_dir, _progress)
-    seconds = time.perf_counter() - start
-    print_result(console, result)
-    index, _ = write_report(
-        out_dir, f"ar train {recipe}", [Run(recipe, config, result, seconds)], []
+    control = RunControl(
+        resume=resume,
+        checkpoint_every_steps=checkpoint_every,
+        checkpoint_every_seconds=checkpoint_minutes * 60.0,
     )
-    console.print(f"wrote {out_dir} (report: {index}, results: {RESULT_FILE})")
+    with RunFolder(
+        out_dir,
+        recipe=recipe,
+        config=config,
+        resume=resume,
+        overwrite=overwrite,
+        overrides=overrides,
+    ) as run:
+        if run.work != out_dir:
+            _progress(f"writing the new run into {run.work}; it replaces {out_dir} when done")
+        start = time.perf_counter()
+        try:
+            with run_control(control):
+                result = r.run(run.config, run.work, _progress)
+        except KeyboardInterrupt:
+            message = run.interrupted(control.last_checkpoint())
+            err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        except BaseException as exc:
+            run.failed(f"{type(exc).__name__}: {exc}", checkpoints=len(control.checkpoints))
+            raise
+        seconds = time.perf_counter() - start
+        print_result(console, result)
+        write_report(run.work, f"ar train {recipe}", [Run(recipe, run.config, result, seconds)], [])
+        run.complete()
+    console.print(f"wrote {out_dir} (report: {out_dir / 'index.html'}, results: {RESULT_FILE})")
 
 
 @app.command("sample")
@@ -132,6 +182,12 @@ def sample_cmd(
     """Sample from a checkpoint written by `ar train`."""
     if not checkpoint.is_dir():
         raise ArError(f"{checkpoint} is not a folder; pass the --out folder of `ar train`")
+    run = read_run_file(checkpoint)
+    if run is not None and run.get("status") != "complete":
+        raise ConfigError(
+            f"{checkpoint} holds an unfinished run ({run.get('recipe')}, {run.get('status')}); "
+            f"finish it with: ar train {run.get('recipe')} --out {checkpoint} --resume"
+        )
     name, _ = read_recipe_file(checkpoint)
     r = registry.recipes.get(name)
     result = r.sample(checkpoint, n, _progress)

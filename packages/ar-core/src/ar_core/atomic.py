@@ -52,6 +52,7 @@ __all__ = [
     "fsync_dir",
     "fsync_tree",
     "lock_path",
+    "replace_folder",
     "resolve_folder",
     "write_folder",
 ]
@@ -204,7 +205,7 @@ def _swap_in(tmp: Path, path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         if _exchange(tmp, path):  # path: new, tmp: old
             fsync_dir(path.parent)
-            old = tmp.with_name(tmp.name.replace(".tmp-", ".old-", 1))
+            old = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             os.replace(tmp, old)  # a kill during the rmtree leaves .old-*, cleaned next time
             shutil.rmtree(old, ignore_errors=True)
             return
@@ -224,6 +225,14 @@ def _swap_in(tmp: Path, path: Path) -> None:
     previous = _previous(path)
     if previous.exists():
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def replace_folder(src: str | Path, dst: str | Path) -> None:
+    """Put the complete folder ``src`` (a sibling of ``dst``) at ``dst`` with one rename and
+    delete what was there. The caller holds ``folder_lock(dst)`` and has fsync'ed ``src``."""
+    src, dst = Path(src).absolute(), Path(dst).absolute()
+    fsync_tree(src)
+    _swap_in(src, dst)
 
 
 @contextlib.contextmanager

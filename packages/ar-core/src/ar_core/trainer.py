@@ -52,10 +52,27 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ar_core.checkpoint import load_training_state, save_training_state
 from ar_core.errors import CheckpointError, ConfigError, NonFiniteError
+from ar_core.runs import RunControl, TrainingInterrupted, config_differences, current_control
 
 Batch = Any  # a tensor, or a tuple / list / dict of tensors with the batch first
 DataFn = Callable[[torch.Generator, int], Batch]
 LossFn = Callable[..., torch.Tensor]  # loss_fn(model, batch) or loss_fn(model, batch, *, step)
+
+# TrainConfig fields a resume may change (the rest must equal the checkpoint's): how long
+# it runs (steps lengthens the schedule: no longer bit-exact), where, and what it logs
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "steps",
+        "resume",
+        "out_dir",
+        "device",
+        "progress",
+        "log_every",
+        "eval_every",
+        "eval_batches",
+        "save_every",
+    }
+)
 
 STATE_DIR = "train_state"  # a checkpoint folder of ar_core.checkpoint
 METRICS_FILE = "metrics.jsonl"
@@ -320,8 +337,17 @@ class Trainer:
         self.step = 0  # updates done
         self.history: list[dict[str, Any]] = []  # records logged (also in metrics.jsonl)
         self.autocast_dtype = self._autocast_dtype()
+        # a driver's settings (ar_core.runs.run_control: the CLI's --resume, periodic
+        # checkpoints, Ctrl-C), read once here
+        self.control: RunControl | None = current_control()
+        self._last_save = time.monotonic()
         if config.resume:
             self.resume()
+        elif self.control is not None and config.out_dir is not None:
+            if self.control.resume and (config.out_dir / STATE_DIR).is_dir():
+                self.resume()
+            elif self.dist.is_main:  # a run from step 0: lines an earlier attempt logged go
+                self._truncate_metrics(config.out_dir / METRICS_FILE, 0)
 
     # -- setup helpers --------------------------------------------------------------
     def _autocast_dtype(self) -> torch.dtype | None:
@@ -434,6 +460,20 @@ class Trainer:
         losses: list[float] = []
         bar = self._progress_bar(end)
         start = time.perf_counter()
+        with self._sigint_stops():
+            try:
+                self._loop(end, losses, bar, start)
+            finally:
+                if bar is not None:
+                    bar.close()
+        if cfg.out_dir is not None and losses:
+            self.save()
+        if self.control is not None and self.control.stop_requested:
+            self._stop()
+        return losses
+
+    def _loop(self, end: int, losses: list[float], bar: Any, start: float) -> None:
+        cfg = self.config
         while self.step < end:
             loss, norm = self.train_step()
             losses.append(loss)
@@ -455,11 +495,61 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}")
             if cfg.save_every and self.step % cfg.save_every == 0:
                 self.save()
-        if bar is not None:
-            bar.close()
-        if cfg.out_dir is not None and losses:
+            if self.control is not None and cfg.out_dir is not None:
+                self._follow_control(end)
+
+    # -- the driver's control: periodic checkpoints, Ctrl-C ----------------------------
+    def _follow_control(self, end: int) -> None:
+        ctl = self.control
+        assert ctl is not None
+        if ctl.stop_at_step is not None and self.step >= ctl.stop_at_step:
+            ctl.stop_requested = True
+        if ctl.stop_requested:
+            if self.step < end:  # at the end, train() saves (and stops) anyway
+                self.save()
+                self._stop()
+            return
+        by_steps = ctl.checkpoint_every_steps and self.step % ctl.checkpoint_every_steps == 0
+        by_time = (
+            ctl.checkpoint_every_seconds
+            and time.monotonic() - self._last_save >= ctl.checkpoint_every_seconds
+        )
+        if (by_steps or by_time) and self.step < end:
             self.save()
-        return losses
+
+    def _stop(self) -> None:
+        ctl = self.control
+        last = ctl.last_checkpoint() if ctl is not None else None
+        raise TrainingInterrupted(self.step, last[0] if last else None)
+
+    @contextlib.contextmanager
+    def _sigint_stops(self) -> Iterator[None]:
+        """While training under a RunControl with ``catch_sigint``, the first Ctrl-C asks
+        for a stop after the update in flight (saved, then TrainingInterrupted); a second
+        one interrupts at once."""
+        ctl = self.control
+        import signal
+        import threading
+
+        if (
+            ctl is None
+            or not ctl.catch_sigint
+            or self.config.out_dir is None
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if ctl.stop_requested:
+                raise KeyboardInterrupt
+            ctl.stop_requested = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _progress_bar(self, end: int) -> Any:
         if not (self.config.progress and self.dist.is_main) or self.step >= end:
@@ -498,6 +588,9 @@ class Trainer:
             )
         if self.dist.enabled:
             dist.barrier()
+        self._last_save = time.monotonic()
+        if self.control is not None:
+            self.control.checkpoints.append((path, self.step))
         return path if self.dist.is_main else None
 
     def resume(self, out_dir: Path | None = None) -> int:
@@ -516,6 +609,17 @@ class Trainer:
         state = load_training_state(
             path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
         )
+        saved = state.extra.get("config")
+        if isinstance(saved, dict):
+            changed = config_differences(
+                saved, self.config.model_dump(mode="json"), ignore=RESUME_MAY_CHANGE
+            )
+            if changed:
+                raise CheckpointError(
+                    f"{path} was trained with another TrainConfig ({'; '.join(changed)}); "
+                    f"resume with the same settings (only {', '.join(sorted(RESUME_MAY_CHANGE))} "
+                    f"may change) or train into another out_dir"
+                )
         self.data_generator.set_state(state.extra["data_generator"])
         self.step = state.step
         if self.dist.is_main:
