@@ -10,6 +10,7 @@ def test_plugin_registers_strategies() -> None:
         "block-diffusion",
         "freecache",
         "ar-guided-diffusion",
+        "ctrldiff",
     }
     for name in _plugin.STRATEGIES:
         assert registry.strategies.provider(name) == "diffusion"

@@ -43,7 +43,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     }
     | {
         name: "ar-diffusion"
-        for name in ("mdlm", "block-diffusion", "freecache", "ar-guided-diffusion")
+        for name in ("mdlm", "block-diffusion", "freecache", "ar-guided-diffusion", "ctrldiff")
     },
     "attention_backends": {"flex": "ar-kernels", "xformers": "ar-kernels", "triton": "ar-kernels"},
     "step_samplers": {

@@ -15,6 +15,7 @@ STRATEGIES: dict[str, tuple[str, str]] = {
     "block-diffusion": ("bd3", "block_diffusion"),
     "freecache": ("freecache", "freecache"),
     "ar-guided-diffusion": ("ar_guided", "ar_guided_diffusion"),
+    "ctrldiff": ("ctrldiff", "ctrldiff"),
 }
 
 
