@@ -336,6 +336,33 @@ def test_from_hf_accepts_a_gpt2_whose_config_says_is_decoder_false() -> None:
     assert from_hf(hf_model).vocab_size == V
 
 
+def test_several_eos_ids_stop_rows_where_hf_generate_stops() -> None:
+    """A model with two end tokens (Llama-3 style): ``generation_config()`` carries both,
+    and each row stops, and is padded, exactly as ``hf.generate`` does it."""
+    hf_model = _build("llama")
+    ids = _prompts(batch=4, length=5, seed=3)
+    free = _hf_greedy(hf_model, ids, n=12)[:, 5:]
+    # two tokens that greedy emits at different steps of different rows
+    first, second = int(free[0, 3]), int(free[1, 6])
+    if first == second:
+        second = int(free[2, 2])
+    assert first != second
+    hf_model.generation_config.eos_token_id = [first, second]
+    hf_model.generation_config.pad_token_id = 0
+    model = from_hf(hf_model)
+    assert model.eos_token_ids == [first, second]
+    config = model.generation_config(max_new_tokens=12)
+    assert config.eos_ids() == [first, second] and config.pad_token_id == 0
+    ours = generate(model, ids, config).sequences
+    with torch.no_grad():
+        theirs = hf_model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12
+        )
+    theirs = torch.nn.functional.pad(theirs, (0, ours.shape[1] - theirs.shape[1]), value=0)
+    assert torch.equal(ours, theirs)
+    assert (ours[:, 5:] == first).any() and (ours[:, 5:] == second).any()
+
+
 _BERT = {
     "vocab_size": V,
     "hidden_size": 32,

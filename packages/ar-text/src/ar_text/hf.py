@@ -129,11 +129,15 @@ def _causal_lm_classes() -> set[str]:
     return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
-@functools.cache
 def _reads_is_decoder(cls: type) -> bool:
     """Whether the modelling code of ``cls`` reads ``config.is_decoder`` (BERT-like families
     switch between bidirectional and causal attention on it; GPT-2 and Llama ignore it)."""
-    module = sys.modules.get(cls.__module__)
+    return _module_reads_is_decoder(cls.__module__)
+
+
+@functools.cache
+def _module_reads_is_decoder(name: str) -> bool:
+    module = sys.modules.get(name)
     try:
         return module is not None and "config.is_decoder" in inspect.getsource(module)
     except (OSError, TypeError):  # no source (a frozen or compiled module): assume it does
@@ -336,6 +340,31 @@ class HFCausalLM(nn.Module):
                 f"its own masks from a 2-D padding mask, so per-row cache lengths cannot be "
                 f"given; use a family that takes 4-D masks (e.g. gpt2, llama)"
             ) from e
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """The end tokens of the wrapped model's ``generation_config`` (several for chat
+        models such as Llama-3: end-of-text and end-of-turn), in order; [] when it has none."""
+        eos = getattr(getattr(self.hf, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            return []
+        return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+
+    def generation_config(self, **overrides: Any) -> Any:
+        """An ar ``GenerationConfig`` that stops where ``hf.generate`` would: the model's
+        EOS ids (all of them) and pad id, then ``overrides`` (``max_new_tokens=``, ...)."""
+        from ar_core.generation import GenerationConfig
+
+        hf_config = getattr(self.hf, "generation_config", None)
+        defaults: dict[str, Any] = {}
+        if self.eos_token_ids:
+            defaults["eos_token_id"] = self.eos_token_ids
+        pad = getattr(hf_config, "pad_token_id", None)
+        if pad is None and self.eos_token_ids:  # what hf.generate pads with, and warns about
+            pad = self.eos_token_ids[0]
+        if pad is not None:
+            defaults["pad_token_id"] = int(pad)
+        return GenerationConfig(**{**defaults, **overrides})
 
     # -- construction helpers ---------------------------------------------------------
     @staticmethod
