@@ -211,3 +211,35 @@ def test_concurrent_run_refused_then_sigint_and_resume(reference: Path, tmp_path
     assert _train(straight, sets=["steps=200"]) == 0
     assert _same_weights(run, straight)
     assert _losses(run) == _losses(straight)
+
+
+def test_sample_reads_the_run_and_writes_elsewhere(reference: Path, tmp_path: Path, capsys):
+    """`ar sample RUN` leaves RUN byte for byte as it was; every sample goes to RUN-samples
+    (samples.txt, index.html, result.json); --out and --set choose the folder and config."""
+    before = _tree(reference)
+    assert main(["sample", str(reference), "-n", "6"]) == 0
+    out = reference.with_name(f"{reference.name}-samples")
+    assert _tree(reference) == before
+    lines = (out / "samples.txt").read_text().split("\n\n")
+    assert len([x for x in lines if x.strip()]) == 6  # 6 samples, one ordering
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "result.json", "samples.txt"]
+    assert (
+        main(
+            [
+                "sample",
+                str(reference),
+                "-n",
+                "3",
+                "--set",
+                'orderings=["reverse","raster"]',
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
+    text = (tmp_path / "s" / "samples.txt").read_text()
+    assert text.count("reverse:") == 3 and text.count("raster:") == 3
+    assert _tree(reference) == before
+    assert main(["sample", str(reference), "--out", str(reference)]) == 2
+    assert "the run itself" in capsys.readouterr().err

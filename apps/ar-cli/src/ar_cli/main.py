@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,8 +21,10 @@ from typer.exceptions import TyperException
 from ar_cli import bench as bench_mod
 from ar_cli.report import RESULT_FILE, Run, print_result, print_table, write_report
 from ar_core import plugins, registry
+from ar_core.atomic import atomic_write_text
 from ar_core.errors import ArError, ConfigError, validation_message
 from ar_core.recipes import (
+    RECIPE_FILE,
     RecipeResult,
     Table,
     build_config,
@@ -174,12 +178,70 @@ def train_cmd(
     console.print(f"wrote {out_dir} (report: {out_dir / 'index.html'}, results: {RESULT_FILE})")
 
 
+SAMPLES_FILE = "samples.txt"  # every text sample of `ar sample`, one block each
+
+
+def _free_sibling(run: Path, suffix: str) -> Path:
+    """``RUN-suffix`` beside ``run``, or ``RUN-suffix-2``, ... (never an existing path)."""
+    base = run.absolute()
+    for i in range(1, 10_000):
+        path = base.with_name(f"{base.name}-{suffix}" + (f"-{i}" if i > 1 else ""))
+        if not path.exists():
+            return path
+    raise ConfigError(f"no free folder name beside {run}; pass --out")
+
+
+OUTPUT_SUFFIXES = (".png", ".gif", ".jpg", ".html", ".txt")  # what sampling writes, not reads
+
+
+def _is_output(entry: Path) -> bool:
+    """Entries of a run that are outputs (pictures, reports), not inputs of sampling: not
+    linked, so that a recipe writing a file of the same name writes its own."""
+    return entry.suffix in OUTPUT_SUFFIXES or entry.name in (RESULT_FILE, "img", "samples")
+
+
+@contextlib.contextmanager
+def _run_view(run: Path, out: Path, recipe: str, fields: dict[str, Any] | None) -> Iterator[Path]:
+    """``out`` as the recipe's checkpoint folder: a link to each entry of ``run`` (read
+    through, never written), so that what the recipe writes lands in ``out``; with
+    ``fields``, a recipe.json of its own (the run's config with --set applied). The links
+    are removed afterwards."""
+    links = []
+    try:
+        for entry in sorted(run.iterdir()):
+            target = out / entry.name
+            if target.exists() or entry.name.startswith(".") or _is_output(entry):
+                continue
+            if fields is not None and entry.name == RECIPE_FILE:
+                continue
+            target.symlink_to(entry.absolute(), target_is_directory=entry.is_dir())
+            links.append(target)
+        if fields is not None:
+            atomic_write_text(
+                out / RECIPE_FILE, json.dumps({"recipe": recipe, "config": fields}, indent=2)
+            )
+        yield out
+    finally:
+        for link in links:
+            if link.is_symlink():
+                link.unlink()
+
+
 @app.command("sample")
 def sample_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="A folder written by `ar train`.")],
     n: Annotated[int, typer.Option("-n", help="How many samples.", min=1)] = 8,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where samples go (default: RUN-samples beside the run)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a field of the run's config: key=value."),
+    ] = None,
 ) -> None:
-    """Sample from a checkpoint written by `ar train`."""
+    """Sample from a run written by `ar train`. The run is only read (it may be
+    read-only); samples, pictures, index.html and result.json go to --out."""
     if not checkpoint.is_dir():
         raise ArError(f"{checkpoint} is not a folder; pass the --out folder of `ar train`")
     run = read_run_file(checkpoint)
@@ -188,10 +250,39 @@ def sample_cmd(
             f"{checkpoint} holds an unfinished run ({run.get('recipe')}, {run.get('status')}); "
             f"finish it with: ar train {run.get('recipe')} --out {checkpoint} --resume"
         )
-    name, _ = read_recipe_file(checkpoint)
+    name, saved = read_recipe_file(checkpoint)
     r = registry.recipes.get(name)
-    result = r.sample(checkpoint, n, _progress)
-    print_result(console, result)
+    fields = None
+    if set_:
+        base = build_config(r.config_class, None, saved)
+        fields = build_config(r.config_class, base, parse_overrides(set_)).model_dump(mode="json")
+    target = out if out is not None else _free_sibling(checkpoint, "samples")
+    if target.absolute() == checkpoint.absolute():
+        raise ConfigError(f"--out {target} is the run itself; pass another folder")
+    out_dir = writable_folder(target)
+    start = time.perf_counter()
+    with _run_view(checkpoint, out_dir, name, fields) as view:
+        result = r.sample(view, n, _progress)
+        seconds = time.perf_counter() - start
+        print_result(console, result)
+        index, _ = write_report(
+            out_dir,
+            f"ar sample {checkpoint}",
+            [
+                Run(
+                    name,
+                    r.config_class.model_validate(fields if fields is not None else saved),
+                    result,
+                    seconds,
+                )
+            ],
+            [],
+        )
+    saved_note = ""
+    if result.samples:
+        atomic_write_text(out_dir / SAMPLES_FILE, "\n\n".join(result.samples) + "\n")
+        saved_note = f"{len(result.samples)} samples in {out_dir / SAMPLES_FILE}, "
+    console.print(f"wrote {saved_note}report {index}", markup=False, highlight=False)
 
 
 @app.command("bench")

@@ -135,9 +135,10 @@ def build_model(config: AnyOrderConfig) -> TwoStreamStepModel:
 
 
 def evaluate(
-    model: TwoStreamStepModel, config: AnyOrderConfig
+    model: TwoStreamStepModel, config: AnyOrderConfig, *, every: bool = False
 ) -> tuple[list[list[object]], list[str]]:
-    """Rows (ordering, exact match, calls per sequence) and a few generated sequences."""
+    """Rows (ordering, exact match, calls per sequence) and one generated sequence per
+    ordering (``every``: all of them)."""
     gen = torch.Generator().manual_seed(config.seed + 1000)
     prompts = arith_sequences(
         gen, config.eval_sequences, config.length, config.vocab_size, config.max_stride
@@ -158,8 +159,9 @@ def evaluate(
         )
         exact = (out.tokens == prompts.to(out.tokens.device)).all(dim=1).float().mean().item()
         rows.append([name, round(exact, 4), out.calls])
-        row = out.tokens[i % config.eval_sequences]
-        shown.append(f"{name:>8}: " + " ".join(str(int(t)) for t in row))
+        picked = out.tokens if every else out.tokens[i % config.eval_sequences][None]
+        for row in picked:
+            shown.append(f"{name:>8}: " + " ".join(str(int(t)) for t in row))
     return rows, shown
 
 
@@ -233,7 +235,7 @@ class AnyOrderRecipe(RecipeBase):
         config = self.read_config(checkpoint_dir, eval_sequences=n)
         progress(f"loading {checkpoint_dir / 'model'}")
         model = TwoStreamStepModel.from_pretrained(Path(checkpoint_dir) / "model")
-        rows, shown = evaluate(model, config)
+        rows, shown = evaluate(model, config, every=True)
         return RecipeResult(
             title="core-anyorder samples",
             tables=[Table("exact match per ordering", ["ordering", "exact match", "calls"], rows)],
