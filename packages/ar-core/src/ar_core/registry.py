@@ -71,6 +71,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "vision-images": "ar-vision",
         "diffusion-text": "ar-diffusion",
         "video-moving-digits": "ar-video",
+        "timeseries-ett": "ar-timeseries",
     },
     "benchmarks": {
         "decoding": "ar-decoding",
@@ -80,6 +81,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "stargraph_compare": "ar-text",
         "vision": "ar-vision",
         "video": "ar-video",
+        "timeseries": "ar-timeseries",
     },
 }
 

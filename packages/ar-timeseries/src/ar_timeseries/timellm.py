@@ -98,7 +98,7 @@ class TimeLLM(nn.Module):
         patch_len: int = 16,
         stride: int = 8,
         d_model: int = 32,
-        d_ff: int = 64,
+        d_ff: int | None = None,
         n_heads: int = 4,
         num_prototypes: int = 100,
         dropout: float = 0.1,
@@ -107,6 +107,7 @@ class TimeLLM(nn.Module):
         super().__init__()
         if seq_len < patch_len:
             raise ConfigError(f"seq_len={seq_len} is shorter than one patch ({patch_len})")
+        d_ff = min(64, lm.dim) if d_ff is None else d_ff
         if d_ff > lm.dim:
             raise ConfigError(f"d_ff={d_ff} exceeds the LM width {lm.dim}; lower d_ff")
         self.lm = lm

@@ -1,0 +1,1 @@
+"""Benchmarks of ar-timeseries: ``timeseries`` (:mod:`ar_timeseries.benchmarks.timeseries`)."""

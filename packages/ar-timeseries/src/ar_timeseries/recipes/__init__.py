@@ -1,0 +1,1 @@
+"""Recipes of ar-timeseries: ``timeseries-ett`` (:mod:`ar_timeseries.recipes.ett`)."""
