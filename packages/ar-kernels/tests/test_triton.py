@@ -124,11 +124,13 @@ def test_tile_lists_reproduce_the_visibility(name, setting):
     tiles = tile_lists(visible, 16, 16)
     torch.testing.assert_close(tiles.to_dense(), visible)
     torch.testing.assert_close(tiles.has_key, visible.any(dim=-1))
-    # visited lists are ascending and never name an empty tile
+    # each list is ascending, and a key block is listed at most once (partial or full)
     for b in range(2):
-        for qb in range(tiles.kv_count.shape[1]):
-            listed = tiles.kv_index[b, qb, : int(tiles.kv_count[b, qb])].tolist()
-            assert listed == sorted(listed)
+        for qb in range(tiles.full_count.shape[1]):
+            partial = tiles.partial_index[b, qb, : int(tiles.partial_count[b, qb])].tolist()
+            full = tiles.full_index[b, qb, : int(tiles.full_count[b, qb])].tolist()
+            assert partial == sorted(partial) and full == sorted(full)
+            assert not set(partial) & set(full)
 
 
 def test_block_causal_visits_only_the_lower_triangle_of_tiles():
@@ -138,7 +140,8 @@ def test_block_causal_visits_only_the_lower_triangle_of_tiles():
     visible = visible_keys(spec, torch.tensor([0]), torch.tensor([64]), 64, 64)
     tiles = tile_lists(visible, 16, 16)
     assert (tiles.visited_tiles, tiles.total_tiles) == (10, 16)
-    assert tiles.partial_masks.shape[0] == 0 and bool((tiles.tile_id[0] < 0).all())
+    assert tiles.partial_masks.shape[0] == 0 and int(tiles.partial_count.sum()) == 0
+    assert tiles.full_count[0].tolist() == [1, 2, 3, 4]
     # a tree is partial around the diagonal: its masks are stored per tile
     tree = masks.tree(PARENTS, 20)
     tiles = tile_lists(visible_keys(tree, torch.tensor([0]), torch.tensor([32]), 32, 32), 16, 16)
@@ -215,6 +218,24 @@ def test_flash_forward_through_attend_with_a_scale_and_a_large_query_chunk():
     got = attend(q, k, v, mask=masks.causal(), q_offset=0, kv_len=N, scale=0.3, backend="triton")
     want = attend(q, k, v, mask=masks.causal(), q_offset=0, kv_len=N, scale=0.3, backend="math")
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@needs_kernels
+def test_a_head_dim_that_is_not_a_power_of_two_and_rectangular_tiles():
+    """Head dim 24 (padded to 32 in the kernels) and 16 x 32 tiles, on both kernels."""
+    mask = masks.block_causal(STEPS)
+    q, k, v = make_qkv(N, N, dim=24)
+    qo, kl = as_tensors([0, 0], [N, N - 5])
+    got = TritonBackend(block_m=16, block_n=32).attend(
+        q, k, v, mask=mask, q_offset=qo, kv_len=kl, scale=None
+    )
+    assert_matches_math(got, q, k, v, mask, qo, kl, torch.float32)
+    q1 = q[:, :, :1]
+    got = TritonBackend(decode_block_n=16).attend(
+        q1, k, v, mask=None, q_offset=kl - 1, kv_len=kl, scale=None
+    )
+    assert_matches_math(got, q1, k, v, None, kl - 1, kl, torch.float32)
 
 
 @pytest.mark.slow

@@ -10,7 +10,8 @@ A (B, Tq, Tk) boolean visibility is cut into (BLOCK_M x BLOCK_N) tiles. A tile i
 
 This is the block-sparse representation of FlexAttention's ``BlockMask`` ("FlexAttention:
 A Programming Model for Generating Optimized Attention Kernels", Dong et al., 2024,
-arXiv:2412.05496: ``kv_num_blocks``/``kv_indices`` and their ``full_`` counterparts),
+arXiv:2412.05496: ``kv_num_blocks``/``kv_indices`` for partial blocks and their ``full_``
+counterparts, visited in two loops),
 with the partial tiles' masks precomputed instead of evaluated in the kernel, so any
 ``MaskSpec`` (block-causal, tree, two-stream, ...) runs in a kernel that knows nothing
 about masks. Structured masks are mostly empty or full tiles; the partial-tile table is
@@ -33,20 +34,23 @@ from ar_core.errors import ConfigError
 
 @dataclass(frozen=True)
 class TileLists:
-    """Per (row, query block), the key blocks to visit in ascending order.
+    """Per (row, query block), the key blocks to visit: partial ones and full ones in two
+    lists (a kernel runs two loops without a per-tile branch), each in ascending order.
 
-    ``kv_count``: (B, nQ) int32, how many key blocks the query block visits;
-    ``kv_index``: (B, nQ, nK) int32, the visited key blocks first (ascending), then
-    unused slots; ``tile_id``: (B, nQ, nK) int32, aligned with ``kv_index``: -1 for a
-    full tile, else the tile's index in ``partial_masks``; ``partial_masks``:
-    (P, BLOCK_M, BLOCK_N) int8, 1 = visible; ``has_key``: (B, Tq) bool, rows that see at
-    least one key.
+    ``partial_count``, ``full_count``: (B, nQ) int32, how many partial / full key blocks
+    the query block visits; ``partial_index``, ``full_index``: (B, nQ, nK) int32, those
+    key blocks first, then unused slots; ``partial_masks``: (P, BLOCK_M, BLOCK_N) int8,
+    1 = visible, the partial tiles in (row, query block, key block) order, so slot ``s``
+    of query block ``(b, i)`` has mask ``partial_start[b, i] + s``; ``partial_start``:
+    (B, nQ) int32; ``has_key``: (B, Tq) bool, rows that see at least one key.
     """
 
-    kv_count: Tensor
-    kv_index: Tensor
-    tile_id: Tensor
+    partial_count: Tensor
+    partial_index: Tensor
+    partial_start: Tensor
     partial_masks: Tensor
+    full_count: Tensor
+    full_index: Tensor
     has_key: Tensor
     block_m: int
     block_n: int
@@ -56,29 +60,38 @@ class TileLists:
     @property
     def visited_tiles(self) -> int:
         """Tiles a kernel visits (full + partial), over every row and query block."""
-        return int(self.kv_count.sum())
+        return int(self.partial_count.sum()) + int(self.full_count.sum())
 
     @property
     def total_tiles(self) -> int:
-        batch, n_q, n_k = self.kv_index.shape
+        batch, n_q, n_k = self.full_index.shape
         return batch * n_q * n_k
 
     def to_dense(self) -> Tensor:
         """(B, Tq, Tk) bool visibility as a kernel sees it: unvisited tiles False, full
         tiles True, partial tiles their stored mask (tests compare it with the input)."""
-        batch, n_q, n_k = self.kv_index.shape
+        batch, n_q, n_k = self.full_index.shape
         bm, bn = self.block_m, self.block_n
         tiles = torch.zeros(batch, n_q, n_k, bm, bn, dtype=torch.bool)
-        count = self.kv_count.cpu()
-        index, tile_id = self.kv_index.cpu(), self.tile_id.cpu()
-        partial = self.partial_masks.cpu().bool()
+        p_count, p_index = self.partial_count.cpu(), self.partial_index.cpu()
+        p_start, masks = self.partial_start.cpu(), self.partial_masks.cpu().bool()
+        f_count, f_index = self.full_count.cpu(), self.full_index.cpu()
         for b in range(batch):
             for qb in range(n_q):
-                for slot in range(int(count[b, qb])):
-                    kb, tile = int(index[b, qb, slot]), int(tile_id[b, qb, slot])
-                    tiles[b, qb, kb] = True if tile < 0 else partial[tile]
+                for slot in range(int(p_count[b, qb])):
+                    tiles[b, qb, int(p_index[b, qb, slot])] = masks[int(p_start[b, qb]) + slot]
+                for slot in range(int(f_count[b, qb])):
+                    tiles[b, qb, int(f_index[b, qb, slot])] = True
         dense = tiles.permute(0, 1, 3, 2, 4).reshape(batch, n_q * bm, n_k * bn)
         return dense[:, : self.q_len, : self.k_len]
+
+
+def _listed_first(selected: Tensor) -> tuple[Tensor, Tensor]:
+    """(count (B, nQ), index (B, nQ, nK)) int32: the selected key blocks of each query
+    block first, in ascending order (a stable sort)."""
+    order = torch.sort((~selected).to(torch.int8), dim=-1, stable=True).indices
+    count = selected.sum(dim=-1).to(torch.int32).contiguous()
+    return count, order.to(torch.int32).contiguous()
 
 
 def tile_lists(visible: Tensor, block_m: int, block_n: int) -> TileLists:
@@ -97,19 +110,19 @@ def tile_lists(visible: Tensor, block_m: int, block_n: int) -> TileLists:
     tiles = padded.view(batch, n_q, block_m, n_k, block_n).permute(0, 1, 3, 2, 4)
     # (B, nQ, nK, BM, BN)
     any_visible = tiles.any(dim=-1).any(dim=-1)  # (B, nQ, nK)
-    all_visible = tiles.all(dim=-1).all(dim=-1)
-    partial = any_visible & ~all_visible
-    # visited key blocks first, each group in ascending block order (a stable sort)
-    order = torch.sort((~any_visible).to(torch.int8), dim=-1, stable=True).indices
-    ids = torch.full((batch, n_q, n_k), -1, dtype=torch.int32, device=visible.device)
-    n_partial = int(partial.sum())
-    ids[partial] = torch.arange(n_partial, dtype=torch.int32, device=visible.device)
-    partial_masks = tiles[partial].to(torch.int8).contiguous()  # (P, BM, BN)
+    full = tiles.all(dim=-1).all(dim=-1)
+    partial = any_visible & ~full
+    partial_count, partial_index = _listed_first(partial)
+    full_count, full_index = _listed_first(full)
+    ends = partial_count.flatten().cumsum(0, dtype=torch.int32)
+    partial_start = (ends - partial_count.flatten()).view(batch, n_q).contiguous()
     return TileLists(
-        kv_count=any_visible.sum(dim=-1).to(torch.int32).contiguous(),
-        kv_index=order.to(torch.int32).contiguous(),
-        tile_id=ids.gather(-1, order).contiguous(),
-        partial_masks=partial_masks,
+        partial_count=partial_count,
+        partial_index=partial_index,
+        partial_start=partial_start,
+        partial_masks=tiles[partial].to(torch.int8).contiguous(),  # (P, BM, BN), row-major
+        full_count=full_count,
+        full_index=full_index,
         has_key=visible.any(dim=-1),
         block_m=block_m,
         block_n=block_n,

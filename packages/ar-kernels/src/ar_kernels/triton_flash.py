@@ -5,8 +5,9 @@ al., 2022, arXiv:2205.14135) and "FlashAttention-2" (Dao, 2023, arXiv:2307.08691
 program per (query block, row, query head) keeps its queries in registers and streams
 key/value blocks through an online softmax, never writing the score matrix. The key
 blocks come from :class:`~ar_kernels.block_sparsity.TileLists`: empty tiles are never
-visited (their keys and values are not read), full tiles run without a mask, partial
-tiles load their stored (BLOCK_M x BLOCK_N) mask. Block-causal, tree and two-stream
+visited (their keys and values are not read); one loop runs the partial tiles, each with
+its stored (BLOCK_M x BLOCK_N) mask, and a second loop the full tiles, with no mask and
+no bounds checks. Block-causal, tree and two-stream
 masks are mostly empty and full tiles, so the work follows the visible area.
 
 Grouped-query attention: query head ``h`` reads key/value head ``h // (Hq // Hkv)``.
@@ -35,15 +36,44 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _online_softmax_step(
+    q,
+    k,
+    v,
+    m_i,
+    l_i,
+    acc,
+    visible,
+    scale_log2,
+    MASKED: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """One key block of FlashAttention's online softmax; ``visible`` (BM, BN) applies only
+    when ``MASKED``. Returns the new (running max, denominator, numerator)."""
+    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * scale_log2  # (BM, BN)
+    if MASKED:
+        s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing seen yet
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])  # (BM, BN)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _flash_forward_kernel(
     Q,
     K,
     V,
     O,
-    KV_COUNT,
-    KV_INDEX,
-    TILE_ID,
-    PARTIAL,
+    PARTIAL_COUNT,
+    PARTIAL_INDEX,
+    PARTIAL_START,
+    PARTIAL_MASKS,
+    FULL_COUNT,
+    FULL_INDEX,
     stride_qb,
     stride_qh,
     stride_qt,
@@ -64,10 +94,10 @@ def _flash_forward_kernel(
     groups,
     q_len,
     k_len,
-    head_dim,
     n_q_blocks,
     n_k_blocks,
     scale_log2,
+    HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -82,51 +112,48 @@ def _flash_forward_kernel(
     offs_m = q_block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < head_dim
+    d_ok = offs_d < HEAD_DIM
     q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt
     q = tl.load(
         q_ptrs + offs_d[None, :] * stride_qd,
         mask=(offs_m[:, None] < q_len) & d_ok[None, :],
         other=0.0,
     )  # (BLOCK_M, BLOCK_D)
-    k_base = K + b * stride_kb + kv_h * stride_kh
-    v_base = V + b * stride_vb + kv_h * stride_vh
+    k_ptrs = K + b * stride_kb + kv_h * stride_kh + offs_d[None, :] * stride_kd
+    v_ptrs = V + b * stride_vb + kv_h * stride_vh + offs_d[None, :] * stride_vd
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max (log2 units)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running softmax denominator
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)  # running numerator
+    block_at = b * n_q_blocks + q_block
+    list_at = block_at * n_k_blocks
 
-    list_at = (b * n_q_blocks + q_block) * n_k_blocks
-    count = tl.load(KV_COUNT + b * n_q_blocks + q_block)
-    for slot in range(0, count):
-        k_block = tl.load(KV_INDEX + list_at + slot)
-        tile = tl.load(TILE_ID + list_at + slot)
-        keys = k_block * BLOCK_N + offs_n
+    # partial tiles: keys may run past k_len, and the tile's stored mask applies
+    tile_rows = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + offs_n[None, :]  # (BM, BN)
+    first_mask = tl.load(PARTIAL_START + block_at).to(tl.int64)
+    for slot in range(0, tl.load(PARTIAL_COUNT + block_at)):
+        keys = tl.load(PARTIAL_INDEX + list_at + slot) * BLOCK_N + offs_n
         kv_ok = (keys[:, None] < k_len) & d_ok[None, :]
-        k = tl.load(
-            k_base + keys[:, None] * stride_kt + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0
-        )  # (BLOCK_N, BLOCK_D)
-        v = tl.load(
-            v_base + keys[:, None] * stride_vt + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0
+        k = tl.load(k_ptrs + keys[:, None] * stride_kt, mask=kv_ok, other=0.0)  # (BN, BD)
+        v = tl.load(v_ptrs + keys[:, None] * stride_vt, mask=kv_ok, other=0.0)
+        tile = PARTIAL_MASKS + (first_mask + slot) * (BLOCK_M * BLOCK_N)
+        visible = tl.load(tile + tile_rows) != 0
+        m_i, l_i, acc = _online_softmax_step(
+            q, k, v, m_i, l_i, acc, visible, scale_log2, True, INPUT_PRECISION
         )
-        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * scale_log2  # (BM, BN)
-        if tile >= 0:  # a partial tile: apply its stored mask
-            tile_ptrs = (
-                PARTIAL
-                + tile.to(tl.int64) * (BLOCK_M * BLOCK_N)
-                + tl.arange(0, BLOCK_M)[:, None] * BLOCK_N
-                + offs_n[None, :]
-            )
-            s = tl.where(tl.load(tile_ptrs) != 0, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing seen yet
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])  # (BM, BN)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(
-            p.to(v.dtype), v, input_precision=INPUT_PRECISION
-        )  # (BM, BD)
-        m_i = m_new
+
+    # full tiles: every key is in range and visible; no mask at all
+    for slot in range(0, tl.load(FULL_COUNT + block_at)):
+        keys = tl.load(FULL_INDEX + list_at + slot) * BLOCK_N + offs_n
+        if BLOCK_D == HEAD_DIM:
+            k = tl.load(k_ptrs + keys[:, None] * stride_kt)
+            v = tl.load(v_ptrs + keys[:, None] * stride_vt)
+        else:
+            k = tl.load(k_ptrs + keys[:, None] * stride_kt, mask=d_ok[None, :], other=0.0)
+            v = tl.load(v_ptrs + keys[:, None] * stride_vt, mask=d_ok[None, :], other=0.0)
+        m_i, l_i, acc = _online_softmax_step(
+            q, k, v, m_i, l_i, acc, None, scale_log2, False, INPUT_PRECISION
+        )
 
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # rows that saw no key: 0
     o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot
@@ -172,27 +199,29 @@ def flash_attention(
     ``num_warps``, ``num_stages``: Triton launch options (None = Triton's default)."""
     batch, heads, q_len, head_dim = q.shape
     k_len = k.shape[2]
-    if (tiles.q_len, tiles.k_len) != (q_len, k_len) or tiles.kv_count.shape[0] != batch:
+    if (tiles.q_len, tiles.k_len) != (q_len, k_len) or tiles.full_count.shape[0] != batch:
         raise ValueError(
-            f"tile lists were built for B={tiles.kv_count.shape[0]}, Tq={tiles.q_len}, "
+            f"tile lists were built for B={tiles.full_count.shape[0]}, Tq={tiles.q_len}, "
             f"Tk={tiles.k_len} but attention got B={batch}, Tq={q_len}, Tk={k_len}"
         )
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     out = torch.empty_like(q)
-    n_q_blocks, n_k_blocks = tiles.kv_index.shape[1], tiles.kv_index.shape[2]
-    partial = tiles.partial_masks
-    if partial.numel() == 0:  # no partial tile: the kernel never reads it, but needs a pointer
-        partial = torch.zeros(1, dtype=torch.int8, device=q.device)
+    n_q_blocks, n_k_blocks = tiles.full_index.shape[1], tiles.full_index.shape[2]
+    masks = tiles.partial_masks
+    if masks.numel() == 0:  # no partial tile: the kernel never reads it, but needs a pointer
+        masks = torch.zeros(1, dtype=torch.int8, device=q.device)
     grid = (n_q_blocks, batch * heads)
     _flash_forward_kernel[grid](
         q,
         k,
         v,
         out,
-        tiles.kv_count,
-        tiles.kv_index,
-        tiles.tile_id,
-        partial,
+        tiles.partial_count,
+        tiles.partial_index,
+        tiles.partial_start,
+        masks,
+        tiles.full_count,
+        tiles.full_index,
         *q.stride(),
         *k.stride(),
         *v.stride(),
@@ -201,10 +230,10 @@ def flash_attention(
         heads // k.shape[1],
         q_len,
         k_len,
-        head_dim,
         n_q_blocks,
         n_k_blocks,
         scale * LOG2E,
+        HEAD_DIM=head_dim,
         BLOCK_M=tiles.block_m,
         BLOCK_N=tiles.block_n,
         BLOCK_D=head_block(head_dim),
