@@ -49,9 +49,6 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     "step_samplers": {
         name: "ar-diffusion" for name in ("diffusion-head", "flow-head", "gmm-head", "mse-head")
     },
-    "step_samplers": {
-        name: "ar-diffusion" for name in ("diffusion-head", "flow-head", "gmm-head", "mse-head")
-    },
     "tokenizers": {
         "byte": "ar-text",
         "bpe": "ar-text",
@@ -70,6 +67,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "vision-digits": "ar-vision",
         "vision-images": "ar-vision",
         "diffusion-text": "ar-diffusion",
+        "diffusion-2d": "ar-diffusion",
         "video-moving-digits": "ar-video",
         "timeseries-ett": "ar-timeseries",
     },
