@@ -363,6 +363,15 @@ def test_several_eos_ids_stop_rows_where_hf_generate_stops() -> None:
     assert (ours[:, 5:] == first).any() and (ours[:, 5:] == second).any()
 
 
+def test_gpt_neo_local_layers_run_exactly_up_to_their_window() -> None:
+    """GPT-Neo's local layers window by key count: refused past the window (naming the
+    max_seq_len that works), exact under it (a cache of at most window slots)."""
+    model = hf_families.build("gpt_neo", window_size=32)
+    with pytest.raises(ConfigError, match=r"max_seq_len=32"):
+        from_hf(model)
+    hf_families.check_model(model, max_seq_len=32)
+
+
 _BERT = {
     "vocab_size": V,
     "hidden_size": 32,

@@ -282,6 +282,7 @@ class HFCausalLM(nn.Module):
         )
         self.vocab_size: int = int(cfg.vocab_size)
         self.max_seq_len: int = self._max_seq_len(cfg, max_seq_len)
+        self._check_key_count_windows(cfg, max_seq_len)
         self.n_layers = int(cfg.num_hidden_layers)
         self._base = hf.base_model  # the decoder without the LM head
         params = inspect.signature(self._base.forward).parameters
@@ -365,6 +366,23 @@ class HFCausalLM(nn.Module):
         if pad is not None:
             defaults["pad_token_id"] = int(pad)
         return GenerationConfig(**{**defaults, **overrides})
+
+    def _check_key_count_windows(self, cfg: Any, asked: int | None) -> None:
+        """GPT-Neo's local layers take their window from a buffer indexed by the key count
+        (the queries are assumed to be the last keys). ar's cache has a fixed number of
+        slots, so past ``window_size`` slots those layers would see the wrong window: exact
+        only while the cache holds at most ``window_size`` slots."""
+        kinds = getattr(cfg, "attention_layers", None) or []
+        window = getattr(cfg, "window_size", None)
+        if "local" not in kinds or not isinstance(window, int) or self.max_seq_len <= window:
+            return
+        which = "max_seq_len" if asked is not None else "its position limit"
+        raise ConfigError(
+            f"from_hf: {self.family}'s local attention layers index their window of {window} "
+            f"by the number of keys, which ar's fixed-slot cache breaks beyond {window} slots "
+            f"({which} is {self.max_seq_len}); pass from_hf(model, max_seq_len={window}) to "
+            f"run it exactly up to {window} tokens"
+        )
 
     # -- construction helpers ---------------------------------------------------------
     @staticmethod
