@@ -58,6 +58,14 @@ def _run_folder(tmp: Path, damage: str) -> str:
         (run / "recipe.json").write_text(
             json.dumps({"recipe": "core-anyorder", "config": {"x": 1}})
         )
+    elif damage == "nan":  # one NaN weight, saved as training would have saved it
+        model = TwoStreamStepModel.from_pretrained(run / "model")
+        with torch.no_grad():
+            model.transformer.layers[0].attn.wq.weight[0, 0] = float("nan")
+        model.save_pretrained(run / "model")
+    elif damage == "n_heads":  # config.json edited: n_heads 2 -> 4 (the weights' shapes fit)
+        cfg = json.loads((run / "model" / CONFIG_NAME).read_text())
+        (run / "model" / CONFIG_NAME).write_text(json.dumps({**cfg, "n_heads": 4}))
     else:
         path = run / "model" / damage
         data = path.read_bytes()
@@ -105,10 +113,20 @@ CLI: list[tuple[Any, str]] = [
     (lambda t: ["sample", _run_folder(t, TWO_STREAM_FILE)], "two_stream.safetensors is damaged"),
     (lambda t: ["sample", _run_folder(t, WEIGHTS_NAME)], "model.safetensors"),
     (lambda t: ["sample", _run_folder(t, CONFIG_NAME)], "config.json is not valid JSON"),
+    (lambda t: ["sample", _run_folder(t, "nan")], "wq.weight holds 1 NaN/inf values"),
+    (lambda t: ["sample", _run_folder(t, "n_heads")], "n_heads=4 but the weights were saved"),
+    (["train", "core-anyorder", "--no-such-option"], "No such option"),
+    (["train", "core-anyorder", "--resume", "--overwrite"], "not both"),
+    (lambda t: ["sample", str(t), "--out", str(t)], "holds no recipe.json"),
 ]
 
 
-USAGE = {"No such command", "Missing argument", "-n"}  # typer's parser reports these
+USAGE = {
+    "No such command",
+    "Missing argument",
+    "-n",
+    "No such option",
+}  # typer's parser reports these
 
 
 @pytest.mark.parametrize(("argv", "phrase"), CLI)
@@ -121,12 +139,11 @@ def test_cli_mistake_exits_2_with_one_line(argv, phrase, tmp_path, capsys, monke
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert "Traceback" not in captured.err + captured.out
-    if phrase not in USAGE:
-        errors = [line for line in lines if line.startswith("error: ")]
-        assert len(errors) == 1 and lines[-1] == errors[0], captured.err  # one line, last
-        assert phrase in errors[0], errors  # (progress lines such as "loading ..." may precede)
-    else:  # typer's own usage errors: its usage line, then "Error: ..."
-        assert phrase in captured.err and "Error: " in captured.err, captured.err
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], captured.err  # one line, last
+    assert phrase in errors[0], errors  # (progress lines such as "loading ..." may precede)
+    if phrase in USAGE:  # typer's own usage errors, as one line too (no usage block)
+        assert len(lines) == 1 and "--help" in lines[0], captured.err
 
 
 def _model() -> Transformer:

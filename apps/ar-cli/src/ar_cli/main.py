@@ -385,6 +385,15 @@ def _one_line(message: str) -> None:
     err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
+def _usage_message(exc: Exception) -> str:
+    """A parser error as one line: click's message and where to read the usage."""
+    format_message = getattr(exc, "format_message", None)
+    message = format_message() if callable(format_message) else str(exc)
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None) or "ar"
+    return f"{message.rstrip('.')} (see `{command} --help`)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes end with a one-line error and exit code 2."""
     warnings.simplefilter("default", plugins.PluginLoadWarning)
@@ -397,11 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("aborted")
         return 1
     except TyperException as exc:  # usage errors (bad option, missing argument, ...)
-        show = getattr(exc, "show", None)
-        if show is not None:
-            show()
-        else:
-            err_console.print(f"error: {exc}", markup=False)
+        _one_line(_usage_message(exc))
         return 2
     except ArError as exc:
         _one_line(str(exc))

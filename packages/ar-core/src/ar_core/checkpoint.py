@@ -55,6 +55,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "TrainingState",
     "atomic_write_bytes",
+    "check_finite",
     "load_model",
     "load_training_state",
     "load_weights",
@@ -68,6 +69,7 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TRAINING_STATE_NAME = "training_state.pt"
+CONFIG_METADATA = "ar_config"  # the weights file's metadata key holding the config JSON
 
 # safetensors dtype codes -> torch dtypes
 _ST_DTYPES: dict[str, torch.dtype] = {
@@ -198,10 +200,36 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         tensors = load_file(str(file), device=str(device))
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{file} could not be read: {exc}") from exc
+    check_finite(tensors, file)
     own = model.state_dict()
     with torch.no_grad():
         for name, tensor in tensors.items():
             own[name].copy_(tensor)
+
+
+def check_finite(tensors: dict[str, Tensor], where: str | Path) -> None:
+    """CheckpointError naming the first floating tensor that holds NaN or infinity."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{where}: weight {name} holds {bad} NaN/inf values of {tensor.numel()}; the "
+                f"checkpoint is damaged or its training diverged: load an earlier checkpoint "
+                f"or train again"
+            )
+
+
+def saved_config(file: Path) -> dict[str, Any] | None:
+    """The config stored in a weights file's metadata by :func:`save_model` (None for
+    files written before it was stored, or by other tools)."""
+    try:
+        with open(file, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        raw = header.get("__metadata__", {}).get(CONFIG_METADATA)
+        return None if raw is None else dict(json.loads(raw))
+    except (OSError, struct.error, ValueError, TypeError, AttributeError):
+        return None
 
 
 # -- models -----------------------------------------------------------------------------
@@ -211,9 +239,12 @@ def _write_model_files(model: nn.Module, folder: Path) -> None:
     from safetensors.torch import save_file
 
     cfg = getattr(model, "cfg", None)
+    metadata = {"format": "pt"}
     if isinstance(cfg, BaseModel):
         (folder / CONFIG_NAME).write_text(cfg.model_dump_json(indent=2) + "\n")
-    save_file(state_for_saving(model), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        # the config again, inside the weights: a config.json edited later is caught on load
+        metadata[CONFIG_METADATA] = cfg.model_dump_json()
+    save_file(state_for_saving(model), str(folder / WEIGHTS_NAME), metadata=metadata)
 
 
 def write_model_files(model: nn.Module, folder: str | Path) -> None:
@@ -257,6 +288,19 @@ def load_model(path: str | Path, *, device: torch.device | str | None = None) ->
 
     folder = _resolve_folder(path)
     cfg = read_config(folder)
+    stored = saved_config(folder / WEIGHTS_NAME)
+    if stored is not None:
+        current = cfg.model_dump(mode="json")
+        changed = [
+            f"{k}={current.get(k)!r} but the weights were saved with {k}={v!r}"
+            for k, v in sorted(stored.items())
+            if current.get(k, v) != v
+        ]
+        if changed:
+            raise CheckpointError(
+                f"{folder / CONFIG_NAME} does not match {WEIGHTS_NAME}: {'; '.join(changed)}; "
+                f"restore config.json (or save the model again)"
+            )
     model = Transformer(cfg)
     if device is not None:
         model.to(device)

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from ar_core import masks, registry, sampling
 from ar_core.atomic import resolve_folder, write_folder
 from ar_core.cache import StaticKVCache
-from ar_core.checkpoint import write_model_files
+from ar_core.checkpoint import check_finite, write_model_files
 from ar_core.errors import CheckpointError, ConfigError, InputError
 from ar_core.masks import MaskSpec
 from ar_core.model import ModelOutput, Transformer
@@ -127,6 +127,7 @@ class TwoStreamStepModel(nn.Module):
                 f"{file} is damaged ({type(exc).__name__}: {detail}); save the model again "
                 f"(re-run `ar train`)"
             ) from None
+        check_finite({"pos_embed": weight}, file)
         model = cls(transformer, vocab_size)
         if weight.shape != model.pos_embed.weight.shape:
             raise CheckpointError(
