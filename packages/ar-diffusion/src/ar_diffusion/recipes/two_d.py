@@ -171,14 +171,17 @@ class Diffusion2DRecipe(RecipeBase):
     in_demo = True
 
     def demo_config(self) -> Diffusion2DConfig:
+        # ~15 s of CPU (measured: 25 s at 300 updates and 1000 samples on a busy 2-core
+        # machine); at these sizes DTM still halves Euler FM's distance at T = 2
         return Diffusion2DConfig(
-            updates=300,
+            updates=200,
             width=64,
             depth=2,
             head_width=32,
+            head_steps=4,
             fhtm_width=32,
             fhtm_tokens=1024,
-            samples=1000,
+            samples=600,
             progress_bar=False,
         )
 
