@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -313,17 +313,29 @@ def demo_cmd(
     only: Annotated[
         list[str] | None, typer.Option("--only", help="Run only these recipes.")
     ] = None,
+    all_: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Run every installed recipe (also those not in the default demo)."
+        ),
+    ] = False,
 ) -> None:
-    """Run the small default recipes end to end; write OUT/index.html and OUT/result.json."""
-    names = [
-        n for n in registry.recipes.names() if getattr(registry.recipes.get(n), "in_demo", True)
-    ]
+    """Run the small default recipes end to end (each at its demo settings); write
+    OUT/index.html and OUT/result.json, which also list the recipes not run and the
+    command that runs each."""
+    if only and all_:
+        raise ConfigError("pass --only NAME or --all, not both")
+    registered = registry.recipes.names()
+    names = [n for n in registered if getattr(registry.recipes.get(n), "in_demo", True)]
+    if all_:
+        names = list(registered)
     if only:
         for n in only:
             registry.recipes.get(n)  # unknown names fail here, with the list
-        names = [n for n in names if n in only] or list(only)
+        names = [n for n in registered if n in only] or list(only)
     if not names:
         raise ArError("no recipe is installed; install ar-core (and ar-text, ar-vision, ...)")
+    not_run = not_run_table(n for n in registered if n not in names)
     writable_folder(out)
     runs: list[Run] = []
     failed: list[str] = []
@@ -359,9 +371,23 @@ def demo_cmd(
         out,
         "ar demo",
         runs,
-        [plugins_table(), timing],
-        extra={"total_seconds": round(total_seconds, 3), "failed": failed},
+        [plugins_table(), timing] + ([not_run] if not_run.rows else []),
+        extra={
+            "total_seconds": round(total_seconds, 3),
+            "failed": failed,
+            "not_run": [
+                {"recipe": row[0], "demo_command": row[2], "train_command": row[3]}
+                for row in not_run.rows
+            ],
+        },
     )
+    for name, why, demo_command, train_command in not_run.rows:  # plain lines: copyable
+        console.print(
+            f"not run: {name} ({why}); run it with: {demo_command}  or: {train_command}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(f"[bold]wrote {index} and {result_json}[/bold]")
     if failed:
         err_console.print(
@@ -370,6 +396,21 @@ def demo_cmd(
             markup=False,
         )
         raise typer.Exit(1)
+
+
+def not_run_table(names: Iterable[str]) -> Table:
+    """The recipes a demo did not run, with the commands that run each."""
+    rows = []
+    for name in sorted(names):
+        r = registry.recipes.get(name)
+        why = "left out by --only" if getattr(r, "in_demo", True) else "not in the default demo"
+        rows.append([name, why, f"ar demo --only {name}", f"ar train {name}"])
+    return Table(
+        "Recipes not run",
+        ["recipe", "why", "run its demo", "train it (full settings)"],
+        rows,
+        note="ar demo --all runs every recipe at its demo settings",
+    )
 
 
 def _add_plugin_commands() -> None:
