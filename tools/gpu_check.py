@@ -335,8 +335,9 @@ def decode_case(
     auto = choose_splits(batch * kv_heads, slots, 64, device)
     rows: list[dict[str, Any]] = []
     ref = decode_attention(q, k_buf, v_buf, kv_len, num_splits=1)
-    for splits in sorted({1, 4, auto}):
-        run = partial(decode_attention, q, k_buf, v_buf, kv_len, num_splits=splits)
+    configs = [(1, 16)] if smoke else [(s, n) for n in (64, 128) for s in sorted({1, 4, 16, auto})]
+    for splits, block_n in configs:
+        run = partial(decode_attention, q, k_buf, v_buf, kv_len, num_splits=splits, block_n=block_n)
         ms = bench_ms(run, device)
         bps = bytes_read / (ms * 1e-3)
         rows.append(
@@ -344,7 +345,8 @@ def decode_case(
                 "lengths": label,
                 "kernel": "triton",
                 "num_splits": splits,
-                "auto": splits == auto,
+                "block_n": block_n,
+                "auto": splits == auto and block_n == 64,
                 "ms": ms,
                 "bytes": bytes_read,
                 "bytes_per_s": bps,
@@ -353,7 +355,9 @@ def decode_case(
                 "max_abs_diff_vs_one_split": float((run().float() - ref.float()).abs().max()),
             }
         )
-        print(f"decode {label} splits={splits}: {ms:.4f} ms, {bps / 1e12:.2f} TB/s")
+        print(
+            f"decode {label} splits={splits} block_n={block_n}: {ms:.4f} ms, {bps / 1e12:.2f} TB/s"
+        )
     for name in ["sdpa"] if smoke else ["sdpa", "flex"]:
         plan = plan_attention(
             backend=name,

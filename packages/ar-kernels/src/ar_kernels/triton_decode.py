@@ -188,12 +188,14 @@ def _decode_combine_kernel(
 
 
 def choose_splits(batch_kv_heads: int, max_keys: int, block_n: int, device: torch.device) -> int:
-    """Splits that give about two programs per streaming multiprocessor, each split at
-    least two key blocks long (one split off CUDA: the interpreter runs programs in turn)."""
+    """Splits that give about four programs per streaming multiprocessor (enough loads in
+    flight to keep memory busy; the partial outputs they add are a few hundred bytes per
+    program), each split at least two key blocks long (one split off CUDA: the
+    interpreter runs programs in turn)."""
     if device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    wanted = -(-2 * sms // max(1, batch_kv_heads))
+    wanted = -(-4 * sms // max(1, batch_kv_heads))
     longest = max(1, -(-max_keys // (2 * block_n)))
     return max(1, min(wanted, longest))
 
