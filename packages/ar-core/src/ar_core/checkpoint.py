@@ -63,6 +63,7 @@ __all__ = [
     "save_model",
     "save_training_state",
     "state_for_saving",
+    "tensors_digest",
     "write_model_files",
 ]
 
@@ -217,6 +218,19 @@ def check_finite(tensors: dict[str, Tensor], where: str | Path) -> None:
                 f"checkpoint is damaged or its training diverged: load an earlier checkpoint "
                 f"or train again"
             )
+
+
+def tensors_digest(tensors: dict[str, Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (sorted by name): a
+    checksum for caches, stored beside or inside them and compared when they are read."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def saved_config(file: Path) -> dict[str, Any] | None:

@@ -8,8 +8,9 @@ features, bits per dimension, and image grids.
 * The classifier: an MLP 64 -> 128 -> 64 -> 10 on 8x8 digits (other sizes are
   area-downsampled to 8x8 first), trained once with a fixed seed and cached in
   ``$AR_CACHE_DIR/vision`` (default ``~/.cache/ar/vision``) under a hash of its
-  architecture, training settings and the data (test accuracy 0.964); written atomically,
-  retrained when the file is missing or corrupted.
+  architecture, training settings and the data (test accuracy 0.964); written atomically
+  with a sha256 of its tensors in the file's metadata, retrained when the file is missing,
+  unreadable or does not match its checksum (e.g. weights zeroed in place).
 
 Notation: N images, F = 64 feature dims.
 """
@@ -22,6 +23,7 @@ import io
 import json
 import math
 import os
+import struct
 import warnings
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ar_core.checkpoint import atomic_write_bytes
+from ar_core.checkpoint import atomic_write_bytes, tensors_digest
 from ar_core.errors import InputError
 from ar_vision.data import load_digits, resize
 
@@ -122,11 +124,22 @@ def _read_cached(file: Path) -> DigitsClassifier | None:
     if not file.is_file():
         return None
     try:
+        data = file.read_bytes()
+        tensors = load(data)
+        (n,) = struct.unpack("<Q", data[:8])
+        stored = json.loads(data[8 : 8 + n]).get("__metadata__", {}).get("sha256")
         model = DigitsClassifier()
-        model.load_state_dict(load(file.read_bytes()), strict=True)
+        model.load_state_dict(tensors, strict=True)
     except Exception as exc:  # corrupted or foreign file: retrain
         warnings.warn(
             f"the cached digits classifier {file} is unreadable ({exc}); retraining", stacklevel=3
+        )
+        return None
+    if stored != tensors_digest(tensors):  # damaged weights of the right size, or no checksum
+        warnings.warn(
+            f"the cached digits classifier {file} does not match its checksum (damaged or "
+            f"written by an older version); retraining",
+            stacklevel=3,
         )
         return None
     return model.eval()
@@ -142,7 +155,8 @@ def _cached_classifier(file: Path) -> DigitsClassifier:
         if accuracy < MIN_ACCURACY:  # a guard on the settings above, not on the user
             raise RuntimeError(f"the digits classifier reached only {accuracy:.3f} test accuracy")
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        atomic_write_bytes(file, save(state, metadata={"test_accuracy": f"{accuracy:.4f}"}))
+        meta = {"test_accuracy": f"{accuracy:.4f}", "sha256": tensors_digest(state)}
+        atomic_write_bytes(file, save(state, metadata=meta))
     for p in model.parameters():
         p.requires_grad_(False)
     return model
