@@ -74,6 +74,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     "benchmarks": {
         "decoding": "ar-decoding",
         "diffusion": "ar-diffusion",
+        "diffusion-continuous": "ar-diffusion",
         "flex_vs_sdpa": "ar-kernels",
         "hf_strategies": "ar-text",
         "stargraph_compare": "ar-text",

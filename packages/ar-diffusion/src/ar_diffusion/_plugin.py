@@ -53,3 +53,4 @@ def register_benchmarks(register: Register) -> None:
     from ar_core.benchmarks import lazy_benchmark  # the module itself imports when it runs
 
     register("diffusion", lazy_benchmark("ar_diffusion.benchmarks.diffusion"))
+    register("diffusion-continuous", lazy_benchmark("ar_diffusion.benchmarks.continuous"))
