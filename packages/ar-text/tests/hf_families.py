@@ -71,6 +71,11 @@ def causal_lm_families() -> list[str]:
 HAND: dict[str, dict[str, Any]] = {
     # one global and one local layer; window 4 so it matters within the test's sequences
     "gpt_neo": {"attention_types": [[["global", "local"], 1]], "window_size": 4},
+    "dots1": {"n_shared_experts": 1},
+    "xlnet": {"d_head": 16},  # d_model // n_head
+    "reformer": {"axial_pos_embds_dim": [32, 32], "axial_pos_shape": [8, 16]},  # sum 64
+    "mamba2": {"num_heads": 8, "head_dim": 16, "expand": 2, "n_groups": 1},  # 8 * 16 = 2 * 64
+    "zaya": {"num_experts_per_tok": 1},
 }
 
 
