@@ -20,7 +20,9 @@ drawn token has probability >= threshold, and at least the most confident one), 
 write the finished block's clean keys and values to the ``StaticKVCache`` once. The
 denoising calls run only the L positions of the active block over the cache, their
 entries left pending (``commit=False``). ``use_cache=False`` is the reference: every
-call runs the whole sequence so far under ``masks.block_causal``.
+call runs the whole sequence so far under ``masks.block_causal``. Prompts of different
+lengths are laid out left-padded (:mod:`ar_diffusion.layout`): the blocks of every row
+share columns, the prompt is cut into blocks backwards from its end.
 
 Block size 1 is an AR model whose input at the predicted position is [MASK]; block size
 n is MDLM.

@@ -14,7 +14,8 @@ ancestral steps: from ``t`` to ``s < t`` a masked position stays masked with pro
 ``(1 - alpha_s) / (1 - alpha_t)`` and otherwise takes a token drawn from ``x_theta``; an
 unmasked one is copied. The network has no time input, so when a step changes nothing
 the next step reuses ``x_theta`` (``use_cache=True``) instead of calling the network
-again; ``use_cache=False`` is the reference that calls it every step.
+again; ``use_cache=False`` is the reference that calls it every step. Prompts of
+different lengths are laid out left-padded, padding hidden (:mod:`ar_diffusion.layout`).
 
 Notation: B rows, P prompt length, N new tokens, T = P + N, V vocabulary (mask included).
 """
