@@ -54,7 +54,7 @@ def test_codec_learns_and_checks_shapes() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
     tokens = codec.encode(z)
     assert tokens.shape == (8, 2, 8)

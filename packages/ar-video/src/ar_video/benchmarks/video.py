@@ -7,6 +7,9 @@ Trainer for ``--steps`` updates each, then on the held-out clips:
 * PSNR and SSIM (and MSE) by horizon 1..10 for every model, copy-last-frame and the
   autoencoder's reconstruction of the true frames (the floor of a latent model);
 * FAR's error at the last horizon with and without its long-term (coarse) context;
+* DiCoDe: the deep-token round trip (4 frames -> 4 deep tokens of 16 values -> the
+  diffusion decoder; PSNR/SSIM of the rebuilt frames, the compression against the pixels)
+  and the held-out NLL of the AR model over the deep tokens of consecutive chunks;
 * frames per second of FAR and ViD-GPT rollouts of ``--rollout-frames`` new frames (16)
   with and without the KV cache, on the same noise (outputs compared: max abs difference),
   one warm-up call first, the best of ``--repeats`` timings each.
@@ -24,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ar_core.trainer import TrainConfig, Trainer
 from ar_video.autoencoder import FrameAutoencoder, train_autoencoder
 from ar_video.far import far_generate
 from ar_video.metrics import by_horizon, per_clip_metrics, sign_test
@@ -81,6 +85,74 @@ def _speed(
     return out
 
 
+def dicode_round_trip(
+    ae: FrameAutoencoder, train: torch.Tensor, test: torch.Tensor, steps: int, seed: int
+) -> dict[str, Any]:
+    """Train DiCoDe's codec and AR model on 4-frame chunks; the round trip and the NLL."""
+    from ar_video.dicode import DeepTokenAR, DeepTokenCodec
+
+    frames = 4
+    usable = (train.shape[1] // frames) * frames
+
+    def chunks(clips: torch.Tensor) -> torch.Tensor:  # (N, F, ...) -> (N * F/4, 4, ...)
+        z = ae.encode(clips[:, :usable])
+        return z.reshape(-1, frames, *z.shape[2:])
+
+    z_train, z_test = chunks(train), chunks(test)
+    torch.manual_seed(seed)
+    codec = DeepTokenCodec(latent_channels=z_train.shape[2], latent_size=z_train.shape[-1])
+    cfg = TrainConfig.build(
+        steps=steps,
+        batch_size=16,
+        lr=2e-3,
+        weight_decay=0.0,
+        warmup_steps=max(1, steps // 20),
+        seed=seed,
+        progress=False,
+    )
+
+    def codec_data(gen: torch.Generator, b: int) -> torch.Tensor:
+        return z_train[torch.randint(0, z_train.shape[0], (b,), generator=gen)]
+
+    start = time.perf_counter()
+    Trainer(codec, lambda m, z: m.loss(z), codec_data, cfg).train()
+    codec.eval()
+    with torch.no_grad():
+        tokens_test = codec.encode(z_test)
+        rebuilt = codec.decode(tokens_test, steps=10, generator=torch.Generator().manual_seed(seed))
+    n_clips = test.shape[0]
+    truth = test[:, :usable].reshape(-1, frames, *test.shape[2:])
+    m = by_horizon(per_clip_metrics(ae.decode(rebuilt), truth))
+    ae_m = by_horizon(per_clip_metrics(ae.decode(z_test), truth))
+    # AR over the deep tokens of the consecutive chunks of a clip
+    with torch.no_grad():
+        seq_train = codec.encode(z_train).reshape(train.shape[0], -1, codec.token_dim)
+        seq_test = tokens_test.reshape(n_clips, -1, codec.token_dim)
+    torch.manual_seed(seed)
+    ar = DeepTokenAR(token_dim=codec.token_dim, max_tokens=seq_train.shape[1])
+
+    def ar_data(gen: torch.Generator, b: int) -> torch.Tensor:
+        return seq_train[torch.randint(0, seq_train.shape[0], (b,), generator=gen)]
+
+    Trainer(ar, lambda m, x: m.nll(x).mean(), ar_data, cfg).train()
+    ar.eval()
+    with torch.no_grad():
+        nll = float(ar.nll(seq_test).mean())
+    pixels = frames * test.shape[-1] ** 2
+    return {
+        "frames_per_chunk": frames,
+        "deep_tokens": codec.n_tokens,
+        "token_dim": codec.token_dim,
+        "compression_vs_pixels": pixels / (codec.n_tokens * codec.token_dim),
+        "round_trip_psnr": sum(m["psnr"]) / frames,
+        "round_trip_ssim": sum(m["ssim"]) / frames,
+        "autoencoder_psnr": sum(ae_m["psnr"]) / frames,
+        "ar_nll_nats_per_token": nll,
+        "ar_nll_nats_per_value": nll / codec.token_dim,
+        "seconds": time.perf_counter() - start,
+    }
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny data and few updates")
@@ -90,6 +162,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dicode-steps", type=int, default=None, help="0 skips DiCoDe")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     base = VideoMovingDigitsConfig(seed=args.seed, progress_bar=False)
@@ -142,6 +215,18 @@ def main(argv: list[str]) -> dict[str, Any]:
             f"ssim_h{config.horizon}": h["ssim"][-1],
         }
     report["far_long_context"] = long_rows
+    dicode_steps = (
+        args.dicode_steps if args.dicode_steps is not None else (5 if args.quick else 600)
+    )
+    if dicode_steps:
+        report["dicode"] = dicode_round_trip(ae, train, test, dicode_steps, config.seed)
+        d = report["dicode"]
+        print(
+            f"DiCoDe: {d['frames_per_chunk']} frames -> {d['deep_tokens']} x {d['token_dim']} "
+            f"({d['compression_vs_pixels']:.0f}x fewer numbers than pixels): round trip PSNR "
+            f"{d['round_trip_psnr']:.2f} dB (autoencoder {d['autoencoder_psnr']:.2f}), AR NLL "
+            f"{d['ar_nll_nats_per_value']:.3f} nats/value"
+        )
     report["kv_cache"] = _speed(
         models, ae.encode(ctx[:8]), args.rollout_frames, config, args.repeats
     )

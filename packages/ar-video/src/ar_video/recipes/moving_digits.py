@@ -77,7 +77,9 @@ class VideoMovingDigitsConfig(pydantic.BaseModel):
     times: Literal["uniform", "fopp"] = "uniform"  # FAR's per-frame times in training
     steps: int = pydantic.Field(default=1500, ge=1)  # updates per model
     batch_size: int = pydantic.Field(default=16, ge=1)
-    lr: float = pydantic.Field(default=2e-3, gt=0)
+    lr: float = pydantic.Field(
+        default=4e-3, gt=0
+    )  # measured: 0.025 vs 0.028 MSE at h=1 after 500 updates with 2e-3
     sample_steps: int = pydantic.Field(default=10, ge=1)  # Euler steps per frame
     chunk: int = pydantic.Field(default=1, ge=1)  # ViD-GPT frames per chunk
     gif_clips: int = pydantic.Field(default=4, ge=1)
