@@ -13,7 +13,7 @@
    per token for DDPM (50 steps), DDIM (10), flow Euler (32), Heun (8 steps, 15 calls),
    the GMM (K = 8) and the MSE head.
 
-    uv run ar bench diffusion-continuous -- [--quick] [--out PATH] [--updates N]
+    uv run ar bench diffusion-continuous -- [--quick] [--out PATH] [--updates N] [--data ...]
 """
 
 from __future__ import annotations
@@ -90,6 +90,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--updates", type=int, default=None, help="updates per generator")
     parser.add_argument("--dim", type=int, default=16, help="value dimension of the heads")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--data", nargs="+", choices=DATASETS, default=list(DATASETS), help="2-D mixtures"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     quick = args.quick
@@ -97,7 +100,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     report: dict[str, Any] = {"updates": updates, "threads": args.threads}
     out = Path(args.out)
     work = out.parent / "diffusion-continuous"
-    for data in DATASETS[:1] if quick else DATASETS:
+    for data in args.data[:1] if quick else args.data:
         config = Diffusion2DConfig(
             data=data,
             updates=updates,
