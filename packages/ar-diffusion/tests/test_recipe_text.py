@@ -29,6 +29,8 @@ def toy(**kw: object) -> DiffusionTextConfig:
         prompt_bytes=8,
         gen_tokens=8,
         freecache_block=4,
+        policy_updates=2,
+        policy_sizes=[2, 4],
         progress_bar=False,
     )
     return DiffusionTextConfig(**(fields | kw))
@@ -41,7 +43,7 @@ def test_runs_and_samples_from_its_folder(tmp_path: Path) -> None:
     config = toy()
     write_recipe_file(tmp_path, "diffusion-text", config)
     result = recipe.run(config, tmp_path, lambda msg: None)
-    bpb, sampling = result.tables
+    bpb, sampling, policy = result.tables
     assert [row[0] for row in bpb.rows] == ["ar", "mdlm", "bd3-4"]
     assert all(0 < row[1] < 16 for row in bpb.rows)
     names = [row[0] for row in sampling.rows]
@@ -55,7 +57,13 @@ def test_runs_and_samples_from_its_folder(tmp_path: Path) -> None:
     calls = {row[0]: row[1] for row in sampling.rows}
     assert calls["ar sample"] == 1.0  # one call per token
     assert calls["bd3-4"] == (1 + 2 * 4 + 1) / 8  # prefill + 2 blocks x 4 steps + 1 KV write
-    assert set(result.curves) == {f"{r} train loss (bits/byte)" for r in ("ar", "mdlm", "bd3-4")}
+    assert [row[0] for row in policy.rows] == ["fixed 2", "fixed 4", "policy"]
+    fixed = {row[0]: row[1] for row in policy.rows}
+    assert fixed["fixed 4"] == (1 + 2 * 4 + 1) / 8  # the ctrldiff calls of a fixed size
+    assert fixed["fixed 2"] == (1 + 4 * 2 + 3) / 8
+    curves = {f"{r} train loss (bits/byte)" for r in ("ar", "mdlm", "bd3-4")}
+    assert set(result.curves) == curves | {"block-size policy mean reward"}
+    del result.curves["block-size policy mean reward"]
     assert all(len(c) == 3 for c in result.curves.values())
     assert len(result.samples) == 5
     for run in ("ar", "mdlm", "bd3-4"):

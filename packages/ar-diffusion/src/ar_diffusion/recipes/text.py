@@ -53,6 +53,11 @@ class DiffusionTextConfig(pydantic.BaseModel):
     prompt_bytes: int = pydantic.Field(default=32, ge=1)
     gen_tokens: int = pydantic.Field(default=64, ge=1)  # every block size must divide it
     freecache_block: int = pydantic.Field(default=16, ge=1)  # FreeCache / AR-guided blocks
+    # CtrlDiff block-size policy on the smallest-block BD3 model (0 updates: skipped);
+    # reward = -(AR NLL per new byte, nats) - policy_lam * (network calls per new byte)
+    policy_updates: int = pydantic.Field(default=40, ge=0)
+    policy_sizes: list[int] = pydantic.Field(default_factory=lambda: [2, 4, 8, 16], min_length=1)
+    policy_lam: float = pydantic.Field(default=0.5, ge=0)
     temperature: float = pydantic.Field(default=1.0, ge=0)  # 0 = argmax tokens
     seed: int = 0
     progress_bar: bool = True
@@ -111,6 +116,80 @@ def methods(config: DiffusionTextConfig) -> list[tuple[str, str, str, dict[str, 
     rows.append((f"mdlm freecache (block {fc})", "mdlm", "freecache", {"block_size": fc}))
     rows.append((f"mdlm ar-guided (block {fc})", "mdlm", "ar-guided-diffusion", {"block_size": fc}))
     return rows
+
+
+def ar_quality(ar: Transformer) -> Any:
+    """``quality(prompts (b, P), new (b, N)) -> (b,)``: minus the AR model's NLL per new
+    byte given the prompt, in nats."""
+
+    def quality(prompts: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        full = torch.cat([prompts, new], 1)
+        return -(ar_nll(ar, full) - ar_nll(ar, prompts)) / new.shape[1]
+
+    return quality
+
+
+@torch.no_grad()
+def policy_table(
+    models: dict[str, Transformer],
+    train: torch.Tensor,
+    prompts: torch.Tensor,
+    config: DiffusionTextConfig,
+    progress: Progress,
+) -> tuple[Table, dict[str, float], list[tuple[float, float]]]:
+    """Train a :class:`~ar_diffusion.ctrldiff.BlockSizePolicy` on the smallest-block BD3
+    model and compare it with every fixed size on held-out ``prompts``."""
+    from ar_diffusion.ctrldiff import BlockSizePolicy, sample_with_policy, train_block_policy
+
+    run = f"bd3-{min(config.block_sizes)}"
+    model, quality = models[run], ar_quality(models["ar"])
+    N, lam = config.gen_tokens, config.policy_lam
+    policy = BlockSizePolicy(model.cfg.dim, config.policy_sizes)
+    train_prompts = prompts_from(train, 64, config.prompt_bytes, config.seed)
+    progress(f"training the block-size policy on {run}: {config.policy_updates} updates")
+    with torch.enable_grad():
+        history = train_block_policy(
+            model,
+            policy,
+            train_prompts,
+            N,
+            quality,
+            lam=lam,
+            updates=config.policy_updates,
+            seed=config.seed,
+            temperature=config.temperature,
+        )
+    gen_cfg = GenerationConfig(max_new_tokens=N, temperature=config.temperature, seed=config.seed)
+    body, metrics = [], {}
+    settings: list[tuple[str, dict[str, Any]]] = [
+        (f"fixed {L}", {"block_size": L}) for L in config.policy_sizes if N % L == 0
+    ]
+    settings.append(("policy", {"policy": policy}))
+    for name, kwargs in settings:
+        res = generate(model, prompts, gen_cfg, strategy="ctrldiff", **kwargs)
+        new = res.sequences[:, prompts.shape[1] :]
+        q = float(quality(prompts, new).mean())
+        # per row: a fixed size runs the rows as one batch, the policy one row at a time
+        rows = prompts.shape[0] if "policy" in kwargs else 1
+        calls = res.stats.target_forward_passes / (N * rows)
+        body.append([name, round(calls, 3), round(-q, 3), round(q - lam * calls, 3)])
+        metrics[f"ctrldiff_{name.replace(' ', '_')}_reward"] = q - lam * calls
+    _, eps = sample_with_policy(
+        model, prompts, N, policy, explore=False, gen=torch.Generator().manual_seed(0)
+    )
+    sizes = [s for ep in eps for s in ep.sizes]
+    table = Table(
+        f"CtrlDiff block-size policy on {run}",
+        ["block sizes", "network calls / byte", "AR NLL / byte (nats)", "reward"],
+        body,
+        note=(
+            f"reward = -(AR NLL per new byte) - {lam} x (network calls per new byte); policy "
+            f"over {config.policy_sizes} trained by REINFORCE for {config.policy_updates} "
+            f"updates of 8 training prompts; the policy's mean block size on these prompts: "
+            f"{sum(sizes) / max(1, len(sizes)):.1f}"
+        ),
+    )
+    return table, metrics, [(float(i + 1), r) for i, r in enumerate(history)]
 
 
 def decode(tokens: torch.Tensor) -> str:
@@ -186,6 +265,7 @@ class DiffusionTextRecipe(RecipeBase):
             n_samples=2,
             prompt_bytes=16,
             gen_tokens=32,
+            policy_updates=0,  # the policy's episodes run one row at a time: not in the demo
         )
 
     def _run(self, config: DiffusionTextConfig, out_dir: Path, progress: Progress) -> RecipeResult:
@@ -228,6 +308,12 @@ class DiffusionTextRecipe(RecipeBase):
             models[run] = model
         prompts = prompts_from(held, config.n_samples, config.prompt_bytes, config.seed)
         table, samples, sample_metrics = sample_all(models, prompts, config, progress)
+        tables = [table]
+        if config.policy_updates:
+            ptable, pmetrics, pcurve = policy_table(models, train, prompts, config, progress)
+            tables.append(ptable)
+            sample_metrics |= pmetrics
+            curves["block-size policy mean reward"] = pcurve
         order = " < ".join(sorted(bpb_of, key=bpb_of.__getitem__))
         return RecipeResult(
             title="diffusion-text: MDLM vs BD3-LM vs AR on stdlib bytes",
@@ -245,7 +331,7 @@ class DiffusionTextRecipe(RecipeBase):
                         f"{config.eval_samples} seeded NELBO draws"
                     ),
                 ),
-                table,
+                *tables,
             ],
             curves=curves,
             samples=samples,
