@@ -64,6 +64,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "text-hyperfit": "ar-text",
         "text-stargraph": "ar-text",
         "text-sequencematch": "ar-text",
+        "text-seal": "ar-text",
         "vision-digits": "ar-vision",
         "vision-images": "ar-vision",
         "diffusion-text": "ar-diffusion",

@@ -17,12 +17,14 @@ def register_tokenizers(register: Register) -> None:
 def register_recipes(register: Register) -> None:
     # one module per recipe, imported (with torch) only when recipes load
     from ar_text.recipes import chars, code, hyperfit, sequencematch, stargraph
+    from ar_text.recipes import seal as seal_recipe
 
     register("text-code", code.recipe)
     register("text-chars", chars.recipe)
     register("text-hyperfit", hyperfit.recipe)
     register("text-stargraph", stargraph.recipe)
     register("text-sequencematch", sequencematch.recipe)
+    register("text-seal", seal_recipe.recipe)
 
 
 @hookimpl
