@@ -504,16 +504,20 @@ class Trainer:
         assert ctl is not None
         if ctl.stop_at_step is not None and self.step >= ctl.stop_at_step:
             ctl.stop_requested = True
+        by_steps = bool(ctl.checkpoint_every_steps and self.step % ctl.checkpoint_every_steps == 0)
+        by_time = bool(
+            ctl.checkpoint_every_seconds
+            and time.monotonic() - self._last_save >= ctl.checkpoint_every_seconds
+        )
+        if self.dist.enabled:  # every rank must take the same decision (save has a barrier)
+            flags = torch.tensor([float(ctl.stop_requested), float(by_time)], device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            ctl.stop_requested, by_time = bool(flags[0]), bool(flags[1])
         if ctl.stop_requested:
             if self.step < end:  # at the end, train() saves (and stops) anyway
                 self.save()
                 self._stop()
             return
-        by_steps = ctl.checkpoint_every_steps and self.step % ctl.checkpoint_every_steps == 0
-        by_time = (
-            ctl.checkpoint_every_seconds
-            and time.monotonic() - self._last_save >= ctl.checkpoint_every_seconds
-        )
         if (by_steps or by_time) and self.step < end:
             self.save()
 
