@@ -166,3 +166,16 @@ def test_atomic_write_text_replaces_whole(tmp_path: Path) -> None:
     atomic_write_text(tmp_path / "a.json", "22")
     assert (tmp_path / "a.json").read_text() == "22"
     assert _listing(tmp_path) == ["a.json"]
+
+
+def test_a_folder_saved_inside_another_lands_with_it(tmp_path: Path) -> None:
+    """A save into a sub-folder of a folder being written (a tokenizer saving its base
+    tokenizer) is part of the outer folder: nothing appears until the outer rename."""
+    path = tmp_path / "outer"
+    with atomic_folder(path) as tmp:
+        write_folder(tmp / "base", lambda d: (d / "b").write_text("base"))
+        (tmp / "a").write_text("outer")
+        assert not path.exists()
+    assert (path / "base" / "b").read_text() == "base" and (path / "a").read_text() == "outer"
+    assert _listing(path) == ["a", "base"]  # no lock or temporary inside
+    assert _listing(tmp_path) == [".outer.lock", "outer"]

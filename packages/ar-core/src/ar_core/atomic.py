@@ -227,6 +227,9 @@ def _swap_in(tmp: Path, path: Path) -> None:
         shutil.rmtree(previous, ignore_errors=True)
 
 
+_pending: set[Path] = set()  # temporary folders of atomic_folder blocks still open here
+
+
 def replace_folder(src: str | Path, dst: str | Path) -> None:
     """Put the complete folder ``src`` (a sibling of ``dst``) at ``dst`` with one rename and
     delete what was there. The caller holds ``folder_lock(dst)`` and has fsync'ed ``src``."""
@@ -243,6 +246,14 @@ def atomic_folder(
     it is fsync'ed and it replaces ``path`` in one rename (see the module docstring). An
     error (or a kill) leaves ``path`` as it was."""
     path = Path(path).absolute()
+    if any(parent in _pending for parent in path.parents):
+        # inside another atomic folder of this process (a tokenizer that saves its base
+        # tokenizer into a sub-folder): written directly, it lands with the outer rename
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        path.mkdir(parents=True)
+        yield path
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"cannot write a folder at {path}: a file is in the way")
@@ -250,11 +261,13 @@ def atomic_folder(
         clean_stale(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         tmp.mkdir()
+        _pending.add(tmp)
         try:
             yield tmp
             fsync_tree(tmp)
             _swap_in(tmp, path)
         finally:
+            _pending.discard(tmp)
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 

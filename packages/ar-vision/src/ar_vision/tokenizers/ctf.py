@@ -148,10 +148,15 @@ class CoarseFineCodebook:
         """The base tokenizer goes to ``path/base``; the map to ``path`` itself."""
         if self.fine_to_coarse is None or self.coarse_centroids is None:
             raise InputError("save: no coarse map yet; call fit() or build_map() first")
-        self.base.save(Path(path) / "base")
         config = {"n_coarse": self.n_coarse, "seed": self.seed, "base": self.base.name}
         tensors = {"fine_to_coarse": self.fine_to_coarse, "coarse_centroids": self.coarse_centroids}
-        write_tokenizer(path, name=self.name, config=config, tensors=tensors)
+        write_tokenizer(  # the base inside the same atomic folder: one rename for both
+            path,
+            name=self.name,
+            config=config,
+            tensors=tensors,
+            extra=lambda tmp: self.base.save(tmp / "base"),
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> CoarseFineCodebook:

@@ -1,10 +1,10 @@
 """Saving and loading tokenizers: a folder with ``tokenizer.json`` and ``tokenizer.safetensors``.
 
 ``tokenizer.json`` holds ``{"format": 1, "name": ..., "config": {...}, "sha256": ...}``
-where ``sha256`` is the hash of the safetensors file. Each file is written atomically
-(temporary file, fsync, ``os.replace``; see :func:`ar_core.checkpoint.atomic_write_bytes`),
-the tensors first and the JSON last, so a crash between the two leaves a hash mismatch
-that :func:`read_tokenizer` reports instead of loading a mixed state. Loading checks the
+where ``sha256`` is the hash of the safetensors file. The folder is written atomically
+(:func:`ar_core.atomic.write_folder`: both files into a temporary sibling, fsync, one
+rename), so a crash leaves the previous tokenizer; the hash still catches a file changed
+or swapped afterwards. Loading checks the
 JSON, the tokenizer name, the hash, and (in :func:`load_state`) every tensor's name and shape.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from ar_core.checkpoint import atomic_write_bytes
+from ar_core.atomic import write_folder
 from ar_core.errors import CheckpointError
 
 FORMAT = 1
@@ -29,21 +30,34 @@ TENSORS_FILE = "tokenizer.safetensors"
 
 
 def write_tokenizer(
-    path: str | Path, *, name: str, config: dict[str, Any], tensors: dict[str, Tensor]
+    path: str | Path,
+    *,
+    name: str,
+    config: dict[str, Any],
+    tensors: dict[str, Tensor],
+    extra: Callable[[Path], object] | None = None,
 ) -> None:
-    """Write a tokenizer folder at ``path`` (created if needed)."""
+    """Write a tokenizer folder at ``path`` atomically (every file, then one rename: a
+    crash leaves the previous tokenizer); ``extra(tmp)`` adds files or sub-folders of
+    its own (CTF's base tokenizer) to the same folder."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"cannot save a tokenizer at {folder}: a file is in the way")
     data = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    atomic_write_bytes(folder / TENSORS_FILE, data)
     meta = {
         "format": FORMAT,
         "name": name,
         "config": config,
         "sha256": hashlib.sha256(data).hexdigest(),
     }
-    atomic_write_bytes(folder / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+
+    def write(tmp: Path) -> None:
+        if extra is not None:
+            extra(tmp)
+        (tmp / TENSORS_FILE).write_bytes(data)
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    write_folder(folder, write)  # the whole folder in one rename (ar_core.atomic)
 
 
 def read_tokenizer(path: str | Path, *, name: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
