@@ -262,7 +262,11 @@ class VideoMovingDigitsRecipe(RecipeBase):
     in_demo = True
 
     def demo_config(self) -> VideoMovingDigitsConfig:
-        # measured alone on 2 cores: see docs/packages/ar-video.md
+        # 37 s of CPU time (one thread, everything from data to GIFs) measured on the 2-core
+        # dev machine while other jobs shared it (262 s wall at load ~11); on an idle
+        # machine a single-threaded run takes about its CPU time. 300 updates leave both
+        # models behind copy-last at horizon 1 and ahead of it from horizon 2 on
+        # (docs/packages/ar-video.md); the full config trains 1500 updates
         return VideoMovingDigitsConfig(
             train_clips=192,
             test_clips=24,
