@@ -71,6 +71,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TRAINING_STATE_NAME = "training_state.pt"
 CONFIG_METADATA = "ar_config"  # the weights file's metadata key holding the config JSON
+DIGEST_METADATA = "ar_sha256"  # ... and the one holding tensors_digest of its tensors
 
 # safetensors dtype codes -> torch dtypes
 _ST_DTYPES: dict[str, torch.dtype] = {
@@ -202,6 +203,12 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{file} could not be read: {exc}") from exc
     check_finite(tensors, file)
+    digest = _metadata(file).get(DIGEST_METADATA)
+    if digest is not None and digest != tensors_digest(tensors):
+        raise CheckpointError(
+            f"{file} does not match the checksum saved with it (its weights changed after it "
+            f"was written: a damaged disk or cache); save the model again or re-run training"
+        )
     own = model.state_dict()
     with torch.no_grad():
         for name, tensor in tensors.items():
@@ -233,16 +240,25 @@ def tensors_digest(tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def saved_config(file: Path) -> dict[str, Any] | None:
-    """The config stored in a weights file's metadata by :func:`save_model` (None for
-    files written before it was stored, or by other tools)."""
+def _metadata(file: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file ({} when it has none or is unreadable)."""
     try:
         with open(file, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(n))
-        raw = header.get("__metadata__", {}).get(CONFIG_METADATA)
-        return None if raw is None else dict(json.loads(raw))
+        meta = header.get("__metadata__", {})
+        return dict(meta) if isinstance(meta, dict) else {}
     except (OSError, struct.error, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def saved_config(file: Path) -> dict[str, Any] | None:
+    """The config stored in a weights file's metadata by :func:`save_model` (None for
+    files written before it was stored, or by other tools)."""
+    raw = _metadata(file).get(CONFIG_METADATA)
+    try:
+        return None if raw is None else dict(json.loads(raw))
+    except (ValueError, TypeError):
         return None
 
 
@@ -253,12 +269,13 @@ def _write_model_files(model: nn.Module, folder: Path) -> None:
     from safetensors.torch import save_file
 
     cfg = getattr(model, "cfg", None)
-    metadata = {"format": "pt"}
+    state = state_for_saving(model)
+    metadata = {"format": "pt", DIGEST_METADATA: tensors_digest(state)}
     if isinstance(cfg, BaseModel):
         (folder / CONFIG_NAME).write_text(cfg.model_dump_json(indent=2) + "\n")
         # the config again, inside the weights: a config.json edited later is caught on load
         metadata[CONFIG_METADATA] = cfg.model_dump_json()
-    save_file(state_for_saving(model), str(folder / WEIGHTS_NAME), metadata=metadata)
+    save_file(state, str(folder / WEIGHTS_NAME), metadata=metadata)
 
 
 def write_model_files(model: nn.Module, folder: str | Path) -> None:
