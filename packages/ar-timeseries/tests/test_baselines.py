@@ -63,3 +63,22 @@ def test_ets_and_arima_forecast_a_seasonal_series() -> None:
     assert a.shape == (2, 24) and np.isfinite(a).all()
     # ARIMA(2,1,1) cannot hold a 24-h cycle for a day: worse than ETS, better than nothing
     assert np.mean((a - truth) ** 2) < np.mean(truth**2) * 2
+
+
+def test_validation_selection_never_ends_worse_than_the_last_step() -> None:
+    series = data.Series(
+        np.sin(np.arange(1500) * 2 * np.pi / 24)[:, None]
+        + 0.3 * np.random.default_rng(0).standard_normal((1500, 1)),
+        data.future_dates(data.pd.DatetimeIndex(["2020-01-01"]), 1499),
+        ["y"], "y", "noisy",
+    )  # fmt: skip
+    s = data.split(series, 48, 24)
+    scores = []
+    for val_every in (0, 15):
+        torch.manual_seed(0)
+        model = baselines.DLinear(48, 24)
+        batches = forecasting.WindowBatches(s.train, 48, 24)
+        forecasting.train_forecaster(model, batches, 60, 8, 5e-2, val=s.val, val_every=val_every)
+        fn = forecasting.model_fn(model)
+        scores.append(forecasting.evaluate(fn, s.val, 48, [24], max_windows=256)[24]["mse"])
+    assert scores[1] <= scores[0]

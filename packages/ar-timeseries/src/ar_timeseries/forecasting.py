@@ -63,9 +63,15 @@ def train_forecaster(
     seed: int = 0,
     out_dir: Path | None = None,
     progress: bool = False,
+    val: Split | None = None,
+    val_every: int = 0,
+    val_windows: int = 256,
 ) -> tuple[float, list[tuple[float, float]]]:
     """Train the trainable parameters with AdamW (no decay, cosine schedule): (seconds,
-    loss curve)."""
+    loss curve). With ``val`` and ``val_every``, the validation MSE at the training
+    horizon (``val_windows`` windows evenly spaced) is measured every ``val_every``
+    updates and the trainable weights of the best check are kept (early stopping by
+    model selection, as the published protocol selects on the validation split)."""
     config = TrainConfig.build(
         steps=steps,
         batch_size=batch_size,
@@ -78,7 +84,23 @@ def train_forecaster(
         log_every=max(1, steps // 50),
     )
     start = time.perf_counter()
-    losses = Trainer(model, _loss, data, config).train()
+    trainer = Trainer(model, _loss, data, config)
+    losses: list[float] = []
+    if val is None or val_every <= 0:
+        losses = trainer.train()
+    else:
+        fn = model_fn(model)
+        best: tuple[float, dict[str, Tensor]] | None = None
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        for until in [*range(val_every, steps, val_every), steps]:
+            losses += trainer.train(until=until)
+            mse = evaluate(fn, val, data.seq_len, [data.target_len], max_windows=val_windows)
+            score = mse[data.target_len]["mse"]
+            if best is None or score < best[0]:
+                state = {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
+                best = (score, state)
+        assert best is not None
+        model.load_state_dict(best[1], strict=False)
     model.eval()
     seconds = time.perf_counter() - start
     every = max(1, len(losses) // 50)

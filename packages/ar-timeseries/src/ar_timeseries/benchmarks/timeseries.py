@@ -208,6 +208,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                     config.timellm_batch_size,
                     config.timellm_lr,
                     config.seed,
+                    val=splits_t.val,
+                    val_every=config.val_every,
                 )
                 m = forecasting.evaluate(
                     forecasting.model_fn(tmodel),

@@ -77,6 +77,7 @@ class TimeseriesEttConfig(pydantic.BaseModel):
     timellm_batch_size: int = pydantic.Field(16, ge=1)
     timellm_per_horizon: bool = True  # False: one model at max(horizons), cut to shorter ones
     batch_size: int = pydantic.Field(32, ge=1)
+    val_every: int = pydantic.Field(100, ge=0)  # keep the best of these checks on val; 0 = off
     train_stride: int = pydantic.Field(1, ge=1)  # training window starts: multiples of this
     test_stride: int = pydantic.Field(1, ge=1)  # 1 = every test window (the protocol)
     stat_windows: int = pydantic.Field(40, ge=1)  # ETS / ARIMA: test windows evenly spaced
@@ -183,7 +184,7 @@ def train_autotimes(
     )
     seconds, curve = forecasting.train_forecaster(
         model, batches, config.autotimes_steps, config.batch_size, config.autotimes_lr,
-        config.seed, progress=config.progress_bar,
+        config.seed, progress=config.progress_bar, val=splits.val, val_every=config.val_every,
     )  # fmt: skip
     return model, seconds, curve
 
@@ -207,7 +208,7 @@ def train_dlinear(
     batches = forecasting.WindowBatches(splits.train, L, horizon, config.train_stride)
     seconds, curve = forecasting.train_forecaster(
         model, batches, config.dlinear_steps, config.batch_size, config.dlinear_lr,
-        config.seed, progress=config.progress_bar,
+        config.seed, progress=config.progress_bar, val=splits.val, val_every=config.val_every,
     )  # fmt: skip
     return model, seconds, curve
 
@@ -302,7 +303,7 @@ def _timellm_run(config: TimeseriesEttConfig, ex: Experiment, progress: Progress
         batches = forecasting.WindowBatches(splits.train, Lt, h, config.train_stride)
         s, curve = forecasting.train_forecaster(
             model, batches, config.timellm_steps, config.timellm_batch_size, config.timellm_lr,
-            config.seed, progress=config.progress_bar,
+            config.seed, progress=config.progress_bar, val=splits.val, val_every=config.val_every,
         )  # fmt: skip
         seconds += s
         params = max(params, trainable_parameters(model))
