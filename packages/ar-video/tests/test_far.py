@@ -81,3 +81,25 @@ def test_bad_inputs(model: FrameTransformer) -> None:
         far_generate(model, torch.randn(1, 2, 4, 8, 8), 1)
     with pytest.raises(InputError, match="max_frames"):
         far_generate(model, torch.randn(1, 62, 8, 8, 8), 3, steps=1)
+
+
+def test_rope_decay_is_a_test_time_option() -> None:
+    torch.manual_seed(0)
+    model = FrameTransformer(dim=32, n_layers=2, n_heads=2).eval()
+    for name, p in model.named_parameters():  # sharp attention, so positions matter
+        if "norm" not in name:
+            torch.nn.init.normal_(p, std=0.5 if ".wq." in name or ".wk." in name else 0.1)
+    context = torch.randn(1, 6, 8, 8, 8)
+    kw = dict(steps=2, window=3, generator=None)
+    torch.manual_seed(0)
+    plain = far_generate(model, context, 2, **kw)  # type: ignore[arg-type]
+    model.rope_decay = 0.5  # distant frames look half as far
+    try:
+        torch.manual_seed(0)
+        decayed = far_generate(model, context, 2, **kw)  # type: ignore[arg-type]
+        torch.manual_seed(0)
+        uncached = far_generate(model, context, 2, use_cache=False, **kw)  # type: ignore[arg-type]
+    finally:
+        model.rope_decay = 1.0
+    assert not torch.allclose(plain, decayed, atol=1e-4)
+    assert torch.allclose(decayed, uncached, atol=1e-5)
