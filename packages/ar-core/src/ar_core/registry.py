@@ -65,6 +65,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "text-stargraph": "ar-text",
         "text-sequencematch": "ar-text",
         "text-seal": "ar-text",
+        "text-causal": "ar-text",
         "vision-digits": "ar-vision",
         "vision-images": "ar-vision",
         "diffusion-text": "ar-diffusion",

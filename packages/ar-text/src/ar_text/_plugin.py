@@ -16,6 +16,7 @@ def register_tokenizers(register: Register) -> None:
 @hookimpl
 def register_recipes(register: Register) -> None:
     # one module per recipe, imported (with torch) only when recipes load
+    from ar_text.recipes import causal as causal_recipe
     from ar_text.recipes import chars, code, hyperfit, sequencematch, stargraph
     from ar_text.recipes import seal as seal_recipe
 
@@ -25,6 +26,7 @@ def register_recipes(register: Register) -> None:
     register("text-stargraph", stargraph.recipe)
     register("text-sequencematch", sequencematch.recipe)
     register("text-seal", seal_recipe.recipe)
+    register("text-causal", causal_recipe.recipe)
 
 
 @hookimpl

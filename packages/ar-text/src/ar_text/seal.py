@@ -28,6 +28,7 @@ Defaults follow the paper: beam 15, alpha 2.0, beta 0.8.
 from __future__ import annotations
 
 import ast
+import hashlib
 import math
 import re
 import sys
@@ -95,9 +96,13 @@ def stdlib_docstrings(
     paths += sorted(p for p in root.glob("*/*.py") if "site-packages" not in p.parts)
     if not paths:
         raise ConfigError(f"found no *.py files under the standard library folder {root}")
+    # a deterministic shuffle of the files, read until 4 x max_docs candidates are found
+    paths.sort(key=lambda p: hashlib.sha1(p.name.encode() + str(seed).encode()).digest())
     seen: set[str] = set()
     found: list[str] = []
     for path in paths:
+        if len(found) >= 4 * max_docs:
+            break
         try:
             with warnings.catch_warnings():  # old escape sequences in some stdlib files
                 warnings.simplefilter("ignore")

@@ -48,16 +48,16 @@ from ar_text.seal import (
 class SealConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    n_docs: int = pydantic.Field(300, ge=2)  # passages in the corpus
+    n_docs: int = pydantic.Field(100, ge=2)  # passages in the corpus
     queries_per_doc: int = pydantic.Field(8, ge=1)  # training queries per passage
-    n_eval: int = pydantic.Field(150, ge=1)  # evaluation queries (fresh, one per passage)
+    n_eval: int = pydantic.Field(100, ge=1)  # evaluation queries (fresh, one per passage)
     query_words: int = pydantic.Field(8, ge=2)
     drop: float = pydantic.Field(0.3, ge=0, lt=1)
-    steps: int = pydantic.Field(1500, ge=1)
+    steps: int = pydantic.Field(600, ge=1)
     batch_size: int = pydantic.Field(32, ge=1)
     lr: float = pydantic.Field(2e-3, gt=0)
-    dim: int = pydantic.Field(128, ge=8)
-    n_layers: int = pydantic.Field(3, ge=1)
+    dim: int = pydantic.Field(96, ge=8)
+    n_layers: int = pydantic.Field(2, ge=1)
     n_heads: int = pydantic.Field(4, ge=1)
     beams: int = pydantic.Field(15, ge=1)  # the paper's default
     max_ngram: int = pydantic.Field(16, ge=1)  # tokens (bytes) per generated n-gram
