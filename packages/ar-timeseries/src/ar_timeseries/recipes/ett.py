@@ -360,19 +360,31 @@ def _stat_run(
 # -- report -------------------------------------------------------------------------------
 
 
-def results_table(runs: list[ModelRun], horizons: list[int], title: str, note: str = "") -> Table:
-    columns = ["model", *[f"MSE {h}" for h in horizons], *[f"MAE {h}" for h in horizons],
-               "trainable params", "train s", "test windows (first horizon)", "note"]  # fmt: skip
-    rows = []
-    for r in runs:
-        rows.append([
+def results_tables(runs: list[ModelRun], horizons: list[int], note: str = "") -> list[Table]:
+    """Two tables: MSE (with trainable parameters, training seconds, test windows) and MAE
+    per model and horizon; each model's own note goes into the second table's note."""
+    mse_cols = ["model", *[f"MSE {h}" for h in horizons], "trainable params", "train s", "windows"]
+    mse_rows = [
+        [
             r.name,
             *[round(r.metrics[h]["mse"], 4) if h in r.metrics else "-" for h in horizons],
-            *[round(r.metrics[h]["mae"], 4) if h in r.metrics else "-" for h in horizons],
-            r.params, round(r.seconds, 1),
-            int(r.metrics[horizons[0]]["windows"]) if horizons[0] in r.metrics else "-", r.note,
-        ])  # fmt: skip
-    return Table(title, columns, rows, note=note)
+            r.params,
+            round(r.seconds, 1),
+            int(r.metrics[horizons[0]]["windows"]) if horizons[0] in r.metrics else "-",
+        ]
+        for r in runs
+    ]
+    mae_rows = [
+        [r.name, *[round(r.metrics[h]["mae"], 4) if h in r.metrics else "-" for h in horizons]]
+        for r in runs
+    ]
+    notes = "; ".join(f"{r.name}: {r.note}" for r in runs if r.note)
+    return [
+        Table("test MSE by horizon", mse_cols, mse_rows, note=note),
+        Table(
+            "test MAE by horizon", ["model", *[f"MAE {h}" for h in horizons]], mae_rows, note=notes
+        ),
+    ]
 
 
 def plot_forecasts(ex: Experiment, config: TimeseriesEttConfig, path: Path) -> Path:
@@ -500,7 +512,7 @@ class TimeseriesEttRecipe(RecipeBase):
         return RecipeResult(
             title=f"timeseries-ett: {ex.series.name} ({config.features}, {config.target})",
             summary=f"test MSE at horizon {h0}: {summary}",
-            tables=[results_table(ex.runs, config.horizons, "forecasting error by horizon", note)],
+            tables=results_tables(ex.runs, config.horizons, note),
             images=[(f"forecasts vs truth, horizon {h0}", plot)],
             curves=ex.curves,
             metrics=metrics,
