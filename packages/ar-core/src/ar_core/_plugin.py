@@ -71,6 +71,9 @@ def register_recipes(register: Register) -> None:
     from ar_core.recipes.anyorder import recipe  # imports torch: only when recipes load
 
     register("core-anyorder", recipe)
+    from ar_core.recipes.diagnostics import recipe as diagnostics
+
+    register("core-diagnostics", diagnostics)
 
 
 @hookimpl

@@ -8,7 +8,8 @@ H_t (a function of W_{<t}) is 0; on an order-2 chain W_{t-1} still matters and H
 carry it, so the surplus is > 0.
 
 The probe estimates the conditional mutual information as a held-out log-loss gap of two
-softmax regressions fitted the same way (L-BFGS, the same L2 penalty):
+softmax regressions fitted the same way (L-BFGS; each probe's L2 penalty chosen on a
+validation part of the fitting sequences):
 
     surplus = NLL[q(Y | W_t)] - NLL[q(Y | H_t, W_t)],   Y = W_{t+1..t+K-1} (one of V^(K-1)),
 
@@ -43,14 +44,17 @@ class Surplus:
     samples: int
 
 
-def _fit_softmax(x: Tensor, y: Tensor, classes: int, l2: float, iters: int) -> Tensor:
-    """(F, classes) weights (bias in the features) minimising mean NLL + l2 |W|^2."""
+def _fit_softmax(x: Tensor, y: Tensor, classes: int, l2: float, iters: int, free: int) -> Tensor:
+    """(F, classes) weights (bias in the features) minimising mean NLL + l2 |W[free:]|^2
+    + 1e-6 |W[:free]|^2: the first ``free`` features (the token one-hot) are (almost) not
+    penalised, so a large ``l2`` turns the probe into the token-only one."""
     W = torch.zeros(x.shape[1], classes, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([W], lr=1, max_iter=iters, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ W, y) + l2 * (W**2).sum()
+        loss = torch.nn.functional.cross_entropy(x @ W, y)
+        loss = loss + 1e-6 * (W[:free] ** 2).sum() + l2 * (W[free:] ** 2).sum()
         loss.backward()
         return loss
 
@@ -65,7 +69,7 @@ def information_surplus(
     *,
     horizon: int = 2,
     train_fraction: float = 0.5,
-    l2: float = 1e-4,
+    l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
     iters: int = 200,
     seed: int = 0,
 ) -> Surplus:
@@ -75,7 +79,10 @@ def information_surplus(
     positive_int(horizon, "horizon", minimum=2)
     positive_int(vocab_size, "vocab_size", minimum=2)
     positive_int(iters, "iters")
-    positive_float(l2, "l2")
+    if not l2_grid:
+        raise ConfigError("l2_grid must list at least one L2 penalty, e.g. (1e-4, 1e-2)")
+    for lam in l2_grid:
+        positive_float(lam, "l2_grid entry")
     if not 0 < train_fraction < 1:
         raise ConfigError(f"train_fraction must be in (0, 1), got {train_fraction}")
     tokens = token_tensor(tokens, "tokens", vocab_size, min_length=horizon + 1)
@@ -85,8 +92,8 @@ def information_surplus(
             f"{tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__}"
         )
     N, T = tokens.shape
-    if N < 2:
-        raise InputError("information_surplus needs >= 2 sequences (a fitting and a held-out part)")
+    if N < 3:
+        raise InputError("information_surplus needs >= 3 sequences (fit, validate, score)")
     V, K = vocab_size, horizon
     # samples t = 1 .. T-K: H_t = hidden[:, t-1], W_t = tokens[:, t], Y = tokens[:, t+1 .. t+K-1]
     H = hidden[:, : T - K].double()  # (N, T', C)
@@ -95,7 +102,7 @@ def information_surplus(
     for j in range(1, K):
         y = y * V + tokens[:, 1 + j : T - K + 1 + j]
     perm = torch.randperm(N, generator=torch.Generator().manual_seed(seed))
-    n_fit = min(max(1, round(N * train_fraction)), N - 1)
+    n_fit = min(max(2, round(N * train_fraction)), N - 1)
     fit, held = perm[:n_fit], perm[n_fit:]
     mu = H[fit].reshape(-1, H.shape[-1]).mean(0)
     sd = H[fit].reshape(-1, H.shape[-1]).std(0).clamp_min(1e-6)
@@ -108,11 +115,27 @@ def information_surplus(
         inter = (oh[:, :, None] * h[:, None, :]).reshape(oh.shape[0], -1)  # (n, V C)
         return torch.cat([oh, inter], 1), y[rows].reshape(-1)
 
+    # the L2 penalty of each probe is picked on a quarter of the fitting sequences (the
+    # largest of l2_grid within one standard error of the best): a rich probe that would
+    # over-fit is shrunk towards the token-only one instead of scoring below it
+    inner = fit[: max(1, len(fit) // 4)]
+    outer = fit[len(inner) :] if len(fit) > len(inner) else fit
     nll = []
-    for with_hidden in (False, True):
+    for with_hidden in (False, True):  # the token-only probe has no penalised features
+        x_in, y_in = features(outer, with_hidden)
+        x_val, y_val = features(inner, with_hidden)
+        losses = []
+        grid = l2_grid if with_hidden else l2_grid[:1]
+        for lam in grid:
+            W = _fit_softmax(x_in, y_in, V ** (K - 1), lam, iters, V)
+            losses.append(torch.nn.functional.cross_entropy(x_val @ W, y_val, reduction="none"))
+        means = torch.stack([v.mean() for v in losses])
+        best = int(means.argmin())
+        tol = float(losses[best].std() / losses[best].numel() ** 0.5)
+        lam = max(g for g, m in zip(grid, means, strict=True) if m <= means[best] + tol)
         x_fit, y_fit = features(fit, with_hidden)
         x_held, y_held = features(held, with_hidden)
-        W = _fit_softmax(x_fit, y_fit, V ** (K - 1), l2, iters)
+        W = _fit_softmax(x_fit, y_fit, V ** (K - 1), lam, iters, V)
         nll.append(torch.nn.functional.cross_entropy(x_held @ W, y_held, reduction="none"))
     gap = nll[0] - nll[1]
     return Surplus(
