@@ -41,6 +41,7 @@ _LAZY: dict[str, str] = {
     "Trainer": "ar_core.trainer",
     "sampling": "ar_core.sampling",
     "attention": "ar_core.attention",
+    "diagnostics": "ar_core.diagnostics",
     "plugins": "ar_core.plugins",
     "protocols": "ar_core.protocols",
     "steps": "ar_core.steps",
@@ -53,7 +54,7 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ar_core import attention, masks, plugins, protocols, sampling, steps
+    from ar_core import attention, diagnostics, masks, plugins, protocols, sampling, steps
     from ar_core.cache import StaticKVCache
     from ar_core.generation import GenerationConfig, GenerationResult, GenerationStats, generate
     from ar_core.masks import MaskSpec
@@ -108,6 +109,7 @@ __all__ = [
     "TransformerConfig",
     "UnknownNameError",
     "attention",
+    "diagnostics",
     "generate",
     "hookimpl",
     "hookspec",
