@@ -79,7 +79,7 @@ VAR_NOISE = [1.0, 1.0]
 
 
 def _r(x: float, n: int = 4) -> float:
-    return round(float(x), n)
+    return round(float(x), n) + 0.0  # + 0.0: no "-0.0" in the tables
 
 
 class DiagnosticsRecipe(RecipeBase):
@@ -230,7 +230,7 @@ class DiagnosticsRecipe(RecipeBase):
             b = dg.gaussian_directed_information(z[:, 1], z[:, 0], lags=config.var_lags)
             est_f.append((float(n), f))
             est_b.append((float(n), b))
-            row: list[object] = [n, _r(fwd), _r(f), _r(back), _r(b)]
+            row: list[object] = [n, _r(fwd), _r(f, 5), _r(back), _r(b, 5)]
             if config.granger:
                 row += [
                     f"{dg.granger_test(z[:, 0], z[:, 1], lags=2):.1e}",
