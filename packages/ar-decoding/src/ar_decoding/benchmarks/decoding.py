@@ -357,8 +357,11 @@ def main(argv: list[str]) -> dict[str, Any]:
         default=1,
         help="torch threads while timing (1: OpenMP on a shared 2-core box is erratic)",
     )
+    parser.add_argument("--prompts", type=int, default=None, help="held-out prompts (default 6)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="new bytes (default 128)")
     args = parser.parse_args(argv)
     quick = args.quick
+    torch.set_num_threads(args.threads)  # training too: OpenMP spin-waits on a shared box
     target_train = dict(steps=20 if quick else 300, batch_size=8, seq_len=128, lr=1e-3)
     draft_train = dict(steps=20 if quick else 400, batch_size=8, seq_len=128, lr=2e-3)
     text, held = stdlib_corpus(max_bytes=2_000_000)
@@ -366,8 +369,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     cache_dir = Path(args.cache_dir).expanduser()
     target = trained("target", TARGET, target_train, data, cache_dir)
     draft = trained("draft", DRAFT, draft_train, data, cache_dir)
-    xs = prompts(held, 2 if quick else 6, 384)
-    n_new = 32 if quick else 128
+    xs = prompts(held, args.prompts or (2 if quick else 6), 384)
+    n_new = args.new_tokens or (32 if quick else 128)
     torch.set_num_threads(args.threads)
     k = args.num_draft_tokens
 
