@@ -103,3 +103,8 @@ def test_rope_decay_is_a_test_time_option() -> None:
         model.rope_decay = 1.0
     assert not torch.allclose(plain, decayed, atol=1e-4)
     assert torch.allclose(decayed, uncached, atol=1e-5)
+
+
+def test_bad_model_settings_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="patch=3 does not divide latent_size=8"):
+        FrameTransformer(patch=3)

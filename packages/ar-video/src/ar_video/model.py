@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ar_core import masks
 from ar_core.cache import StaticKVCache
-from ar_core.errors import CheckpointError, ConfigError, InputError
+from ar_core.errors import CheckpointError, ConfigError, InputError, validation_message
 from ar_core.model import Transformer, TransformerConfig
 from ar_video.io import load_state, read_module, write_module
 
@@ -138,17 +138,20 @@ class FrameTransformer(nn.Module):
         prediction: Literal["data", "velocity"] = "data",
     ) -> None:
         super().__init__()
-        self.cfg = FrameTransformerConfig(
-            latent_channels=latent_channels,
-            latent_size=latent_size,
-            patch=patch,
-            long_patch=long_patch,
-            dim=dim,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            max_frames=max_frames,
-            prediction=prediction,
-        )
+        try:
+            self.cfg = FrameTransformerConfig(
+                latent_channels=latent_channels,
+                latent_size=latent_size,
+                patch=patch,
+                long_patch=long_patch,
+                dim=dim,
+                n_layers=n_layers,
+                n_heads=n_heads,
+                max_frames=max_frames,
+                prediction=prediction,
+            )
+        except pydantic.ValidationError as exc:
+            raise ConfigError(validation_message(exc, "FrameTransformer")) from None
         cfg = self.cfg
         self.n, self.n_long = cfg.tokens_per_frame, cfg.long_tokens_per_frame
         tcfg = TransformerConfig(
