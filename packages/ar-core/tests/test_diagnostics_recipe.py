@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ar_core import ConfigError, registry
-from ar_core.recipes import build_config
+from ar_core.recipes import build_config, write_recipe_file
 from ar_core.recipes.diagnostics import DiagnosticsConfig
 
 torch.set_num_threads(1)
@@ -31,7 +31,9 @@ def test_recipe_is_registered_and_runs(tmp_path: Path) -> None:
         var_samples=[500, 2000],
         var_lags=2,
         granger=False,
+        progress_bar=False,
     )
+    write_recipe_file(tmp_path, "core-diagnostics", config)
     messages: list[str] = []
     result = recipe.run(config, tmp_path, messages.append)
     titles = [t.title for t in result.tables]
@@ -53,6 +55,11 @@ def test_recipe_is_registered_and_runs(tmp_path: Path) -> None:
     assert all(p.read_text().startswith("<svg") for _, p in result.images)
     assert (tmp_path / "model" / "model.safetensors").is_file()
     assert "brier/oracle" in result.metrics and result.curves["Transformer loss"]
+    # samples from the saved Transformer, scored by the grammar it was trained on
+    sampled = recipe.sample(tmp_path, 4, messages.append)
+    assert len(sampled.samples) == 4
+    assert all(len(s.split()) == config.length for s in sampled.samples)
+    assert 0 < sampled.metrics["grammar_log_loss"] < 10
 
 
 def test_recipe_config_errors_name_the_field() -> None:

@@ -226,15 +226,19 @@ def _train_next_token(
     batch_size: int,
     lr: float,
     seed: int,
+    progress: str = "",
 ) -> list[float]:
-    """AdamW on next-token cross-entropy over random batches of ``train``; the losses."""
+    """AdamW on next-token cross-entropy over random batches of ``train``; the losses
+    (``progress``: a tqdm bar with that description)."""
+    from tqdm.auto import tqdm
+
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * (1 - s / (steps + 1))
     )
     losses = []
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc=progress, disable=not progress, leave=False):
         batch = train[torch.randint(0, train.shape[0], (batch_size,), generator=gen)]
         logits = forward(batch[:, :-1])  # (B, T-1, V)
         loss = nn.functional.cross_entropy(
@@ -268,8 +272,10 @@ def fit_lstm(
     batch_size: int = 32,
     lr: float = 1e-2,
     seed: int = 0,
+    progress: bool = False,
 ) -> tuple[Predictor, list[float]]:
-    """A one-layer LSTM trained on next-element cross-entropy; (predictor, losses)."""
+    """A one-layer LSTM trained on next-element cross-entropy; (predictor, losses)
+    (``progress``: a tqdm bar)."""
     positive_int(vocab_size, "vocab_size", minimum=2)
     for name, v in (("hidden", hidden), ("steps", steps), ("batch_size", batch_size)):
         positive_int(v, name)
@@ -278,7 +284,14 @@ def fit_lstm(
     torch.manual_seed(seed)
     net = _LSTM(vocab_size, hidden)
     losses = _train_next_token(
-        net, list(net.parameters()), train, steps=steps, batch_size=batch_size, lr=lr, seed=seed
+        net,
+        list(net.parameters()),
+        train,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        progress="LSTM" if progress else "",
     )
     net.eval()
 
@@ -301,6 +314,7 @@ def fit_transformer(
     batch_size: int = 32,
     lr: float = 3e-3,
     seed: int = 0,
+    progress: bool = False,
 ) -> tuple[nn.Module, list[float]]:
     """A small ar-core :class:`~ar_core.model.Transformer` trained on next-element
     cross-entropy; (model, losses). Predict with :func:`next_token_probs`."""
@@ -331,6 +345,7 @@ def fit_transformer(
         batch_size=batch_size,
         lr=lr,
         seed=seed,
+        progress="Transformer" if progress else "",
     )
     model.eval()
     return model, losses
