@@ -85,3 +85,15 @@ def test_sets_bad_input() -> None:
         sorting_batch(4, 1, torch.Generator())
     with pytest.raises(ConfigError, match="steps"):
         train_sorter(model, 5, 0, 4, 1e-3, 0)
+
+
+def test_recipe_text_sets_runs(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from ar_core import registry
+    from ar_text.recipes.sets import SetsConfig, recipe
+
+    assert registry.recipes.get("text-sets") is recipe
+    result = recipe.run(SetsConfig(steps=3, eval_rows=20), Path(str(tmp_path)), lambda _: None)
+    assert set(result.metrics) == {"rpw_exact", "rpw_positions", "lstm_exact", "lstm_positions"}
+    assert len(result.tables[0].rows) == 2

@@ -66,6 +66,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "text-sequencematch": "ar-text",
         "text-seal": "ar-text",
         "text-causal": "ar-text",
+        "text-sets": "ar-text",
         "vision-digits": "ar-vision",
         "vision-images": "ar-vision",
         "diffusion-text": "ar-diffusion",

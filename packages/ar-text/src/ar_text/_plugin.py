@@ -19,6 +19,7 @@ def register_recipes(register: Register) -> None:
     from ar_text.recipes import causal as causal_recipe
     from ar_text.recipes import chars, code, hyperfit, sequencematch, stargraph
     from ar_text.recipes import seal as seal_recipe
+    from ar_text.recipes import sets as sets_recipe
 
     register("text-code", code.recipe)
     register("text-chars", chars.recipe)
@@ -27,6 +28,7 @@ def register_recipes(register: Register) -> None:
     register("text-sequencematch", sequencematch.recipe)
     register("text-seal", seal_recipe.recipe)
     register("text-causal", causal_recipe.recipe)
+    register("text-sets", sets_recipe.recipe)
 
 
 @hookimpl
