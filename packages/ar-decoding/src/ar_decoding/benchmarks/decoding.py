@@ -132,6 +132,11 @@ def prompts(held: list[bytes], n: int, length: int) -> list[torch.Tensor]:
 # -- the parallel-generation families: extra parts trained on the frozen target -------------
 
 
+def _fingerprint(model: Transformer) -> str:
+    """Which weights: parts trained on one target are never reused on another."""
+    return hashlib.sha256(model.output.weight.detach().float().numpy().tobytes()).hexdigest()[:12]
+
+
 def _cached_state(name: str, key: dict[str, Any], cache_dir: Path) -> tuple[Path, bool]:
     blob = json.dumps(key, sort_keys=True)
     path = cache_dir / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}.pt"
@@ -155,7 +160,7 @@ def medusa_heads(
     from ar_decoding.medusa import MedusaHeads, train_medusa_heads
 
     path, hit = _cached_state(
-        "medusa", {"target": TARGET, **settings, "bytes": data.numel()}, cache_dir
+        "medusa", {"target": _fingerprint(target), **settings, "bytes": data.numel()}, cache_dir
     )
     heads = MedusaHeads.for_model(target, settings["heads"])
     if hit:
@@ -186,7 +191,7 @@ def mtp_model(
     from ar_decoding.mtp import MTPModel, train_mtp
 
     path, hit = _cached_state(
-        "mtp", {"target": TARGET, **settings, "bytes": data.numel()}, cache_dir
+        "mtp", {"target": _fingerprint(target), **settings, "bytes": data.numel()}, cache_dir
     )
     model = MTPModel(copy.deepcopy(target), settings["masks"], rank=settings["rank"])
     if hit:
