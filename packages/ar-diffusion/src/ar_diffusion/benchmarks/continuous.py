@@ -13,7 +13,7 @@
    per token for DDPM (50 steps), DDIM (10), flow Euler (32), Heun (8 steps, 15 calls),
    the GMM (K = 8) and the MSE head.
 
-    uv run ar bench diffusion-continuous -- [--quick] [--out PATH] [--updates N] [--data ...]
+Run: ``uv run ar bench diffusion-continuous -- [--quick] [--out PATH] [--updates N] [--data ...]``
 """
 
 from __future__ import annotations

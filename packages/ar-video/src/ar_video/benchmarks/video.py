@@ -16,7 +16,7 @@ Trainer for ``--steps`` updates each, then on the held-out clips:
   ``--repeats`` interleaved timings each, in CPU seconds of the (single-threaded) process
   and in wall seconds.
 
-    uv run ar bench video -- [--quick] [--out PATH] [--steps N]
+Run: ``uv run ar bench video -- [--quick] [--out PATH] [--steps N]``
 """
 
 from __future__ import annotations
