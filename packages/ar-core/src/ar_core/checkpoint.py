@@ -227,6 +227,30 @@ def check_finite(tensors: dict[str, Tensor], where: str | Path) -> None:
             )
 
 
+def load_checked_state(
+    module: nn.Module, tensors: dict[str, Tensor], where: str | Path, what: str = "module"
+) -> None:
+    """Copy ``tensors`` into ``module`` after checking every name, shape and dtype against
+    its ``state_dict``: a ``CheckpointError`` naming ``where`` (the file) and ``what`` (the
+    kind of module) before anything is copied, so a mismatch never half-loads."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{where} does not match the {what}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for key, value in tensors.items():
+        if value.shape != own[key].shape or value.dtype != own[key].dtype:
+            raise CheckpointError(
+                f"{where}: {key} has shape {tuple(value.shape)} / {value.dtype}, the {what} "
+                f"expects {tuple(own[key].shape)} / {own[key].dtype}"
+            )
+    with torch.no_grad():
+        for key, value in tensors.items():
+            own[key].copy_(value)
+
+
 def tensors_digest(tensors: dict[str, Tensor]) -> str:
     """sha256 over every tensor's name, dtype, shape and bytes (sorted by name): a
     checksum for caches, stored beside or inside them and compared when they are read."""

@@ -15,12 +15,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from ar_core.checkpoint import atomic_write_bytes
+from ar_core.checkpoint import atomic_write_bytes, load_checked_state
 from ar_core.errors import CheckpointError
 
 FORMAT = 1
@@ -86,19 +85,4 @@ def read_module(
 
 def load_state(module: nn.Module, tensors: dict[str, Tensor], where: str | Path) -> None:
     """Copy ``tensors`` into ``module`` after checking names, shapes and dtypes."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{where} does not match the module: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    for key, value in tensors.items():
-        if value.shape != own[key].shape or value.dtype != own[key].dtype:
-            raise CheckpointError(
-                f"{where}: {key} has shape {tuple(value.shape)} / {value.dtype}, the module "
-                f"expects {tuple(own[key].shape)} / {own[key].dtype}"
-            )
-    with torch.no_grad():
-        for key, value in tensors.items():
-            own[key].copy_(value)
+    load_checked_state(module, tensors, where, what="module")

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from ar_core.atomic import write_folder
+from ar_core.checkpoint import load_checked_state
 from ar_core.errors import CheckpointError
 
 FORMAT = 1
@@ -102,24 +102,8 @@ def read_tokenizer(path: str | Path, *, name: str) -> tuple[dict[str, Any], dict
 
 
 def load_state(module: nn.Module, tensors: dict[str, Tensor], where: str | Path) -> None:
-    """Copy ``tensors`` into ``module`` after checking names and shapes."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{where} does not match the tokenizer: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}"
-        )
-    for key, value in tensors.items():
-        if value.shape != own[key].shape or value.dtype != own[key].dtype:
-            raise CheckpointError(
-                f"{where}: {key} has shape {tuple(value.shape)} / {value.dtype}, the tokenizer "
-                f"expects {tuple(own[key].shape)} / {own[key].dtype}"
-            )
-    with torch.no_grad():
-        for key, value in tensors.items():
-            own[key].copy_(value)
+    """Copy ``tensors`` into ``module`` after checking names, shapes and dtypes."""
+    load_checked_state(module, tensors, where, what="tokenizer")
 
 
 def construct(cls: Any, config: dict[str, Any], where: str | Path) -> Any:
