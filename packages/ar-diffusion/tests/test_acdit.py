@@ -99,6 +99,34 @@ def test_sampling_calls_and_training_step() -> None:
     assert torch.isfinite(loss) and model.embed.weight.grad is not None
 
 
+def test_class_conditional_cached_block_equals_the_training_forward() -> None:
+    """With labels: the cached calls still equal the training forward, and the label
+    changes the velocity."""
+    torch.manual_seed(0)
+    model = ACDiT(3, 8, 4, width=32, layers=2, heads=2, num_classes=5).eval()
+    gen = torch.Generator().manual_seed(1)
+    x, x_t = torch.randn(2, 8, 3, generator=gen), torch.randn(2, 8, 3, generator=gen)
+    t_blocks, y = torch.full((2, 2), 0.3), torch.tensor([1, 4])
+    with torch.no_grad():
+        full = model.training_forward(x_t, t_blocks, x, y)
+        cache = model.new_cache(2)
+        for j in range(2):
+            sl = slice(4 * j, 4 * j + 4)
+            v = model.block_velocity(cache, x_t[:, sl], 0.3, j, y)
+            torch.testing.assert_close(v, full[:, sl], rtol=1e-5, atol=1e-5)
+            model.commit_block(cache, x[:, sl], j, y)
+        other = model.training_forward(x_t, t_blocks, x, torch.tensor([2, 4]))
+    assert not torch.allclose(other[0], full[0]) and torch.equal(other[1], full[1])
+    out, calls = model.sample(2, 3, labels=y, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 8, 3) and calls == 2 * 3 + 1
+    with pytest.raises(InputError, match=r"labels must lie in \[0, 5\)"):
+        model.sample(1, 2, labels=torch.tensor([5]))
+    with pytest.raises(InputError, match=r"labels must be a long tensor \(2,\)"):
+        model.loss(x)
+    with pytest.raises(InputError, match="unconditional model"):
+        make(2)[0].loss(x, torch.tensor([0, 1]))
+
+
 def test_bad_input() -> None:
     with pytest.raises(ConfigError, match="block_size=3 does not divide"):
         ACDiT(2, 8, 3)

@@ -51,6 +51,7 @@ class ACDiT(nn.Module):
         width: int = 64,
         layers: int = 2,
         heads: int = 2,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         self.attn_mask = masks.block_diffusion(length, block_size)  # checks the sizes
@@ -68,6 +69,10 @@ class ACDiT(nn.Module):
         self.time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.out = nn.Linear(width, dim)
         self.width = width
+        if num_classes < 0:
+            raise ConfigError(f"ACDiT: num_classes must be >= 0, got {num_classes}")
+        self.num_classes = num_classes  # 0: unconditional; else a label embedding per token
+        self.label = nn.Embedding(num_classes, width) if num_classes else None
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -79,9 +84,27 @@ class ACDiT(nn.Module):
         if not torch.isfinite(x).all():
             raise InputError(f"ACDiT.{what}: tokens hold NaN/inf values")
 
-    def embeddings(self, values: Tensor, t: Tensor) -> Tensor:
-        """values (M, L, d), per-token times t (M, L) (1 = clean) -> (M, L, W)."""
-        return self.embed(values) + self.time(timestep_embedding(t, self.width))
+    def check_labels(self, labels: Tensor | None, batch: int, what: str) -> None:
+        if self.label is None:
+            if labels is not None:
+                raise InputError(f"ACDiT.{what}: an unconditional model (num_classes=0) got labels")
+            return
+        if labels is None or labels.shape != (batch,) or labels.dtype != torch.long:
+            got = None if labels is None else f"{labels.dtype} {tuple(labels.shape)}"
+            raise InputError(f"ACDiT.{what}: labels must be a long tensor ({batch},), got {got}")
+        if batch and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise InputError(
+                f"ACDiT.{what}: labels must lie in [0, {self.num_classes}), got "
+                f"{int(labels.min())}..{int(labels.max())}"
+            )
+
+    def embeddings(self, values: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """values (M, L, d), per-token times t (M, L) (1 = clean), labels (M,) of a
+        class-conditional model -> (M, L, W)."""
+        emb: Tensor = self.embed(values) + self.time(timestep_embedding(t, self.width))
+        if self.label is not None and labels is not None:
+            emb = emb + self.label(labels)[:, None]
+        return emb
 
     def block_times(self, t_blocks: Tensor) -> Tensor:
         """(M, nb) per-block times -> (M, N) per-token times."""
@@ -89,13 +112,15 @@ class ACDiT(nn.Module):
 
     # -- training ----------------------------------------------------------------------
 
-    def training_forward(self, x_t: Tensor, t_blocks: Tensor, x: Tensor) -> Tensor:
+    def training_forward(
+        self, x_t: Tensor, t_blocks: Tensor, x: Tensor, labels: Tensor | None = None
+    ) -> Tensor:
         """Velocity on the noisy copy: x_t, x (M, N, d), t_blocks (M, nb) -> (M, N, d)."""
         M, N = x.shape[:2]
         emb = torch.cat(
             [
-                self.embeddings(x_t, self.block_times(t_blocks)),
-                self.embeddings(x, torch.ones(M, N, device=x.device)),
+                self.embeddings(x_t, self.block_times(t_blocks), labels),
+                self.embeddings(x, torch.ones(M, N, device=x.device), labels),
             ],
             dim=1,
         )  # (M, 2N, W): [noisy; clean]
@@ -105,15 +130,16 @@ class ACDiT(nn.Module):
         velocity: Tensor = self.out(out.hidden[:, :N])
         return velocity
 
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Flow matching with one uniform time per block: x (M, N, d) -> scalar."""
         self._check(x, "loss")
         M = x.shape[0]
+        self.check_labels(labels, M, "loss")
         t_blocks = torch.rand(M, self.num_blocks, device=x.device)
         t = self.block_times(t_blocks)[..., None]  # (M, N, 1)
         eps = torch.randn_like(x)
         x_t = (1 - t) * eps + t * x
-        return ((self.training_forward(x_t, t_blocks, x) - (x - eps)) ** 2).mean()
+        return ((self.training_forward(x_t, t_blocks, x, labels) - (x - eps)) ** 2).mean()
 
     # -- cached inference --------------------------------------------------------------
 
@@ -124,18 +150,29 @@ class ACDiT(nn.Module):
     def new_cache(self, batch_size: int) -> StaticKVCache:
         return self.transformer.new_cache(batch_size, self.length)  # clean blocks only
 
-    def commit_block(self, cache: StaticKVCache, clean: Tensor, j: int) -> None:
+    def commit_block(
+        self, cache: StaticKVCache, clean: Tensor, j: int, labels: Tensor | None = None
+    ) -> None:
         """Append finished block ``j`` (M, B, d), encoded as clean, to the cache."""
-        self._run_block(cache, clean, torch.ones(clean.shape[:2], device=clean.device), j, True)
+        ones = torch.ones(clean.shape[:2], device=clean.device)
+        self._run_block(cache, clean, ones, j, True, labels)
 
-    def block_velocity(self, cache: StaticKVCache, z: Tensor, t: float, j: int) -> Tensor:
+    def block_velocity(
+        self, cache: StaticKVCache, z: Tensor, t: float, j: int, labels: Tensor | None = None
+    ) -> Tensor:
         """Velocity of noisy block ``j`` (M, B, d) at time t over the cached clean blocks
         < j (its entries stay pending)."""
         times = torch.full(z.shape[:2], t, device=z.device)
-        return self._run_block(cache, z, times, j, False)
+        return self._run_block(cache, z, times, j, False, labels)
 
     def _run_block(
-        self, cache: StaticKVCache, values: Tensor, t: Tensor, j: int, commit: bool
+        self,
+        cache: StaticKVCache,
+        values: Tensor,
+        t: Tensor,
+        j: int,
+        commit: bool,
+        labels: Tensor | None = None,
     ) -> Tensor:
         M, B = values.shape[:2]
         start = j * self.block_size
@@ -147,29 +184,38 @@ class ACDiT(nn.Module):
             cache=cache,
             mask=self.cache_mask(),
             commit=commit,
-            query_embeds=self.embeddings(values, t),
+            query_embeds=self.embeddings(values, t, labels),
         )
         velocity: Tensor = self.out(out.hidden)
         return velocity
 
     @torch.no_grad()
     def sample(
-        self, n: int, steps: int, *, generator: torch.Generator | None = None
+        self,
+        n: int,
+        steps: int,
+        *,
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
     ) -> tuple[Tensor, int]:
-        """``n`` sequences (n, N, d) block by block, ``steps`` Euler steps per block;
-        returns (samples, network calls): nb · steps denoising calls + nb - 1 commits."""
+        """``n`` sequences (n, N, d) block by block, ``steps`` Euler steps per block
+        (``labels`` (n,) for a class-conditional model); returns (samples, network
+        calls): nb · steps denoising calls + nb - 1 commits."""
         if n < 1 or not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"ACDiT.sample: n and steps must be >= 1, got n={n}, steps={steps!r}")
+        self.check_labels(labels, n, "sample")
         dev = next(self.parameters()).device
+        if labels is not None:
+            labels = labels.to(dev)
         cache = self.new_cache(n)
         blocks, calls = [], 0
         for j in range(self.num_blocks):
             z = torch.randn(n, self.block_size, self.dim, generator=generator, device=dev)
             for s in range(steps):
-                z = z + self.block_velocity(cache, z, s / steps, j) / steps
+                z = z + self.block_velocity(cache, z, s / steps, j, labels) / steps
                 calls += 1
             if j < self.num_blocks - 1:
-                self.commit_block(cache, z, j)
+                self.commit_block(cache, z, j, labels)
                 calls += 1
             blocks.append(z)
         return torch.cat(blocks, dim=1), calls
