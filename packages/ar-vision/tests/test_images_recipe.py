@@ -156,15 +156,26 @@ def test_unconditional_folder_rgb(tmp_path: Path) -> None:
 
 
 def test_corrupt_file_is_named_or_skipped(tmp_path: Path) -> None:
-    write_digits(tmp_path)
-    (tmp_path / "class1" / "broken.png").write_bytes(b"not a png")
-    config = VisionImagesConfig(data=str(tmp_path), **TOY)
+    data = tmp_path / "images"
+    write_digits(data)
+    (data / "class1" / "broken.png").write_bytes(b"not a png")
+    config = VisionImagesConfig(data=str(data), **TOY)
     with pytest.raises(ar_core.InputError, match=r"broken\.png.*skip_bad=true"):
         load_data(config)
+    with pytest.raises(ar_core.InputError, match=r"broken\.png.*skip_bad=true"):
+        recipe.run(config, tmp_path / "refused", lambda _: None)  # the recipe, before training
     skipping = config.model_copy(update={"skip_bad": True})
     with pytest.warns(UserWarning, match=r"broken\.png"):
         loaded = load_data(skipping)
     assert loaded.train_x.shape[0] + loaded.test_x.shape[0] == 12
+    # the same folder trains and samples at 32 px once the broken file is skipped
+    write_recipe_file(tmp_path / "run", "vision-images", skipping)
+    with pytest.warns(UserWarning, match=r"broken\.png"):
+        result = recipe.run(skipping, tmp_path / "run", lambda _: None)
+    assert result.metrics["network_calls_per_image"] == 64 and result.images[0][1].is_file()
+    assert result.metrics["num_train_images"] == loaded.train_x.shape[0]
+    more = recipe.sample(tmp_path / "run", 4, lambda _: None)
+    assert more.images[0][1].is_file()
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:

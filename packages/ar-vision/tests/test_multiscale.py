@@ -76,12 +76,43 @@ def test_msrvq_error_decreases_with_scales(msrvq, test_images) -> None:
     assert errors[-1] < 0.01  # measured 0.0031
 
 
+def _rises(tok: FrequencyRVQ, images: torch.Tensor) -> tuple[bool, list[float]]:
+    """NFIG's check: the high-frequency energy (above half Nyquist) of the partial decodes
+    rises with the scale, from under 5% of the images' own to over half of it."""
+    tokens = tok.encode(images)
+    energy = [float(highpass_energy(tok.decode_partial(tokens, k), 0.5)) for k in range(4)]
+    full = float(highpass_energy(images, 0.5))
+    rising = all(a < b for a, b in itertools.pairwise(energy))
+    return rising and energy[0] < 0.05 * full and energy[-1] > 0.5 * full, energy
+
+
 def test_nfig_high_frequency_energy_rises_with_scales(nfig, test_images) -> None:
-    tokens = nfig.encode(test_images)
-    energy = [float(highpass_energy(nfig.decode_partial(tokens, k), 0.5)) for k in range(4)]
-    assert all(a < b for a, b in itertools.pairwise(energy)), energy
-    full = float(highpass_energy(test_images, 0.5))
-    assert energy[0] < 0.05 * full and energy[-1] > 0.5 * full
+    """One seed (0) of the module's fit (150 steps): a regression check of this tokenizer.
+    At this budget the order is not a property of the method: seeds 2 and 4 break it (seed
+    2: 0.0396, 0.0236, 0.0763, 0.667); the property is tested over seeds at 400 steps in
+    test_nfig_high_frequency_energy_rises_over_seeds."""
+    ok, energy = _rises(nfig, test_images)
+    assert ok, energy
+
+
+NFIG_SEEDS, NFIG_STEPS = range(8), 400
+
+
+@pytest.mark.slow  # 8 fits of 400 steps: ~80 s of CPU
+def test_nfig_high_frequency_energy_rises_over_seeds(test_images) -> None:
+    """The property over 8 seeds (tokenizer init and data order) at 400 steps, batch 32,
+    hidden 16: every seed rises (measured 8/8; the images' own energy is 1.45, the last
+    partial 1.25-1.36, the first 0.005-0.011; ~10 s of CPU a seed)."""
+    x, _ = load_digits(8, "train")
+    failures = {}
+    for seed in NFIG_SEEDS:
+        tok = FrequencyRVQ(hidden=16, seed=seed)
+        gen = torch.Generator().manual_seed(seed)
+        tok.fit(x, steps=NFIG_STEPS, batch_size=BATCH, lr=3e-3, generator=gen)
+        ok, energy = _rises(tok, test_images)
+        if not ok:
+            failures[seed] = energy
+    assert not failures, failures
 
 
 def test_nfig_partials_match_lowpass_better_than_msrvq(nfig, msrvq, test_images) -> None:

@@ -35,7 +35,7 @@ from ar_vision.representation import Representation, factorised_nll, masked_log_
 from ar_vision.sampling import generate_images
 
 NUM_CLASSES = 10
-TokenizerName = Literal["pixel", "vqvae", "msrvq", "nfig", "ctf"]
+TokenizerName = Literal["pixel", "vqvae", "msrvq", "nfig", "ctf", "dar"]
 
 
 class VisionDigitsConfig(pydantic.BaseModel):
@@ -48,10 +48,14 @@ class VisionDigitsConfig(pydantic.BaseModel):
     image_size: Literal[8] = 8  # native digits; the tokenizers are sized for 8x8
     tokenizer_steps: int = pydantic.Field(default=300, ge=0)  # VQ fits reach ~20 dB PSNR in 300
     n_coarse: int = pydantic.Field(default=8, ge=2)  # CTF clusters of the 64 codes
+    phi: bool = False  # msrvq/nfig: VAR's refinement convolution after each upsampling
     steps: int = pydantic.Field(default=600, ge=1)  # optimizer updates of the step model
     batch_size: int = pydantic.Field(default=64, ge=1)
     lr: float = pydantic.Field(default=3e-3, gt=0)  # high, fine for a 2-layer model with warm-up
     model_size: Literal["tiny", "small", "base"] = "tiny"  # ar_vision.model.PRESETS
+    # the queries of a step see each other: CTF's fine stage as one bidirectional step
+    # (ar_vision.bidirectional); False: the causal two-stream model
+    bidirectional_steps: bool = False
     label_dropout: float = pydantic.Field(default=0.1, ge=0, lt=1)  # null-class rows for CFG
     cfg_scale: float = pydantic.Field(default=2.0, ge=0)  # 1.0 = no guidance
     cfg_schedule: Literal["constant", "linear"] = "constant"
@@ -91,9 +95,13 @@ def build_tokenizer(config: VisionDigitsConfig) -> Any:
     if config.tokenizer == "vqvae":
         return tokenizers.VQVAE(image_size=size, patch=2, seed=seed)
     if config.tokenizer == "msrvq":
-        return tokenizers.MultiScaleRVQ(seed=seed)
+        return tokenizers.MultiScaleRVQ(seed=seed, phi=config.phi)
     if config.tokenizer == "nfig":
-        return tokenizers.FrequencyRVQ(seed=seed)
+        return tokenizers.FrequencyRVQ(seed=seed, phi=config.phi)
+    if config.tokenizer == "dar":  # D-AR: 4 groups of 4 codes driving a 4-stage flow
+        from ar_vision.dar import DARTokenizer
+
+        return DARTokenizer(image_size=size, seed=seed)
     base = tokenizers.VQVAE(image_size=size, patch=2, seed=seed)
     return tokenizers.CoarseFineCodebook(base, n_coarse=config.n_coarse, seed=seed)
 
@@ -101,7 +109,7 @@ def build_tokenizer(config: VisionDigitsConfig) -> Any:
 def load_tokenizer(name: str, path: Path) -> Any:
     from ar_vision import tokenizers
 
-    return tokenizers.TOKENIZERS[name].load(path)
+    return tokenizers.tokenizer_class(name).load(path)
 
 
 class TokenData:
@@ -202,6 +210,7 @@ def train_and_evaluate(config: VisionDigitsConfig, out_dir: Path, progress: Prog
         num_positions=rep.num_tokens,
         size=config.model_size,
         seed=config.seed,
+        own_step_queries=config.bidirectional_steps,
     )
     data = TokenData(train_t, train_y, config.label_dropout)
     train_seconds = train_step_model(model, rep, plan, data, config, out_dir, progress)
