@@ -92,3 +92,37 @@ def test_in_context_prompt_changes_the_forecast_only_through_the_context(trained
 def test_bad_settings() -> None:
     with pytest.raises(ConfigError, match="multiple of token_len"):
         AutoTimes(tiny_lm(), 50, 12)
+
+
+def test_one_model_at_token_len_96_rolls_out_the_four_protocol_horizons() -> None:
+    """The protocol's horizons 96, 192, 336 and 720 from one model with token_len 96: 1, 2,
+    4 and 8 rollout steps (720 = 7.5 segments: the last one cut), each horizon the prefix
+    of the longest rollout, and step k the model's own next segment on the slid window."""
+    torch.manual_seed(0)
+    model = AutoTimes(tiny_lm(), 192, 96, "linear")
+    model.set_timestamps(data.future_dates(data.pd.DatetimeIndex(["2020-01-01"]), 2000))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 192, generator=g)
+    pos = torch.tensor([0, 5, 17])
+    out = {h: model.forecast(x, h, pos) for h in (96, 192, 336, 720)}
+    assert {h: tuple(o.shape) for h, o in out.items()} == {h: (3, h) for h in out}
+    for h in (96, 192, 336):
+        assert torch.allclose(out[h], out[720][:, :h])
+    window, p = x, pos
+    for k in range(8):  # the rollout by hand
+        seg = model.next_segments(window, p)[:, -1]
+        n = min(96, 720 - 96 * k)
+        assert torch.allclose(out[720][:, 96 * k : 96 * k + n], seg[:, :n], atol=1e-6)
+        window, p = torch.cat([window[:, 96:], seg], dim=1), p + 96
+
+
+def test_nested_evaluation_equals_one_evaluation_per_horizon(trained) -> None:  # type: ignore[no-untyped-def]
+    model, _, _, splits = trained
+    fn = forecasting.model_fn(model)
+    per = forecasting.evaluate(fn, splits.test, 48, [12, 30, 48], stride=3)
+    one = forecasting.evaluate_nested(fn, splits.test, 48, [48, 12, 30], stride=3)
+    assert sorted(one) == [12, 30, 48]
+    for h in per:
+        assert one[h]["windows"] == per[h]["windows"]
+        assert one[h]["mse"] == pytest.approx(per[h]["mse"], rel=1e-6)
+        assert one[h]["mae"] == pytest.approx(per[h]["mae"], rel=1e-6)

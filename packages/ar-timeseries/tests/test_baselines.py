@@ -82,3 +82,36 @@ def test_validation_selection_never_ends_worse_than_the_last_step() -> None:
         fn = forecasting.model_fn(model)
         scores.append(forecasting.evaluate(fn, s.val, 48, [24], max_windows=256)[24]["mse"])
     assert scores[1] <= scores[0]
+
+
+def test_dlinear_forecast_ignores_values_after_the_origin() -> None:
+    g = torch.Generator().manual_seed(0)
+    model = baselines.DLinear(48, 24)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(generator=g)
+    values = np.random.default_rng(0).standard_normal(200)
+    base = forecasting.forecast_at(model, values, 120, 48, 24)
+    changed = values.copy()
+    changed[120:] = 1e3
+    assert np.array_equal(forecasting.forecast_at(model, changed, 120, 48, 24), base)
+    changed[119] += 1.0
+    assert not np.array_equal(forecasting.forecast_at(model, changed, 120, 48, 24), base)
+
+
+def test_multichannel_evaluation_is_the_mean_over_channels() -> None:
+    """features=M: every (window, channel) pair is one row, so the M score is the mean of
+    the per-channel scores (equal window counts), computed in one batched pass."""
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((300, 3)).cumsum(axis=0)
+    dates = data.future_dates(data.pd.DatetimeIndex(["2020-01-01"]), 299)
+    both = data.split(data.Series(values, dates, ["a", "b", "c"], "c", "x"), 48, 24)
+    fn = lambda x, h, p: baselines.seasonal_naive(x, h, 24)  # noqa: E731
+    joint = forecasting.evaluate(fn, both.test, 48, [24])[24]
+    per = []
+    for c in range(3):
+        one = data.Split("test", both.test.values[:, c : c + 1], both.test.dates, both.test.start)
+        per.append(forecasting.evaluate(fn, one, 48, [24])[24])
+    assert joint["windows"] == 3 * per[0]["windows"]
+    assert joint["mse"] == pytest.approx(np.mean([p["mse"] for p in per]), rel=1e-12)
+    assert joint["mae"] == pytest.approx(np.mean([p["mae"] for p in per]), rel=1e-12)

@@ -154,6 +154,37 @@ def evaluate(
     return out
 
 
+@torch.no_grad()
+def evaluate_nested(
+    fn: ForecastFn,
+    split: Split,
+    seq_len: int,
+    horizons: Sequence[int],
+    stride: int = 1,
+    batch_size: int = 512,
+) -> dict[int, dict[str, float]]:
+    """:func:`evaluate` for a forecaster whose forecast of h steps is the first h of its
+    longer forecasts (AutoTimes' rollout; a direct model cut to shorter horizons): one
+    pass at the longest horizon over the windows of the shortest, then each horizon's own
+    windows (the first ones, whose targets lie inside the split) and targets scored as
+    :func:`evaluate` does. Same windows, same targets, same scores up to float rounding,
+    at the cost of one horizon instead of one per horizon."""
+    hs = sorted(horizons)
+    x, _, starts = windows(split.values, seq_len, hs[0], stride)
+    pos = torch.as_tensor(starts + split.start)
+    xt = torch.as_tensor(x)
+    pred = np.concatenate([
+        fn(xt[i : i + batch_size], hs[-1], pos[i : i + batch_size]).float().numpy()
+        for i in range(0, xt.shape[0], batch_size)
+    ])  # fmt: skip
+    out: dict[int, dict[str, float]] = {}
+    for h in hs:
+        _, y, s = windows(split.values, seq_len, h, stride)
+        assert np.array_equal(s, starts[: len(s)])  # window-major: the first rows
+        out[h] = {**scores(pred[: len(s), :h], y), "windows": float(y.shape[0])}
+    return out
+
+
 def model_fn(model: Any) -> ForecastFn:
     """A module's ``forecast(x, horizon, pos)`` as a ForecastFn (eval mode)."""
     model.eval()

@@ -118,6 +118,7 @@ class ModelRun:
     params: int = 0
     seconds: float = 0.0
     note: str = ""
+    cpu_seconds: float = 0.0  # process CPU time of training and evaluation together
 
 
 @dataclass
@@ -239,6 +240,8 @@ def run_experiment(config: TimeseriesEttConfig, progress: Progress) -> Experimen
     )
     period = config.period
     for name in config.models:
+        cpu_start = time.process_time()
+        n_runs = len(ex.runs)
         if name == "repeat-last":
             ex.runs.append(
                 ModelRun(name, _eval(config, lambda x, h, p: baselines.repeat_last(x, h), test, L))
@@ -278,14 +281,18 @@ def run_experiment(config: TimeseriesEttConfig, progress: Progress) -> Experimen
             at_model, seconds, curve = train_autotimes(config, ex.lm, splits, progress)
             ex.models["autotimes"] = at_model
             ex.curves["AutoTimes train loss"] = curve
+            fn = forecasting.model_fn(at_model)
             ex.runs.append(ModelRun(
-                f"AutoTimes ({ex.lm.name})", _eval(config, forecasting.model_fn(at_model), test, L),
+                f"AutoTimes ({ex.lm.name})",
+                forecasting.evaluate_nested(fn, test, L, config.horizons, config.test_stride),
                 trainable_parameters(at_model), seconds, "one model rolled out to every horizon",
             ))  # fmt: skip
         elif name == "timellm":
             if ex.lm is None:
                 ex.lm, ex.lm_info = build_lm(config)
             ex.runs.append(_timellm_run(config, ex, progress))
+        if len(ex.runs) > n_runs:
+            ex.runs[-1].cpu_seconds = time.process_time() - cpu_start
     return ex
 
 
@@ -307,8 +314,15 @@ def _timellm_run(config: TimeseriesEttConfig, ex: Experiment, progress: Progress
         )  # fmt: skip
         seconds += s
         params = max(params, trainable_parameters(model))
-        evaluated = [h] if config.timellm_per_horizon else config.horizons
-        metrics.update(_eval(config, forecasting.model_fn(model), splits.test, Lt, evaluated))
+        fn = forecasting.model_fn(model)
+        if config.timellm_per_horizon:
+            metrics.update(_eval(config, fn, splits.test, Lt, [h]))
+        else:  # one model cut to every horizon: one pass at the longest
+            metrics.update(
+                forecasting.evaluate_nested(
+                    fn, splits.test, Lt, config.horizons, config.test_stride
+                )
+            )
         ex.models[f"timellm-{h}"] = model
         if h == trained[0]:
             ex.curves["Time-LLM train loss"] = curve
