@@ -71,6 +71,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "vision-images": "ar-vision",
         "diffusion-text": "ar-diffusion",
         "diffusion-2d": "ar-diffusion",
+        "diffusion-digits": "ar-diffusion",
         "video-moving-digits": "ar-video",
         "timeseries-ett": "ar-timeseries",
     },

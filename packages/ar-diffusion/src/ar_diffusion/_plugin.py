@@ -27,10 +27,11 @@ def register_strategies(register: Register) -> None:
 
 @hookimpl
 def register_recipes(register: Register) -> None:
-    from ar_diffusion.recipes import text, two_d  # imports torch: only when recipes load
+    from ar_diffusion.recipes import digits, text, two_d  # imports torch: only when recipes load
 
     register("diffusion-text", text.recipe)
     register("diffusion-2d", two_d.recipe)
+    register("diffusion-digits", digits.recipe)
 
 
 # step sampler name -> function of ar_diffusion.heads.samplers (continuous heads)
