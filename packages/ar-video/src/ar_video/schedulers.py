@@ -145,14 +145,22 @@ def ad_generate(
     steps: int = 10,
     offset: int = 1,
     schedule: Tensor | None = None,
+    use_cache: bool = True,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, int]:
     """Generate ``n_new`` frames after ``context`` (B, Fc, C, h, w) with a FAR model under
     the AD schedule (or a ``schedule`` passed in, checked first): every iteration is one
-    forward over [context ; all new frames], and the frames whose step changes take one
-    Euler step. Returns (new frames (B, n_new, C, h, w), network calls)."""
+    network call, and the frames whose step changes take one Euler step. Returns (new
+    frames (B, n_new, C, h, w), network calls).
+
+    Without the cache every call is a forward over [context ; all new frames]. With
+    ``use_cache`` the context and every finished frame (step 0, clean from then on) are
+    encoded once, as clean frames, and committed to a KV cache; a call then runs only the
+    unfinished frames up to the last one that moves (under frame-causal attention the
+    frames after it cannot change the moving ones). The same frames come out, within
+    float rounding."""
     from ar_video.far import far_velocity
-    from ar_video.model import FrameTransformer
+    from ar_video.model import FrameTransformer, frame_causal
 
     assert isinstance(model, FrameTransformer)
     model.check_latents(context, "context")
@@ -163,20 +171,47 @@ def ad_generate(
     if int(levels[0].min()) != steps or int(levels[-1].max()) != 0:
         raise ConfigError("a schedule must start with every frame at pure noise and end clean")
     B, fc = context.shape[:2]
+    n = model.n
     x = torch.randn((B, n_new, *context.shape[2:]), generator=generator).to(context.device)
+    cache = model.new_cache(B, (fc + n_new) * n) if use_cache else None
+    index = torch.arange(fc + n_new).repeat_interleave(n)  # frame of every token
+    mask = frame_causal(index)
+    committed = 0  # frames (context first) whose keys/values are in the cache
     calls = 0
     for r in range(levels.shape[0] - 1):
         now, nxt = levels[r], levels[r + 1]
         moving = nxt < now  # (F,)
         if not bool(moving.any()):
             continue
-        t_new = (1.0 - now.float() / steps)[None].expand(B, n_new)
-        t = torch.cat([torch.ones(B, fc), t_new], dim=1)
-        clean = torch.cat(
-            [torch.ones(B, fc, dtype=torch.bool), (now == 0)[None].expand(B, n_new)], 1
-        )
-        out = far_velocity(model, torch.cat([context, x], dim=1), t, clean)[:, fc:]
-        v = model.to_velocity(out, x, t[:, fc:])
+        if cache is None:
+            t_new = (1.0 - now.float() / steps)[None].expand(B, n_new)
+            t = torch.cat([torch.ones(B, fc), t_new], dim=1)
+            clean = torch.cat(
+                [torch.ones(B, fc, dtype=torch.bool), (now == 0)[None].expand(B, n_new)], 1
+            )
+            out = far_velocity(model, torch.cat([context, x], dim=1), t, clean)[:, fc:]
+            v = model.to_velocity(out, x, t[:, fc:])
+        else:
+            done = fc + int((now == 0).sum())  # frames before it are clean (non-decreasing)
+            last = fc + int(moving.nonzero().max()) + 1  # frames after the last mover: unused
+            allx = torch.cat([context, x], dim=1)
+            t = torch.cat([torch.ones(B, fc), (1.0 - now.float() / steps)[None].expand(B, -1)], 1)
+            parts = []
+            if done > committed:  # newly finished frames: clean context from now on
+                ones = torch.ones(B, done - committed)
+                parts.append(model.embed_fine(allx[:, committed:done], ones, ones.bool()))
+            t_run = t[:, done:last]
+            parts.append(
+                model.embed_fine(allx[:, done:last], t_run, torch.zeros_like(t_run).bool())
+            )
+            hidden = model.run(
+                torch.cat(parts, dim=1), index[committed * n : last * n], mask, cache
+            )
+            cache.commit((done - committed) * n)
+            committed = done
+            out = model.predict(hidden[:, -(last - done) * n :], t_run)
+            v = torch.zeros_like(x)
+            v[:, done - fc : last - fc] = model.to_velocity(out, x[:, done - fc : last - fc], t_run)
         calls += 1
         dt = ((now - nxt).float() / steps)[None, :, None, None, None]
         x = x + v * dt
