@@ -61,7 +61,7 @@ def _run_folder(tmp: Path, damage: str) -> str:
     elif damage == "nan":  # one NaN weight, saved as training would have saved it
         model = TwoStreamStepModel.from_pretrained(run / "model")
         with torch.no_grad():
-            model.transformer.layers[0].attn.wq.weight[0, 0] = float("nan")
+            model.transformer.layers[0].attn.wqkv.weight[0, 0] = float("nan")
         model.save_pretrained(run / "model")
     elif damage == "n_heads":  # config.json edited: n_heads 2 -> 4 (the weights' shapes fit)
         cfg = json.loads((run / "model" / CONFIG_NAME).read_text())
@@ -113,7 +113,7 @@ CLI: list[tuple[Any, str]] = [
     (lambda t: ["sample", _run_folder(t, TWO_STREAM_FILE)], "two_stream.safetensors is damaged"),
     (lambda t: ["sample", _run_folder(t, WEIGHTS_NAME)], "model.safetensors"),
     (lambda t: ["sample", _run_folder(t, CONFIG_NAME)], "config.json is not valid JSON"),
-    (lambda t: ["sample", _run_folder(t, "nan")], "wq.weight holds 1 NaN/inf values"),
+    (lambda t: ["sample", _run_folder(t, "nan")], "wqkv.weight holds 1 NaN/inf values"),
     (lambda t: ["sample", _run_folder(t, "n_heads")], "n_heads=4 but the weights were saved"),
     (["train", "core-anyorder", "--no-such-option"], "No such option"),
     (["train", "core-anyorder", "--resume", "--overwrite"], "not both"),

@@ -27,10 +27,10 @@ def _model() -> Transformer:
 def test_nan_weight_refused_naming_it(tmp_path: Path) -> None:
     model = _model()
     with torch.no_grad():
-        model.layers[0].attn.wq.weight[3, 4] = float("nan")
+        model.layers[0].attn.wqkv.weight[3, 4] = float("nan")
         model.norm.weight[0] = float("inf")
     save_model(model, tmp_path / "m")
-    with pytest.raises(CheckpointError, match=r"layers\.0\.attn\.wq\.weight holds 1 NaN/inf"):
+    with pytest.raises(CheckpointError, match=r"layers\.0\.attn\.wqkv\.weight holds 1 NaN/inf"):
         load_model(tmp_path / "m")
 
 

@@ -174,7 +174,7 @@ def test_nan_weight_is_an_error_naming_step_and_row_not_silent_tokens() -> None:
     plan, B = PLANS["block3"], 3
     model = tiny_model()
     with torch.no_grad():
-        model.transformer.layers[0].attn.wq.weight[0, 0] = float("nan")
+        model.transformer.layers[0].attn.wqkv.weight[0, 0] = float("nan")
     with pytest.raises(InputError, match=r"non-finite logits .* at decode step 0, row 0:"):
         generate_steps(model, plan, batch_size=B, generator=torch.Generator().manual_seed(0))
     # a NaN in the embedding of a condition id only row 1 sees: row 1, the first step

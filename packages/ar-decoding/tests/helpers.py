@@ -86,10 +86,11 @@ def copy_model(vocab: int = 8, lag: int = 5, scale: float = 60.0) -> Transformer
         k_pair = torch.zeros(D)
         k_pair[:half] = 1.0  # (1, 0) in every RoPE pair
         q_pair = torch.cat([torch.cos((lag - 1) * theta), -torch.sin((lag - 1) * theta)])
-        attn.wk.weight[:, 0] = k_pair
-        attn.wq.weight[:, 0] = scale * q_pair  # score(d) ~ scale * sum cos((d - lag + 1) theta)
+        wq, wk, wv = attn.wqkv.weight.split([attn.q_size, attn.kv_size, attn.kv_size])
+        wk[:, 0] = k_pair
+        wq[:, 0] = scale * q_pair  # score(d) ~ scale * sum cos((d - lag + 1) theta)
         # values carry the token one-hot into the "copied" coordinates
-        attn.wv.weight[torch.arange(vocab), 1 + torch.arange(vocab)] = 1.0
+        wv[torch.arange(vocab), 1 + torch.arange(vocab)] = 1.0
         attn.wo.weight[1 + vocab + torch.arange(vocab), torch.arange(vocab)] = 1.0
         model.output.weight[torch.arange(vocab), 1 + vocab + torch.arange(vocab)] = 10.0
     return model

@@ -72,7 +72,7 @@ def _config(do_sample: bool) -> GenerationConfig:
 def test_one_nan_weight_is_an_error_not_zeros(strategy: str, kw: dict, do_sample: bool) -> None:
     model = tiny(V, dim=32)
     with torch.no_grad():
-        model.layers[0].attn.wq.weight[0, 0] = float("nan")
+        model.layers[0].attn.wqkv.weight[0, 0] = float("nan")
     with pytest.raises(InputError, match=r"non-finite logits .* at decode step 0, row 0:"):
         generate(model, _prompts(), _config(do_sample), strategy=strategy, **_kwargs(strategy, kw))
 

@@ -88,7 +88,10 @@ def test_rope_decay_is_a_test_time_option() -> None:
     model = FrameTransformer(dim=32, n_layers=2, n_heads=2).eval()
     for name, p in model.named_parameters():  # sharp attention, so positions matter
         if "norm" not in name:
-            torch.nn.init.normal_(p, std=0.5 if ".wq." in name or ".wk." in name else 0.1)
+            torch.nn.init.normal_(p, std=0.5 if ".wqkv." in name else 0.1)
+            if ".wqkv." in name:  # queries and keys sharp, values as the rest
+                with torch.no_grad():
+                    p[-p.shape[0] // 3 :].normal_(std=0.1)
     context = torch.randn(1, 6, 8, 8, 8)
     kw = dict(steps=2, window=3, generator=None)
     torch.manual_seed(0)

@@ -163,9 +163,12 @@ def _short(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
 
 
-def validate_weights(model: nn.Module, file: Path) -> None:
-    """Check every tensor's name, shape and dtype in ``file`` against ``model``."""
-    found = _read_header(file)
+def validate_weights(
+    model: nn.Module, file: Path, found: dict[str, tuple[tuple[int, ...], str]] | None = None
+) -> None:
+    """Check every tensor's name, shape and dtype in ``file`` (or the header ``found``
+    read from it) against ``model``."""
+    found = _read_header(file) if found is None else found
     expected = {n: (tuple(t.shape), t.dtype) for n, t in state_for_saving(model).items()}
     missing = [n for n in expected if n not in found]
     unexpected = [n for n in found if n not in expected]
@@ -194,9 +197,14 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     checking every tensor's name, shape and dtype."""
     from safetensors.torch import load_file
 
+    from ar_core.model import fuse_legacy_header, fuse_legacy_state, has_legacy_names
+
     path = Path(path)
     file = path if path.suffix == ".safetensors" else _resolve_folder(path) / WEIGHTS_NAME
-    validate_weights(model, file)
+    header = _read_header(file)
+    # checkpoints written before the q/k/v and gate/up projections were fused
+    legacy = has_legacy_names(header)
+    validate_weights(model, file, fuse_legacy_header(header) if legacy else header)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         tensors = load_file(str(file), device=str(device))
@@ -209,6 +217,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             f"{file} does not match the checksum saved with it (its weights changed after it "
             f"was written: a damaged disk or cache); save the model again or re-run training"
         )
+    if legacy:
+        tensors = fuse_legacy_state(tensors)
     own = model.state_dict()
     with torch.no_grad():
         for name, tensor in tensors.items():
@@ -232,7 +242,13 @@ def load_checked_state(
 ) -> None:
     """Copy ``tensors`` into ``module`` after checking every name, shape and dtype against
     its ``state_dict``: a ``CheckpointError`` naming ``where`` (the file) and ``what`` (the
-    kind of module) before anything is copied, so a mismatch never half-loads."""
+    kind of module) before anything is copied, so a mismatch never half-loads. Weights
+    saved before ar-core's Transformer fused its projections (``wq``/``wk``/``wv``,
+    ``w1``/``w3``) are fused first."""
+    from ar_core.model import fuse_legacy_state, has_legacy_names
+
+    if has_legacy_names(tensors):
+        tensors = fuse_legacy_state(tensors)
     own = module.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))

@@ -194,17 +194,23 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention with RoPE, writing into a :class:`StaticKVCache`."""
+    """Grouped-query self-attention with RoPE, writing into a :class:`StaticKVCache`.
+
+    The q, k and v projections are one fused linear ``wqkv`` (rows: H·D query, then Hkv·D
+    key, then Hkv·D value), so a decode step reads them in one matmul (gpt-fast's layout).
+    State dicts with the separate ``wq``/``wk``/``wv`` of earlier versions still load (a
+    ``load_state_dict`` pre-hook concatenates them)."""
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int, layer_idx: int) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = dim // n_heads
         self.layer_idx = layer_idx
-        self.wq = nn.Linear(dim, n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(dim, n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(dim, n_kv_heads * self.head_dim, bias=False)
+        self.q_size = n_heads * self.head_dim
+        self.kv_size = n_kv_heads * self.head_dim
+        self.wqkv = nn.Linear(dim, self.q_size + 2 * self.kv_size, bias=False)
         self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=False)
+        self.register_load_state_dict_pre_hook(_fuse_legacy_hook)
 
     def forward(
         self,
@@ -215,9 +221,10 @@ class Attention(nn.Module):
         cache: StaticKVCache | None,
     ) -> Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.wqkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.write(self.layer_idx, k, v)  # (B, Hkv, S, D)
@@ -227,16 +234,106 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x) (Shazeer 2020)."""
+    """SwiGLU: w2(silu(gate x) * up x) (Shazeer 2020), with gate (Llama's ``w1``) and up
+    (``w3``) fused into one linear ``w13`` (rows: gate, then up). Legacy ``w1``/``w3``
+    state dicts still load (pre-hook)."""
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden_dim, bias=False)  # gate
-        self.w3 = nn.Linear(dim, hidden_dim, bias=False)  # up
+        self.hidden_dim = hidden_dim
+        self.w13 = nn.Linear(dim, 2 * hidden_dim, bias=False)  # gate; up
         self.w2 = nn.Linear(hidden_dim, dim, bias=False)  # down
+        self.register_load_state_dict_pre_hook(_fuse_legacy_hook)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+# legacy (pre-fusion) weight names -> the fused name, in row order
+LEGACY_FUSED: dict[str, tuple[str, ...]] = {
+    "wqkv": ("wq", "wk", "wv"),
+    "w13": ("w1", "w3"),
+}
+
+
+def fuse_legacy_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict with every ``<prefix>wq/wk/wv.weight`` triple replaced by the fused
+    ``<prefix>wqkv.weight`` and every ``w1``/``w3`` pair by ``w13`` (checkpoints written
+    before the projections were fused); other entries pass through unchanged. A partial
+    group (``wq`` without ``wk``) is left as it is, so the load reports the names."""
+    out = dict(state)
+    for name in list(state):
+        for fused, parts in LEGACY_FUSED.items():
+            suffix = f"{parts[0]}.weight"
+            if not ("." + name).endswith("." + suffix):
+                continue
+            prefix = name[: -len(suffix)]
+            keys = [f"{prefix}{p}.weight" for p in parts]
+            if not all(k in out for k in keys):
+                continue
+            if len({(out[k].shape[1:], out[k].dtype) for k in keys}) != 1:
+                continue  # mismatched parts: the load names them
+            out[f"{prefix}{fused}.weight"] = torch.cat([out.pop(k) for k in keys], dim=0)
+    return out
+
+
+def fuse_legacy_header(
+    header: dict[str, tuple[tuple[int, ...], str]],
+) -> dict[str, tuple[tuple[int, ...], str]]:
+    """:func:`fuse_legacy_state` on a safetensors header (name -> (shape, dtype)): the
+    fused entries get the summed row count; parts of one group with different column
+    counts or dtypes are left apart (the load then names them)."""
+    out = dict(header)
+    for name in list(header):
+        for fused, parts in LEGACY_FUSED.items():
+            suffix = f"{parts[0]}.weight"
+            if not ("." + name).endswith("." + suffix):
+                continue
+            prefix = name[: -len(suffix)]
+            keys = [f"{prefix}{p}.weight" for p in parts]
+            if not all(k in out for k in keys):
+                continue
+            shapes = [out[k][0] for k in keys]
+            dtypes = {out[k][1] for k in keys}
+            if len(dtypes) != 1 or len({s[1:] for s in shapes}) != 1 or len(shapes[0]) != 2:
+                continue
+            for k in keys:
+                del out[k]
+            rows = sum(s[0] for s in shapes)
+            out[f"{prefix}{fused}.weight"] = ((rows, *shapes[0][1:]), dtypes.pop())
+    return out
+
+
+_LEGACY_SUFFIXES = tuple(f".{p}.weight" for parts in LEGACY_FUSED.values() for p in parts)
+
+
+def has_legacy_names(names: Any) -> bool:
+    """Whether any name is a pre-fusion projection weight (``...attn.wq.weight`` etc.)."""
+    return any(("." + str(n)).endswith(_LEGACY_SUFFIXES) for n in names)
+
+
+def _fuse_legacy_hook(
+    module: nn.Module,
+    state_dict: dict[str, Tensor],
+    prefix: str,
+    local_metadata: Any,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """``load_state_dict`` pre-hook: fuse this module's legacy projections in place."""
+    own = {
+        k: v
+        for k, v in state_dict.items()
+        if k.startswith(prefix) and k.count(".") == prefix.count(".") + 1
+    }
+    fused = fuse_legacy_state(own)
+    if fused.keys() != own.keys():
+        for k in own:
+            del state_dict[k]
+        state_dict.update(fused)
 
 
 class Block(nn.Module):

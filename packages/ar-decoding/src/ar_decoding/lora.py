@@ -26,7 +26,7 @@ from ar_core.errors import ConfigError
 
 __all__ = ["DEFAULT_TARGETS", "Gate", "LoRALinear", "add_lora", "lora_parameters"]
 
-DEFAULT_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+DEFAULT_TARGETS = ("wqkv", "wo", "w13", "w2")
 
 
 class Gate:
@@ -37,11 +37,32 @@ class Gate:
         self.value: Tensor | None = None
 
 
+def _fused_rows(parent: nn.Module, name: str) -> list[int] | None:
+    """Row counts of the projections fused in ar-core's ``wqkv`` (q, k, v) and ``w13``
+    (gate, up); None for any other linear."""
+    q, kv = getattr(parent, "q_size", None), getattr(parent, "kv_size", None)
+    if name == "wqkv" and isinstance(q, int) and isinstance(kv, int):
+        return [q, kv, kv]
+    hidden = getattr(parent, "hidden_dim", None)
+    if name == "w13" and isinstance(hidden, int):
+        return [hidden, hidden]
+    return None
+
+
 class LoRALinear(nn.Module):
     """``base(x) + (alpha / r) * B(A(x))``, on the tokens of ``gate`` (all tokens when
-    ``gate`` is None)."""
+    ``gate`` is None). ``parts`` (row counts of a fused linear such as ar-core's ``wqkv``)
+    gives each part its own rank-``r`` adapter (A stacks the parts' A, B is block
+    diagonal), the same as LoRA on the separate projections."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, gate: Gate | None) -> None:
+    def __init__(
+        self,
+        base: nn.Linear,
+        rank: int,
+        alpha: float,
+        gate: Gate | None,
+        parts: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         d_in, d_out = base.in_features, base.out_features
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(d_in, d_out):
@@ -51,12 +72,22 @@ class LoRALinear(nn.Module):
             )
         self.base, self.rank, self.scale, self.gate = base, rank, alpha / rank, gate
         w = base.weight
-        self.lora_a = nn.Parameter(torch.empty(rank, d_in, device=w.device, dtype=w.dtype))
+        self.parts = None if parts is None else [int(p) for p in parts]
+        if self.parts is not None and sum(self.parts) != d_out:
+            raise ConfigError(f"LoRA parts {self.parts} do not sum to the layer's {d_out} rows")
+        n_parts = 1 if self.parts is None else len(self.parts)
+        a = torch.empty(n_parts * rank, d_in, device=w.device, dtype=w.dtype)
+        for block in a.split(rank):  # each part's A initialised as a separate adapter's
+            nn.init.kaiming_uniform_(block, a=math.sqrt(5))
+        self.lora_a = nn.Parameter(a)
         self.lora_b = nn.Parameter(torch.zeros(d_out, rank, device=w.device, dtype=w.dtype))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
 
     def delta(self, x: Tensor) -> Tensor:
-        return (x @ self.lora_a.T) @ self.lora_b.T * self.scale
+        h = x @ self.lora_a.T  # (..., parts * r)
+        if self.parts is None:
+            return h @ self.lora_b.T * self.scale
+        pieces = zip(h.split(self.rank, dim=-1), self.lora_b.split(self.parts), strict=True)
+        return torch.cat([hi @ bi.T for hi, bi in pieces], dim=-1) * self.scale
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.base(x)
@@ -76,7 +107,7 @@ def add_lora(
     targets: Sequence[str] = DEFAULT_TARGETS,
     gated: bool = True,
 ) -> Gate | None:
-    """Wrap the linears named ``targets`` (``wq wk wv wo w1 w2 w3`` of ar-core's blocks) of
+    """Wrap the linears named ``targets`` (``wqkv wo w13 w2`` of ar-core's blocks) of
     every block of ``model.layers`` in :class:`LoRALinear` of ``rank`` (in place). Returns
     the shared :class:`Gate` (``gated=True``) or None (plain LoRA). ``alpha`` defaults to
     ``rank`` (scale 1)."""
@@ -92,7 +123,8 @@ def add_lora(
         for parent in list(block.modules()):
             for name, child in list(parent.named_children()):
                 if name in targets and isinstance(child, nn.Linear):
-                    setattr(parent, name, LoRALinear(child, rank, alpha or rank, gate))
+                    parts = _fused_rows(parent, name)
+                    setattr(parent, name, LoRALinear(child, rank, alpha or rank, gate, parts))
                     found += 1
     if not found:
         raise ConfigError(f"add_lora: no nn.Linear named {list(targets)} in model.layers")

@@ -1,9 +1,11 @@
 """Convert ar's :class:`~ar_core.model.Transformer` to and from Hugging Face ``LlamaForCausalLM``.
 
 Both use the Llama architecture (Touvron et al. 2023, arXiv:2302.13971) and RoPE in the same
-half-split (``rotate_half``) layout, so weights map one to one by name, with no q/k
-permutation (Meta's original checkpoints use the interleaved layout; HF's converter
-permutes those, ours never needs to).
+half-split (``rotate_half``) layout, so weights map by name, with no q/k permutation (Meta's
+original checkpoints use the interleaved layout; HF's converter permutes those, ours never
+needs to). ar fuses two groups of projections that HF keeps apart: ``attn.wqkv`` holds the
+rows of ``q_proj``, ``k_proj``, ``v_proj`` (in that order) and ``ffn.w13`` those of
+``gate_proj`` then ``up_proj``; the converter splits and concatenates them (both ways).
 
 ``transformers`` is imported inside the functions: ``pip install 'ar-core[hf]'``.
 
@@ -20,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ar_core.errors import ConfigError
-from ar_core.model import Transformer, TransformerConfig
+from ar_core.model import Transformer, TransformerConfig, fuse_legacy_state
 
 if TYPE_CHECKING:
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -37,15 +39,27 @@ __all__ = [
 # ar name (per layer: "layers.{i}." prefix) -> HF name ("model.layers.{i}." prefix)
 _LAYER_NAMES: dict[str, str] = {
     "attn_norm.weight": "input_layernorm.weight",
-    "attn.wq.weight": "self_attn.q_proj.weight",
-    "attn.wk.weight": "self_attn.k_proj.weight",
-    "attn.wv.weight": "self_attn.v_proj.weight",
     "attn.wo.weight": "self_attn.o_proj.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn.w1.weight": "mlp.gate_proj.weight",
-    "ffn.w3.weight": "mlp.up_proj.weight",
     "ffn.w2.weight": "mlp.down_proj.weight",
 }
+# ar's fused weights -> the HF weights whose rows they stack, in order
+_FUSED_NAMES: dict[str, tuple[str, ...]] = {
+    "attn.wqkv.weight": (
+        "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight",
+    ),
+    "ffn.w13.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+}
+
+
+def _split_rows(cfg: TransformerConfig) -> dict[str, list[int]]:
+    """Row counts of each HF part of a fused ar weight."""
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    return {"attn.wqkv.weight": [q, kv, kv], "ffn.w13.weight": [cfg.hidden_dim] * 2}
+
+
 _TOP_NAMES: dict[str, str] = {
     "tok_embeddings.weight": "model.embed_tokens.weight",
     "norm.weight": "model.norm.weight",
@@ -137,10 +151,27 @@ def config_from_hf(hf: LlamaConfig, **overrides: Any) -> TransformerConfig:
 
 
 def state_dict_to_hf(state: dict[str, Tensor], cfg: TransformerConfig) -> dict[str, Tensor]:
-    """Rename an ar state dict to HF Llama names (tensors shared, not copied)."""
+    """Rename an ar state dict to HF Llama names; fused weights are split into row views
+    (tensors shared, not copied). Pre-fusion ar state dicts (``wq``/``wk``/``wv``,
+    ``w1``/``w3``) are accepted too."""
+    state = fuse_legacy_state(state)
     names = _name_map(cfg.n_layers)
     out = {names[k]: v for k, v in state.items() if k in names}
+    rows = _split_rows(cfg)
     missing = [k for k in names if k not in state]
+    for i in range(cfg.n_layers):
+        for ours, parts in _FUSED_NAMES.items():
+            key = f"layers.{i}.{ours}"
+            if key not in state:
+                missing.append(key)
+                continue
+            if state[key].shape[0] != sum(rows[ours]):
+                raise ConfigError(
+                    f"{key} has {state[key].shape[0]} rows but the config needs "
+                    f"{sum(rows[ours])} ({' + '.join(map(str, rows[ours]))})"
+                )
+            for theirs, piece in zip(parts, state[key].split(rows[ours]), strict=True):
+                out[f"model.layers.{i}.{theirs}"] = piece
     if cfg.tie_embeddings and "output.weight" in missing:
         missing.remove("output.weight")
         out["lm_head.weight"] = state["tok_embeddings.weight"]
@@ -150,15 +181,27 @@ def state_dict_to_hf(state: dict[str, Tensor], cfg: TransformerConfig) -> dict[s
 
 
 def state_dict_from_hf(state: dict[str, Tensor], cfg: TransformerConfig) -> dict[str, Tensor]:
-    """Rename a HF Llama state dict to ar names (rotary buffers are skipped)."""
+    """Rename a HF Llama state dict to ar names, concatenating q/k/v into ``wqkv`` and
+    gate/up into ``w13`` (new tensors); rotary buffers are skipped."""
     names = {theirs: ours for ours, theirs in _name_map(cfg.n_layers).items()}
-    out = {names[k]: v for k, v in state.items() if k in names}
+    out: dict[str, Tensor | None] = {names[k]: v for k, v in state.items() if k in names}
+    missing_parts: list[str] = []
+    for i in range(cfg.n_layers):
+        for ours, parts in _FUSED_NAMES.items():
+            keys = [f"model.layers.{i}.{theirs}" for theirs in parts]
+            absent = [k for k in keys if k not in state]
+            if absent:
+                missing_parts.extend(absent)
+                continue
+            out[f"layers.{i}.{ours}"] = torch.cat([state[k] for k in keys], dim=0)
+    if missing_parts:
+        raise ConfigError(f"the HF state dict lacks {', '.join(missing_parts[:5])}")
     if cfg.tie_embeddings or "output.weight" not in out:
         out.setdefault("output.weight", out.get("tok_embeddings.weight"))  # type: ignore[arg-type]
     missing = [ours for ours in names.values() if out.get(ours) is None]
     if missing:
         raise ConfigError(f"the HF state dict lacks weights for {', '.join(missing[:5])}")
-    return out
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def to_hf(model: Transformer) -> LlamaForCausalLM:
