@@ -35,8 +35,16 @@ def test_recipe_runs_and_samples(tmp_path: Path) -> None:
     table = result.tables[0]
     assert table.columns[-1] == "h=3"
     labels = {row[0] for row in table.rows}
-    assert labels == {"FAR", "ViD-GPT", "copy last frame", "autoencoder (truth)"}
+    assert labels == {
+        "FAR",
+        "ViD-GPT",
+        "FAR (1 step: mean)",
+        "ViD-GPT (1 step: mean)",
+        "copy last frame",
+        "autoencoder (truth)",
+    }
     assert "far_vs_copy_last_h1_p" in result.metrics
+    assert "far-mean_vs_copy_last_h1_p" in result.metrics
     gif, strip = (path for _, path in result.images)
     assert gif.suffix == ".gif" and strip.suffix == ".png"
     from PIL import Image

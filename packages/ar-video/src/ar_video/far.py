@@ -173,6 +173,7 @@ def far_generate(
         cache = model.new_cache(B, (total * nl if long_context else 0) + window * n)
     coarse_cached = 0  # frames whose coarse entries are committed in the cache
     ones = torch.ones(B, 1, device=context.device)
+    noisy_flag = torch.zeros(B, 1, dtype=torch.bool, device=context.device)
     for f in range(fc, total):
         lo = max(0, f - (window - 1))  # first full-resolution frame
         n_coarse = lo if long_context else 0
@@ -189,7 +190,8 @@ def far_generate(
             cache.crop(coarse_cached * nl)
         for k in range(steps):
             t = ones * (k / steps)
-            noisy = model.embed_fine(x, t, torch.zeros_like(t, dtype=torch.bool))
+            temb = model.time_features(t)  # once per step: the embedding and the head
+            noisy = model.embed_fine(x, t, noisy_flag, temb)
             if cache is None or k == 0:
                 first = coarse_cached if cache is not None else 0
                 parts = []
@@ -209,6 +211,6 @@ def far_generate(
                     coarse_cached = n_coarse
             else:
                 hidden = model.run(noisy, index[-n:], mask, cache)
-            x = x + model.to_velocity(model.predict(hidden[:, -n:], t), x, t) / steps
+            x = x + model.to_velocity(model.predict(hidden[:, -n:], t, temb), x, t) / steps
         frames.append(x[:, 0])
     return torch.stack(frames[fc:], dim=1)

@@ -198,15 +198,22 @@ class FrameTransformer(nn.Module):
             )
 
     # -- embeddings ---------------------------------------------------------------------
-    def time_embedding(self, t: Tensor, clean: Tensor) -> Tensor:
+    def time_features(self, t: Tensor) -> Tensor:
+        """(B, F) times -> (B, F, D): the time MLP's output, shared by the input embedding
+        and the output head (a rollout computes it once per Euler step and passes it to
+        :meth:`embed_fine` and :meth:`predict` as ``temb``)."""
+        return self.time_mlp(_sinusoid(t, self.cfg.dim))  # type: ignore[no-any-return]
+
+    def time_embedding(self, t: Tensor, clean: Tensor, temb: Tensor | None = None) -> Tensor:
         """(B, F) times and clean flags -> (B, F, D)."""
-        emb = self.time_mlp(_sinusoid(t, self.cfg.dim))  # (B, F, D)
+        emb = self.time_features(t) if temb is None else temb  # (B, F, D)
         return torch.where(clean[..., None], self.clean.expand_as(emb), emb)
 
-    def embed_fine(self, z: Tensor, t: Tensor, clean: Tensor) -> Tensor:
-        """(B, F, C, h, w) latents at times t (B, F), clean flags (B, F) -> (B, F n, D)."""
+    def embed_fine(self, z: Tensor, t: Tensor, clean: Tensor, temb: Tensor | None = None) -> Tensor:
+        """(B, F, C, h, w) latents at times t (B, F), clean flags (B, F) -> (B, F n, D);
+        ``temb``: :meth:`time_features` of ``t`` when already computed."""
         x = self.patch_in(patchify(z, self.cfg.patch)) + self.pos  # (B, F, n, D)
-        x = x + self.time_embedding(t, clean)[:, :, None]
+        x = x + self.time_embedding(t, clean, temb)[:, :, None]
         return x.flatten(1, 2)
 
     def embed_long(self, z: Tensor) -> Tensor:
@@ -216,12 +223,14 @@ class FrameTransformer(nn.Module):
         x = x + self.time_embedding(ones, ones.bool())[:, :, None]
         return x.flatten(1, 2)
 
-    def predict(self, hidden: Tensor, t: Tensor) -> Tensor:
+    def predict(self, hidden: Tensor, t: Tensor, temb: Tensor | None = None) -> Tensor:
         """The head's output for F fine frames: hidden (B, F n, D) at times t (B, F) ->
-        (B, F, C, h, w), the clean latent or the velocity (``prediction``)."""
+        (B, F, C, h, w), the clean latent or the velocity (``prediction``); ``temb``:
+        :meth:`time_features` of ``t`` when already computed."""
         B, F_ = t.shape
         h = hidden.reshape(B, F_, self.n, -1)
-        shift, scale = self.head_mod(self.time_mlp(_sinusoid(t, self.cfg.dim))).chunk(2, dim=-1)
+        temb = self.time_features(t) if temb is None else temb
+        shift, scale = self.head_mod(temb).chunk(2, dim=-1)
         out = self.head(h * (1 + scale[:, :, None]) + shift[:, :, None])  # (B, F, n, C p p)
         return unpatchify(out, self.cfg.patch, self.cfg.latent_channels, self.cfg.latent_size)
 

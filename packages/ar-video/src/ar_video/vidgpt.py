@@ -116,7 +116,8 @@ def vidgpt_generate(
             cache.reset()
         for k in range(steps):
             t = torch.full((B, g), k / steps, device=context.device)
-            noisy = model.embed_fine(x, t, torch.zeros_like(clean_p[:, :1]).expand(B, g))
+            temb = model.time_features(t)  # once per step: the embedding and the head
+            noisy = model.embed_fine(x, t, torch.zeros_like(clean_p[:, :1]).expand(B, g), temb)
             if cache is None or k == 0:
                 embeds = torch.cat(
                     [model.embed_fine(prompt, clean_p.float(), clean_p), noisy], dim=1
@@ -126,7 +127,7 @@ def vidgpt_generate(
                     cache.commit(P * n)  # the prompt's keys/values; the chunk stays pending
             else:
                 hidden = model.run(noisy, index[P * n :], mask, cache)
-            x = x + model.to_velocity(model.predict(hidden[:, -g * n :], t), x, t) / steps
+            x = x + model.to_velocity(model.predict(hidden[:, -g * n :], t, temb), x, t) / steps
         frames.extend(x.unbind(1))
         f += g
     return torch.stack(frames[fc:], dim=1)
