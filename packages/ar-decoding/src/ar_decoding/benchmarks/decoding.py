@@ -85,10 +85,12 @@ def trained(
     name: str, arch: dict[str, Any], train: dict[str, Any], data: torch.Tensor, cache_dir: Path
 ) -> Transformer:
     """Train ``arch`` (or load the cached weights for the same settings)."""
-    key = json.dumps({"arch": arch, "train": train, "bytes": data.numel()}, sort_keys=True)
-    folder = cache_dir / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    if (folder / "config.json").exists():
-        print(f"[{name}] cached weights: {folder}", flush=True)
+    key = {"arch": arch, "train": train, "bytes": data.numel()}
+    blob = json.dumps(key, sort_keys=True)
+    folder = cache_dir / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    # weights are reused only with a bench.json naming these settings and their checksum
+    if (folder / "config.json").exists() and _meta_matches(folder, key) is not None:
+        print(f"[{name}] cached weights (validated): {folder}", flush=True)
         return Transformer.from_pretrained(folder).eval()
     torch.manual_seed(0)
     model = Transformer(TransformerConfig(**arch))
@@ -110,8 +112,123 @@ def trained(
         flush=True,
     )
     model.eval()
-    model.save_pretrained(folder)
+    _save_with_meta(model, folder, key, {"loss_last10": sum(losses[-10:]) / len(losses[-10:])})
     return model
+
+
+# -- the bandwidth-bound setting: a >= 100M target, a draft distilled on its outputs ---------
+
+# ar-core's ``medium`` preset (768 wide, 12 heads, 4 KV heads) with the byte vocabulary and
+# 16 layers: ~101M parameters, 404 MB of float32 weights read per decode step
+BIG = dict(TransformerConfig.from_name("medium", vocab_size=256, n_layers=16).model_dump())
+BIG["max_seq_len"] = 1024
+
+
+def distinct_ngrams(tokens: list[int], n: int = 8) -> float:
+    """Distinct n-grams / n-grams of a continuation: ~1 for varied text, -> 0 for a loop."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / max(1, len(grams))
+
+
+def _bits_per_byte(model: Transformer, held: list[bytes], windows: int, seq_len: int) -> float:
+    data = torch.tensor(list(b"".join(held)[: windows * (seq_len + 1)]), dtype=torch.long)
+    batch = data[: windows * (seq_len + 1)].view(windows, seq_len + 1)
+    with torch.no_grad():
+        return float(lm_loss(model, batch)) / float(torch.log(torch.tensor(2.0)))
+
+
+def _weights_digest(folder: Path) -> str | None:
+    """The checksum ``save_pretrained`` stores inside ``model.safetensors``."""
+    from safetensors import safe_open
+
+    from ar_core.checkpoint import DIGEST_METADATA, WEIGHTS_NAME
+
+    try:
+        with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
+            return (f.metadata() or {}).get(DIGEST_METADATA)
+    except Exception:  # an unreadable file: not reusable
+        return None
+
+
+def _meta_matches(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored ``bench.json`` when it was written for ``key`` and its recorded checksum
+    is the one inside the weights file (which ``load_weights`` re-hashes on load)."""
+    try:
+        meta = json.loads((folder / "bench.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("key") != key:
+        print(f"[cache] {folder} was trained with other settings: retraining", flush=True)
+        return None
+    if _weights_digest(folder) != meta.get("sha256"):
+        print(f"[cache] {folder}: checksum differs from bench.json: retraining", flush=True)
+        return None
+    return dict(meta)
+
+
+def _save_with_meta(
+    model: Transformer, folder: Path, key: dict[str, Any], extra: dict[str, Any]
+) -> None:
+    model.save_pretrained(folder)
+    digest = _weights_digest(folder)
+    (folder / "bench.json").write_text(
+        json.dumps({"key": key, "sha256": digest, **extra}, indent=2)
+    )
+
+
+def big_target(
+    train: dict[str, Any], data: torch.Tensor, held: list[bytes], cache_dir: Path
+) -> tuple[Transformer, dict[str, Any]]:
+    """The ~101M byte-level target (:data:`BIG`), trained ``train['steps']`` AdamW steps
+    under bfloat16 autocast (the CPU has avx512_bf16) and cached with ``bench.json``: the
+    settings, the weights' checksum and the quality reached (held-out bits per byte)."""
+    key = {"arch": BIG, "train": train, "bytes": data.numel()}
+    folder = (
+        cache_dir
+        / f"big-target-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
+    )
+    meta = _meta_matches(folder, key) if (folder / "config.json").exists() else None
+    if meta is not None:
+        print(f"[big-target] cached weights (validated): {folder}", flush=True)
+        return Transformer.from_pretrained(folder).eval(), meta
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(**BIG))
+    opt = torch.optim.AdamW(model.parameters(), lr=train["lr"], betas=(0.9, 0.95), weight_decay=0.0)
+    sample = batches(data, train["seq_len"])
+    gen = torch.Generator().manual_seed(0)
+    steps, warm = train["steps"], max(1, train["steps"] // 10)
+    losses, t0, c0 = [], time.perf_counter(), time.process_time()
+    for step in range(steps):
+        for group in opt.param_groups:  # linear warm-up, cosine decay to 10%
+            frac = (
+                (step + 1) / warm
+                if step < warm
+                else 0.55
+                + 0.45
+                * float(torch.cos(torch.tensor(torch.pi * (step - warm) / max(1, steps - warm))))
+            )
+            group["lr"] = train["lr"] * frac
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = lm_loss(model, sample(gen, train["batch_size"]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % max(1, steps // 20) == 0:
+            print(f"[big-target] step {step + 1}/{steps} loss {losses[-1]:.3f} "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)  # fmt: skip
+    model.eval()
+    extra = {
+        "train_wall_s": time.perf_counter() - t0,
+        "train_cpu_s": time.process_time() - c0,
+        "loss_first": losses[0],
+        "loss_last10": sum(losses[-10:]) / len(losses[-10:]),
+        "held_out_bits_per_byte": _bits_per_byte(model, held, 8, 256),
+    }
+    _save_with_meta(model, folder, key, extra)
+    print(f"[big-target] {extra}", flush=True)
+    return model, {"key": key, **extra}
 
 
 def prompts(held: list[bytes], n: int, length: int) -> list[torch.Tensor]:
@@ -127,6 +244,307 @@ def prompts(held: list[bytes], n: int, length: int) -> list[torch.Tensor]:
         if len(out) == n:
             break
     return out
+
+
+def edit_prompts(held: list[bytes], n: int, length: int) -> list[torch.Tensor]:
+    """``n`` edit requests (the output repeats the input): a held-out code snippet of about
+    ``length`` bytes, a request to rename one of its identifiers, and the start of the
+    edited copy (its first line, already renamed)."""
+    import re
+
+    out = []
+    for data in held:
+        if len(data) < 4 * length or not data.isascii():
+            continue
+        start = data.find(b"\n    def ")
+        if start < 0:
+            continue
+        cut = data.rfind(b"\n", start, start + length) + 1
+        snippet = data[start + 1 : cut]
+        names = [m for m in re.findall(rb"\b[a-z_][a-z0-9_]{3,}\b", snippet) if m != b"self"]
+        if cut <= start + length // 2 or not names:
+            continue
+        old = max(set(names), key=names.count)  # the most used identifier
+        new = old + b"_v2"
+        edited = snippet.replace(old, new)
+        head = edited[: edited.find(b"\n") + 1]
+        text = (
+            b"# Before:\n" + snippet + b"\n# After renaming `" + old + b"` to `" + new
+            + b"`:\n" + head
+        )  # fmt: skip
+        out.append(torch.tensor(list(text), dtype=torch.long)[None, :])  # (1, T)
+        if len(out) == n:
+            break
+    return out
+
+
+def distilled_draft(
+    target: Transformer,
+    arch: dict[str, Any],
+    train: dict[str, Any],
+    text: bytes,
+    cache_dir: Path,
+    fingerprint: str,
+) -> tuple[Transformer, dict[str, Any]]:
+    """A small draft trained on the target's own greedy continuations (sequence-level
+    distillation: Kim & Rush 2016; DistillSpec, Zhou et al. 2024 arXiv:2310.08461):
+    ``train['prompts']`` training-text windows of ``train['prompt_len']`` bytes, each
+    continued by ``train['new']`` greedy target tokens (batched), then next-token training
+    on ``[prompt, continuation]`` windows. Cached with the target's checksum in its key."""
+    key = {"arch": arch, "train": train, "target_sha256": fingerprint}
+    folder = (
+        cache_dir
+        / f"distilled-draft-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
+    )
+    meta = _meta_matches(folder, key) if (folder / "config.json").exists() else None
+    if meta is not None:
+        print(f"[distilled-draft] cached weights (validated): {folder}", flush=True)
+        return Transformer.from_pretrained(folder).eval(), meta
+    gen = torch.Generator().manual_seed(1)
+    data = torch.tensor(list(text), dtype=torch.long)
+    P, N, rows = train["prompt_len"], train["new"], []
+    t0 = time.perf_counter()
+    starts = torch.randint(0, data.numel() - P, (train["prompts"],), generator=gen).tolist()
+    for i in range(0, len(starts), train["gen_batch"]):
+        x = torch.stack([data[s : s + P] for s in starts[i : i + train["gen_batch"]]])
+        res = generate(target, x, GenerationConfig(max_new_tokens=N, temperature=0))
+        rows.append(res.sequences)  # (b, P + N)
+        print(f"[distilled-draft] target outputs {i + x.shape[0]}/{len(starts)} "
+              f"({time.perf_counter() - t0:.0f}s)", flush=True)  # fmt: skip
+    seqs = torch.cat(rows)  # (prompts, P + N)
+    gen_s = time.perf_counter() - t0
+    torch.manual_seed(0)
+    draft = Transformer(TransformerConfig(**arch))
+    opt = torch.optim.AdamW(draft.parameters(), lr=train["lr"])
+    T = train["seq_len"]
+    losses = []
+    for step in range(train["steps"]):
+        pick = torch.randint(0, seqs.shape[0], (train["batch_size"],), generator=gen)
+        off = torch.randint(
+            max(0, P - T // 2), seqs.shape[1] - T, (train["batch_size"],), generator=gen
+        )
+        batch = torch.stack([seqs[r, o : o + T + 1] for r, o in zip(pick.tolist(), off.tolist())])
+        logits = draft(batch[:, :-1]).logits
+        loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % max(1, train["steps"] // 5) == 0:
+            print(f"[distilled-draft] step {step + 1}: loss {losses[-1]:.3f}", flush=True)
+    draft.eval()
+    extra = {
+        "target_outputs_s": gen_s,
+        "train_wall_s": time.perf_counter() - t0 - gen_s,
+        "loss_first": losses[0],
+        "loss_last10": sum(losses[-10:]) / len(losses[-10:]),
+    }
+    _save_with_meta(draft, folder, key, extra)
+    print(f"[distilled-draft] {extra}", flush=True)
+    return draft, {"key": key, **extra}
+
+
+def interleaved(
+    runs: dict[str, Callable[[torch.Tensor], Any]], xs: list[torch.Tensor], repeats: int = 1
+) -> dict[str, dict[str, Any]]:
+    """Each run on each prompt, the runs interleaved (prompt by prompt, ``repeats`` rounds)
+    so that a load change on a shared machine hits them alike; wall and CPU seconds
+    (``time.process_time``) summed over prompts, the median round kept; one warm-up each."""
+    for fn in runs.values():
+        fn(xs[0])
+    rounds: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
+    outputs: dict[str, list[Any]] = {k: [] for k in runs}
+    for rep in range(repeats):
+        acc = {k: [0.0, 0.0] for k in runs}
+        for x in xs:
+            for label, fn in runs.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                out = fn(x)
+                acc[label][0] += time.perf_counter() - t0
+                acc[label][1] += time.process_time() - c0
+                if rep == 0:
+                    outputs[label].append(out)
+        for label in runs:
+            rounds[label].append((acc[label][0], acc[label][1]))
+    result = {}
+    for label in runs:
+        walls = sorted(w for w, _ in rounds[label])
+        cpus = sorted(c for _, c in rounds[label])
+        result[label] = {
+            "outputs": outputs[label],
+            "seconds": walls[len(walls) // 2],
+            "cpu_seconds": cpus[len(cpus) // 2],
+        }
+    return result
+
+
+def ours(
+    target: Any, n_new: int, strategy: str, kwargs: dict[str, Any]
+) -> Callable[[torch.Tensor], Any]:
+    cfg = GenerationConfig(max_new_tokens=n_new, temperature=0)
+    return lambda x: generate(target, x, cfg, strategy=strategy, **kwargs)
+
+
+def hf_run(hf: Any, n_new: int, kwargs: dict[str, Any]) -> Callable[[torch.Tensor], Any]:
+    common = dict(
+        max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, pad_token_id=0,
+        eos_token_id=None,
+    )  # fmt: skip
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return hf.generate(x, **common, **kwargs)
+
+    return run
+
+
+def table_rows(
+    timed: dict[str, dict[str, Any]], base: str, n_new: int
+) -> dict[str, dict[str, Any]]:
+    """Speed-ups over ``base`` (wall and CPU), passes per token, accepted length, equality
+    with ``base``'s outputs and the distinct 8-gram fraction of the continuations."""
+    ref = timed[base]
+    rows = {}
+    for label, r in timed.items():
+        seqs = [o if isinstance(o, torch.Tensor) else o.sequences for o in r["outputs"]]
+        stats = [o.stats for o in r["outputs"] if not isinstance(o, torch.Tensor)]
+        tokens = sum(s.tokens_generated for s in stats) if stats else n_new * len(seqs)
+        accepted = [a for s in stats for a in s.accepted_lengths]
+        refs = [o if isinstance(o, torch.Tensor) else o.sequences for o in ref["outputs"]]
+        rows[label] = {
+            "tokens_per_s": tokens / r["seconds"],
+            "speedup_wall": ref["seconds"] / r["seconds"],
+            "speedup_cpu": ref["cpu_seconds"] / r["cpu_seconds"],
+            "seconds": r["seconds"],
+            "cpu_seconds": r["cpu_seconds"],
+            "target_passes_per_token": (
+                sum(s.target_forward_passes for s in stats) / tokens if stats else None
+            ),
+            "mean_accepted_length": sum(accepted) / len(accepted) if accepted else None,
+            f"identical_to_{base.replace(' ', '_')}": all(
+                torch.equal(a, b) for a, b in zip(seqs, refs, strict=True)
+            ),
+        }
+    return rows
+
+
+def print_rows(title: str, rows: dict[str, dict[str, Any]]) -> None:
+    print(f"\n{title}\n{'run':34} {'tok/s':>7} {'x wall':>7} {'x cpu':>7} {'passes/tok':>10} "
+          f"{'acc.len':>8} {'=base':>6}")  # fmt: skip
+    for label, r in rows.items():
+        same = next(v for k, v in r.items() if k.startswith("identical_to_"))
+        passes = r["target_passes_per_token"]
+        acc = r["mean_accepted_length"]
+        print(f"{label:34} {r['tokens_per_s']:7.2f} {r['speedup_wall']:7.2f} {r['speedup_cpu']:7.2f} "
+              f"{'-' if passes is None else f'{passes:.3f}':>10} {'-' if acc is None else f'{acc:.2f}':>8} "
+              f"{same!s:>6}")  # fmt: skip
+
+
+def big_section(
+    args: argparse.Namespace, data: torch.Tensor, text: bytes, held: list[bytes], cache_dir: Path
+) -> dict[str, Any]:
+    """The bandwidth-bound setting: the ~101M target, a draft distilled on its outputs,
+    code completion (speculative, lookahead, Jacobi, HF assisted on the same weights) and
+    the edit workload (prompt lookup, HF prompt lookup)."""
+    quick = args.quick
+    big_train = dict(steps=2 if quick else 24, batch_size=4, seq_len=128, lr=2e-3)
+    torch.set_num_threads(max(args.threads, args.train_threads))
+    target, target_meta = big_target(big_train, data, held, cache_dir)
+    from ar_core.checkpoint import tensors_digest
+
+    fingerprint = tensors_digest(target.state_dict())
+    draft_arch = dict(
+        vocab_size=256, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=1024
+    )
+    draft_train = dict(
+        prompts=8 if quick else 64, prompt_len=128, new=96 if not quick else 16, gen_batch=16,
+        steps=10 if quick else 150, batch_size=8, seq_len=128, lr=3e-3,
+    )  # fmt: skip
+    draft, draft_meta = distilled_draft(
+        target, draft_arch, draft_train, text, cache_dir, fingerprint
+    )
+    torch.set_num_threads(args.threads)
+    n_new = args.new_tokens or (16 if quick else 96)
+    n_prompts = args.prompts or (1 if quick else 3)
+    xs = prompts(held, n_prompts, 384)
+    k = args.num_draft_tokens
+    runs: dict[str, Callable[[torch.Tensor], Any]] = {
+        "greedy": ours(target, n_new, "greedy", {}),
+        f"speculative k={k}": ours(
+            target, n_new, "speculative", dict(draft_model=draft, num_draft_tokens=k)
+        ),
+        "speculative adaptive": ours(
+            target, n_new, "speculative", dict(draft_model=draft, num_draft_tokens=k, adaptive=True)
+        ),
+        "lookahead W=4 N=4 G=2": ours(
+            target, n_new, "lookahead", dict(window=4, ngram=4, pool_size=2)
+        ),
+        "lookahead W=8 N=4 G=8 (default)": ours(target, n_new, "lookahead", {}),
+        "jacobi": ours(target, n_new, "jacobi", {}),
+    }
+    hf_target = None
+    if not args.no_hf:
+        from ar_core.interop.hf_llama import to_hf
+
+        hf_target, hf_draft = to_hf(target), to_hf(draft)
+        hf_draft.generation_config.num_assistant_tokens = k
+        hf_draft.generation_config.num_assistant_tokens_schedule = "constant"
+        hf_draft.generation_config.assistant_confidence_threshold = 0.0
+        runs["HF greedy"] = hf_run(hf_target, n_new, {})
+        runs[f"HF assisted k={k}"] = hf_run(hf_target, n_new, dict(assistant_model=hf_draft))
+    timed = interleaved(runs, xs, args.repeats)
+    completion = table_rows(timed, "greedy", n_new)
+    greedy_new = [
+        o.sequences[0, x.shape[1] :].tolist() for o, x in zip(timed["greedy"]["outputs"], xs)
+    ]
+    distinct = [distinct_ngrams(g) for g in greedy_new]
+    quality = {
+        "held_out_bits_per_byte": target_meta.get("held_out_bits_per_byte"),
+        "greedy_distinct_8gram_fraction": distinct,
+        # a loop or a run of one byte: speculation on it measures nothing useful
+        "degenerate": min(distinct) < 0.5,
+        "greedy_sample": bytes(greedy_new[0][:96]).decode("ascii", errors="replace"),
+    }
+    print_rows("code completion, ~101M target", completion)
+    print(f"target quality: {quality}", flush=True)
+
+    # the edit workload: prompt lookup (ours, HF's) against greedy
+    es = edit_prompts(held, n_prompts, 320)
+    e_runs: dict[str, Callable[[torch.Tensor], Any]] = {
+        "greedy": ours(target, n_new, "greedy", {}),
+        "prompt-lookup k=10": ours(target, n_new, "prompt-lookup", {}),
+        "prompt-lookup k=20 n=4..2": ours(
+            target,
+            n_new,
+            "prompt-lookup",
+            dict(num_draft_tokens=20, max_ngram_size=4, min_ngram_size=2),
+        ),
+    }
+    if hf_target is not None:
+        e_runs["HF greedy"] = hf_run(hf_target, n_new, {})
+        e_runs["HF prompt lookup 10"] = hf_run(hf_target, n_new, dict(prompt_lookup_num_tokens=10))
+    e_timed = interleaved(e_runs, es, args.repeats)
+    edit = table_rows(e_timed, "greedy", n_new)
+    edit_new = [
+        o.sequences[0, x.shape[1] :].tolist() for o, x in zip(e_timed["greedy"]["outputs"], es)
+    ]
+    print_rows("edit workload (rename an identifier), ~101M target", edit)
+    return {  # tables (mappings of records) at the top level: docs/gen_benchmarks.py shows them
+        "big_completion": completion,
+        "big_edit_workload": edit,
+        "big_target": {**BIG, "parameters": target.num_parameters()},
+        "big_target_training": {k: v for k, v in target_meta.items() if k != "key"}
+        | {"settings": big_train},
+        "big_target_quality": quality,
+        "big_draft": {**draft_arch, "parameters": draft.num_parameters()},
+        "big_draft_training": {k: v for k, v in draft_meta.items() if k != "key"}
+        | {"settings": draft_train},
+        "big_prompts": len(xs),
+        "big_prompt_bytes": [int(x.shape[1]) for x in xs],
+        "big_new_tokens": n_new,
+        "big_edit_prompt_bytes": [int(x.shape[1]) for x in es],
+        "big_edit_greedy_sample": bytes(edit_new[0][:96]).decode("ascii", errors="replace"),
+    }
 
 
 # -- the parallel-generation families: extra parts trained on the frozen target -------------
@@ -362,16 +780,49 @@ def main(argv: list[str]) -> dict[str, Any]:
         default=1,
         help="torch threads while timing (1: OpenMP on a shared 2-core box is erratic)",
     )
-    parser.add_argument("--prompts", type=int, default=None, help="held-out prompts (default 6)")
-    parser.add_argument("--new-tokens", type=int, default=None, help="new bytes (default 128)")
+    parser.add_argument("--prompts", type=int, default=None, help="held-out prompts")
+    parser.add_argument("--new-tokens", type=int, default=None, help="new bytes")
+    parser.add_argument(
+        "--sections",
+        default="big,small",
+        help="big: the ~101M target, its distilled draft, code completion and the edit "
+        "workload; small: the 6 x 384 target and the parallel-generation families",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds (median)")
+    parser.add_argument("--train-threads", type=int, default=2, help="torch threads to train")
     args = parser.parse_args(argv)
+    sections = {x for x in args.sections.split(",") if x}
+    if not sections <= {"big", "small"}:
+        raise SystemExit(
+            f"--sections: unknown {sorted(sections - {'big', 'small'})}; use big,small"
+        )
+    text, held = stdlib_corpus(max_bytes=2_000_000)
+    data = torch.tensor(list(text), dtype=torch.long)
+    cache_dir = Path(args.cache_dir).expanduser()
+    report: dict[str, Any] = {
+        "machine": f"CPU, {args.threads} torch threads while timing, torch {torch.__version__}",
+        "load_average_start": list(__import__("os").getloadavg()),
+    }
+    if "big" in sections:
+        report.update(big_section(args, data, text, held, cache_dir))
+    if "small" in sections:
+        report.update(small_section(args, data, held, cache_dir))
+    report["load_average_end"] = list(__import__("os").getloadavg())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def small_section(
+    args: argparse.Namespace, data: torch.Tensor, held: list[bytes], cache_dir: Path
+) -> dict[str, Any]:
+    """The 6 x 384 target (its cached weights validated), every strategy and the
+    parallel-generation families against greedy; HF on the same weights."""
     quick = args.quick
     torch.set_num_threads(args.threads)  # training too: OpenMP spin-waits on a shared box
     target_train = dict(steps=20 if quick else 300, batch_size=8, seq_len=128, lr=1e-3)
     draft_train = dict(steps=20 if quick else 400, batch_size=8, seq_len=128, lr=2e-3)
-    text, held = stdlib_corpus(max_bytes=2_000_000)
-    data = torch.tensor(list(text), dtype=torch.long)
-    cache_dir = Path(args.cache_dir).expanduser()
     target = trained("target", TARGET, target_train, data, cache_dir)
     draft = trained("draft", DRAFT, draft_train, data, cache_dir)
     xs = prompts(held, args.prompts or (2 if quick else 6), 384)
@@ -486,7 +937,6 @@ def main(argv: list[str]) -> dict[str, Any]:
             }
 
     report = {
-        "machine": f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "target": TARGET,
         "draft": DRAFT,
         "prompts": len(xs),
@@ -504,7 +954,6 @@ def main(argv: list[str]) -> dict[str, Any]:
         "assd": assd_rows,
         "assd_model": two_stream_arch,
         "assd_setting": assd_bench,
-        "load_average": list(__import__("os").getloadavg()),
     }
     print(
         f"\n{'strategy':32} {'tok/s':>7} {'speedup':>8} {'passes/tok':>10} {'acc.len':>8} "
@@ -531,9 +980,6 @@ def main(argv: list[str]) -> dict[str, Any]:
                 f"{label:28} {r['network_calls_per_token']:9.3f} {r['mean_accepted_length']:8.2f} "
                 f"{r['speedup_vs_sequential']:8.2f} {r['identical_to_sequential_greedy']!s:>6}"
             )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
     return report
 
 

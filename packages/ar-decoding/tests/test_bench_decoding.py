@@ -1,0 +1,61 @@
+"""The decoding benchmark's own pieces: its cache is reused only when validated, its edit
+workload repeats the input, its degeneracy measure tells a loop from varied text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ar_core.model import Transformer, TransformerConfig
+from ar_decoding.benchmarks import decoding as bench
+
+TINY = dict(vocab_size=256, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=64)
+
+
+def test_distinct_ngrams_tells_a_loop_from_varied_text() -> None:
+    assert bench.distinct_ngrams([32] * 100) == 1 / 93  # one 8-gram, 93 times
+    loop = list(b"abc") * 30
+    assert bench.distinct_ngrams(loop) == 3 / 83
+    varied = list(range(100))
+    assert bench.distinct_ngrams(varied) == 1.0
+
+
+def test_cached_weights_are_reused_only_with_matching_settings_and_checksum(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(**TINY))
+    key = {"arch": TINY, "train": {"steps": 3}}
+    bench._save_with_meta(model, tmp_path / "m", key, {"loss_last10": 1.0})
+    meta = bench._meta_matches(tmp_path / "m", key)
+    assert meta is not None and meta["loss_last10"] == 1.0
+    assert meta["sha256"] == bench._weights_digest(tmp_path / "m")
+    # other settings: not reused
+    assert bench._meta_matches(tmp_path / "m", {**key, "train": {"steps": 4}}) is None
+    # a bench.json whose checksum is not the weights' (weights replaced): not reused
+    stored = json.loads((tmp_path / "m" / "bench.json").read_text())
+    (tmp_path / "m" / "bench.json").write_text(json.dumps({**stored, "sha256": "0" * 64}))
+    assert bench._meta_matches(tmp_path / "m", key) is None
+    # a folder without bench.json (written before validation existed): not reused
+    (tmp_path / "m" / "bench.json").unlink()
+    assert bench._meta_matches(tmp_path / "m", key) is None
+
+
+def test_edit_prompts_ask_for_a_copy_with_one_rename() -> None:
+    code = b"".join(
+        b"    def method_%d(self, value):\n        total = value + %d\n        return total\n"
+        % (i, i)
+        for i in range(40)
+    )
+    held = [b"class Thing:\n" + code]
+    (prompt,) = bench.edit_prompts(held, 1, 300)
+    text = bytes(prompt[0].tolist())
+    before, after = text.split(b"\n# After renaming `")
+    old, rest = after.split(b"` to `", 1)
+    new, head = rest.split(b"`:\n", 1)
+    assert new == old + b"_v2" and old in before
+    # the edited copy starts with the snippet's first line, renamed
+    first = before.removeprefix(b"# Before:\n").split(b"\n")[0] + b"\n"
+    assert head == first.replace(old, new)
