@@ -57,6 +57,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "msrvq": "ar-vision",
         "nfig": "ar-vision",
         "ctf": "ar-vision",
+        "dar": "ar-vision",
     },
     "recipes": {
         "text-code": "ar-text",

@@ -7,6 +7,7 @@
 | msrvq   | MultiScaleRVQ        | 1+4+16+64 codes, by scale    | VAR, arXiv:2404.02905         |
 | nfig    | FrequencyRVQ         | as msrvq, low bands first    | NFIG (Huang et al. 2025)      |
 | ctf     | CoarseFineCodebook   | a VQ tokenizer + coarse map  | CTF (Guo et al. 2025)         |
+| dar     | ar_vision.dar.DARTokenizer | 4 groups of 4 codes    | D-AR, arXiv:2505.23660        |
 
 ``register`` is the body of the ``register_tokenizers`` hook (ar_vision._plugin calls it).
 """
@@ -43,10 +44,20 @@ TOKENIZERS: dict[str, Any] = {
 }
 
 
+def tokenizer_class(name: str) -> Any:
+    """The tokenizer class registered as ``name`` (``dar`` lives in :mod:`ar_vision.dar`,
+    which imports this package, so it is looked up here rather than held in TOKENIZERS)."""
+    if name == "dar":
+        from ar_vision.dar import DARTokenizer
+
+        return DARTokenizer
+    return TOKENIZERS[name]
+
+
 def register(register: Register) -> None:
-    """Register ar-vision's tokenizer classes: pixel, vqvae, msrvq, nfig, ctf."""
-    for name, cls in TOKENIZERS.items():
-        register(name, cls)
+    """Register ar-vision's tokenizer classes: pixel, vqvae, msrvq, nfig, ctf, dar."""
+    for name in [*TOKENIZERS, "dar"]:
+        register(name, tokenizer_class(name))
 
 
 __all__ = [
@@ -71,4 +82,5 @@ __all__ = [
     "lowpass",
     "register",
     "scale_offsets",
+    "tokenizer_class",
 ]
