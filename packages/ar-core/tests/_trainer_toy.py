@@ -20,22 +20,30 @@ SEQ_LEN = 9
 
 
 class TinyLM(nn.Module):
-    """Embedding -> dropout -> linear: enough parameters to see any optimizer difference."""
+    """Embedding -> dropout -> ``blocks`` residual linears -> norm -> linear: enough
+    parameters to see any optimizer difference (the blocks, a ModuleList, are what FSDP
+    shards one by one)."""
 
-    def __init__(self, vocab: int = VOCAB, dim: int = 16, dropout: float = 0.0) -> None:
+    def __init__(
+        self, vocab: int = VOCAB, dim: int = 16, dropout: float = 0.0, blocks: int = 0
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab)
+        self.blocks = nn.ModuleList(nn.Linear(dim, dim) for _ in range(blocks))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.drop(self.embed(tokens))))  # (B, T, V)
+        x = self.drop(self.embed(tokens))
+        for block in self.blocks:
+            x = x + torch.tanh(block(x))
+        return self.head(self.norm(x))  # (B, T, V)
 
 
-def make_model(dropout: float = 0.0, seed: int = 1234) -> TinyLM:
+def make_model(dropout: float = 0.0, seed: int = 1234, blocks: int = 0) -> TinyLM:
     torch.manual_seed(seed)
-    return TinyLM(dropout=dropout)
+    return TinyLM(dropout=dropout, blocks=blocks)
 
 
 def train_data(generator: torch.Generator, batch_size: int) -> torch.Tensor:
@@ -57,9 +65,24 @@ def main() -> None:
     fields = json.loads(sys.argv[1])
     until = int(sys.argv[2]) if len(sys.argv) > 2 else None
     dropout = float(fields.pop("dropout", 0.0))
+    blocks = int(fields.pop("blocks", 0))
     trainer = Trainer(
-        make_model(dropout), loss_fn, train_data, TrainConfig(**fields), eval_data=train_data
+        make_model(dropout, blocks=blocks),
+        loss_fn,
+        train_data,
+        TrainConfig(**fields),
+        eval_data=train_data,
     )
+    if trainer.sharded and trainer.config.out_dir is not None:  # each rank's local shapes
+        from torch.distributed.tensor import DTensor
+
+        local = {
+            n: list(p.to_local().shape if isinstance(p, DTensor) else p.shape)
+            for n, p in trainer.model.named_parameters()
+        }
+        out = trainer.config.out_dir / f"shards_rank{trainer.dist.rank}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(local))
     trainer.train(until=until)
     trainer.close()
 

@@ -150,6 +150,65 @@ def test_ddp_two_processes_equal_one_process(tmp_path: Path) -> None:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
 
 
+def _torchrun(fields: dict[str, Any], *extra: str) -> None:
+    _run_script(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            str(SCRIPT),
+            json.dumps(fields),
+            *extra,
+        ],
+        timeout=150,
+    )
+
+
+def test_fsdp_two_processes_equal_one_process_through_save_and_resume(tmp_path: Path) -> None:
+    """FSDP2 under torchrun (gloo, 2 CPU processes, grad_accum 2) trains 3 updates, saves
+    (the full state gathered onto rank 0), and a second torchrun resumes it for 3 more:
+    losses and final parameters equal one process on the whole batch within rtol 1e-5 /
+    atol 1e-6 (float32 sums in another order), and each rank held half of every block."""
+    single, fsdp = tmp_path / "single", tmp_path / "fsdp"
+    fields = _config(single, steps=6, eval_every=0, seed=3)
+    Trainer(toy.make_model(blocks=2), toy.loss_fn, toy.train_data, TrainConfig(**fields)).train()
+
+    sharded = {**_config(fsdp, steps=6, eval_every=0, seed=3, grad_accum=2), "blocks": 2}
+    _torchrun({**sharded, "parallel": "fsdp"}, "3")
+    assert len(_losses(fsdp)) == 3 and (fsdp / STATE_DIR).is_dir()
+    _torchrun({**sharded, "parallel": "fsdp", "resume": True})
+    torch.testing.assert_close(
+        torch.tensor(_losses(fsdp)), torch.tensor(_losses(single)), rtol=1e-5, atol=1e-6
+    )
+    a, b = _params(single), _params(fsdp)
+    assert a.keys() == b.keys()
+    for k in a:  # the saved weights are whole, not one rank's shard
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+    shapes = [json.loads((fsdp / f"shards_rank{r}.json").read_text()) for r in (0, 1)]
+    full = {k: list(v.shape) for k, v in a.items()}
+    for name in ("blocks.0.weight", "blocks.1.weight", "head.weight", "embed.weight"):
+        assert shapes[0][name][0] + shapes[1][name][0] == full[name][0], name
+        assert shapes[0][name][0] < full[name][0], name  # dim 0 is split between the ranks
+
+
+@pytest.mark.slow  # a third torchrun launch (~10 s of CPU)
+def test_fsdp_refuses_a_checkpoint_saved_without_it(tmp_path: Path) -> None:
+    fields = _config(tmp_path, steps=4, eval_every=0, seed=3)
+    trainer = Trainer(toy.make_model(blocks=1), toy.loss_fn, toy.train_data, TrainConfig(**fields))
+    trainer.train(until=2)
+    resumed = {**fields, "blocks": 1, "resume": True, "parallel": "fsdp"}
+    with pytest.raises(AssertionError, match="saved without FSDP.*parallel=.ddp"):
+        _torchrun(resumed)
+
+
 def test_warmup_cosine_schedule_matches_formula() -> None:
     lr, steps, warmup, floor = 1e-2, 20, 5, 0.1
     config = TrainConfig(

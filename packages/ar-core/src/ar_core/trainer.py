@@ -18,8 +18,17 @@ own contiguous shard of rows; with ``grad_accum`` a shard is further split into
 micro-batches. Because the loss of each micro-batch is a mean and all shards are equally
 large, the update equals the single-process update on the full global batch.
 
+Under ``torchrun`` the Trainer replicates the model with DDP (``parallel="ddp"``, the
+default) or shards it with FSDP2 (``parallel="fsdp"``: ``torch.distributed.fsdp.fully_shard``
+on every block of the model's ``nn.ModuleList`` s, then on the whole model, over a 1-D mesh
+of all ranks; ZeRO-3 style, Zhao et al. "PyTorch FSDP", 2023, arXiv:2304.11277). The data
+split, the averaging of gradients and so the updates are the same; FSDP keeps only 1/W of
+the parameters, gradients and optimizer state on each rank. Checkpoints gather the full
+model and optimizer state onto rank 0 (``torch.distributed.checkpoint.state_dict``): the
+model files are the ordinary ones, the optimizer state is keyed by parameter name.
+
 ``loss_fn(model, batch) -> scalar loss`` (a mean over the rows of ``batch``); under DDP
-``model`` is the ``DistributedDataParallel`` wrapper. A ``loss_fn`` that also takes a
+``model`` is the ``DistributedDataParallel`` wrapper (under FSDP the sharded model itself). A ``loss_fn`` that also takes a
 ``step`` keyword receives the number of updates done so far (0 for the first; in
 evaluation the current count), for losses with schedules (warm-ups, mixing weights).
 
@@ -48,9 +57,15 @@ import pydantic
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from ar_core.checkpoint import load_training_state, save_training_state
+from ar_core.checkpoint import (
+    TRAINING_STATE_NAME,
+    TrainingState,
+    load_training_state,
+    save_training_state,
+)
 from ar_core.errors import CheckpointError, ConfigError, NonFiniteError
 from ar_core.runs import RunControl, TrainingInterrupted, config_differences, current_control
 
@@ -104,6 +119,8 @@ class TrainConfig(pydantic.BaseModel):
     log_every: int = pydantic.Field(10, ge=1)  # metrics.jsonl line every this many steps
     progress: bool = True  # a tqdm bar on rank 0
     resume: bool = False  # continue from out_dir/train_state (an error if there is none)
+    # under torchrun: replicate (DDP) or shard (FSDP2) the model; one process ignores it
+    parallel: Literal["ddp", "fsdp"] = "ddp"
 
     @pydantic.field_validator("betas")
     @classmethod
@@ -309,7 +326,10 @@ class Trainer:
 
         self.model = model.to(self.device)  # the bare module (saved, evaluated)
         self.train_model: nn.Module = self.model
-        if self.dist.enabled:
+        self.sharded = self.dist.enabled and config.parallel == "fsdp"
+        if self.sharded:
+            _fully_shard(self.model, self.device, self.dist)  # in place: DTensor parameters
+        elif self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
 
@@ -391,9 +411,11 @@ class Trainer:
         for i in range(cfg.grad_accum):
             micro = self._to_device(_shard(shard, i, cfg.grad_accum))  # (B / W / A, ...)
             last = i == cfg.grad_accum - 1
+            if self.sharded:  # FSDP2: reduce-scatter the gradients on the last micro-batch
+                self.model.set_requires_gradient_sync(last)  # type: ignore[operator]
             sync = (
                 contextlib.nullcontext()
-                if last or not self.dist.enabled
+                if last or not self.dist.enabled or self.sharded
                 else self.train_model.no_sync()  # type: ignore[operator]
             )
             with sync:
@@ -411,6 +433,8 @@ class Trainer:
         else:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
         loss_value = self._mean_over_ranks(total / cfg.grad_accum)  # the same on every rank
+        if isinstance(norm, DTensor):  # FSDP: the norm of the sharded gradients, replicated
+            norm = norm.full_tensor()
         norm_value = float(norm)
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             # refuse the update: the weights (and any saved state) stay the last good ones
@@ -578,12 +602,16 @@ class Trainer:
         if folder is None:
             raise ConfigError("save() needs a folder: set out_dir in TrainConfig or pass one")
         path = folder / STATE_DIR
+        model: Any = self.model
+        optimizer: Any = self.optimizer
+        if self.sharded:  # every rank takes part in gathering the full state onto rank 0
+            model, optimizer = _gathered_state(self.model, self.optimizer)
         if self.dist.is_main:
             save_training_state(
                 path,
-                model=self.model,
+                model=model,
                 step=self.step,
-                optimizer=self.optimizer,
+                optimizer=optimizer,
                 scheduler=self.scheduler,
                 extra={
                     "data_generator": self.data_generator.get_state(),
@@ -610,11 +638,15 @@ class Trainer:
         path = folder / STATE_DIR
         if not path.is_dir():
             raise CheckpointError(f"{path} does not exist; train once with out_dir={folder}")
-        state = load_training_state(
-            path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
-        )
+        if self.sharded:
+            state = _load_sharded(path, self.model, self.optimizer, self.scheduler)
+        else:
+            state = load_training_state(
+                path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+            )
         saved = state.extra.get("config")
         if isinstance(saved, dict):
+            saved.setdefault("parallel", "ddp")  # states saved before the field existed
             changed = config_differences(
                 saved, self.config.model_dump(mode="json"), ignore=RESUME_MAY_CHANGE
             )
@@ -647,6 +679,94 @@ class Trainer:
         """Leave the process group this Trainer started (call at the end of a torchrun script)."""
         if self.dist.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+# -- FSDP2 ----------------------------------------------------------------------------
+
+
+def _fully_shard(model: nn.Module, device: torch.device, info: DistInfo) -> None:
+    """Shard ``model`` in place with FSDP2 over all ranks: each element of every
+    ``nn.ModuleList`` (the blocks) is its own unit, deepest first, then the root (which
+    keeps the rest: embeddings, final norm, output head, tied weights)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("parallel='fsdp' needs a model with trainable parameters")
+    mesh = init_device_mesh(device.type, (info.world_size,))
+    blocks = [m for ml in model.modules() if isinstance(ml, nn.ModuleList) for m in ml]
+    order = {id(m): i for i, m in enumerate(model.modules())}
+    shared = _shared_parameter_ids(model)
+    for block in sorted(blocks, key=lambda m: -order[id(m)]):  # children before parents
+        if not any(id(p) in shared for p in block.parameters()):  # tied ones stay at the root
+            fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def _shared_parameter_ids(model: nn.Module) -> set[int]:
+    """Parameters reachable under more than one name (tied weights)."""
+    seen: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
+    return {k for k, n in seen.items() if n > 1}
+
+
+class _StateHolder:
+    """What :func:`save_training_state` / :func:`load_training_state` read from a model or
+    optimizer (``state_dict()``, a model's ``cfg``), over a plain dict."""
+
+    def __init__(self, state: dict[str, Any], cfg: Any = None) -> None:
+        self._state, self.cfg = state, cfg
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        return (v for v in self._state.values() if isinstance(v, torch.Tensor))
+
+
+def _gathered_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
+    """Full (unsharded, CPU) model and optimizer state of an FSDP model, as holders; a
+    collective: every rank calls it (the tensors arrive on rank 0)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    optim = get_optimizer_state_dict(model, optimizer, options=options)
+    return _StateHolder(weights, getattr(model, "cfg", None)), _StateHolder(optim)
+
+
+def _load_sharded(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> TrainingState:
+    """Restore a training state saved by an FSDP run into the sharded ``model`` and
+    ``optimizer``: every rank reads the full tensors and keeps its own shards."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True)
+    # full-size CPU buffers (DTensor shapes are the global ones) the checked load fills
+    holder = _StateHolder(
+        {k: torch.empty(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
+    )
+    state = load_training_state(path, model=holder, scheduler=scheduler)  # type: ignore[arg-type]
+    set_model_state_dict(model, holder.state_dict(), options=options)
+    payload = torch.load(path / TRAINING_STATE_NAME, map_location="cpu", weights_only=True)
+    optim = payload.get("optimizer")
+    if not isinstance(optim, dict) or not all(isinstance(k, str) for k in optim.get("state", {})):
+        raise CheckpointError(
+            f"{path} was saved without FSDP (its optimizer state is keyed by index, not by "
+            f"parameter name); resume it with parallel='ddp' or in one process"
+        )
+    set_optimizer_state_dict(model, optimizer, optim, options=options)
+    return state
 
 
 def read_metrics(out_dir: Path) -> Iterator[dict[str, Any]]:
