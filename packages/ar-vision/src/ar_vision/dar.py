@@ -14,11 +14,12 @@ clean image, ``x_t + (1 - t) v(x_t, t, groups <= k)`` (the posterior mean under 
 is shown; it depends on groups ``<= k`` and the noise only, and the preview after the last
 group is the decoded image itself. :class:`DARStream` consumes one group at a time.
 
-The paper's tokenizer is a Transformer with learnable queries and its decoder a DiT over
-image patches; here both are MLPs sized for 8x8 digits (parameters, not the paper's).
+The paper's encoder and decoder are Transformers at ImageNet scale; here both are MLPs
+sized for 8x8 digits, and the time grid, group sizes and widths are parameters chosen here.
 Training is end to end: VQ (EMA codebook with dead-code restart, straight-through
 gradients, commitment loss) plus the flow-matching loss at the decoder's own step times
-(the grid ``j / (G s)`` the sampler visits), with the stage's group mask.
+(the grid ``t_j = (j / (G s)) ** time_power`` the sampler visits), with the stage's
+group mask.
 
 Notation: B batch, C channels, S image side, P = C S S pixels, G groups, m tokens a group,
 N = G m tokens, D code dimension, V codebook size, s Euler steps per group.
