@@ -81,9 +81,14 @@ def test_trained_routers_skip_layers() -> None:
     def data(gen: torch.Generator, b: int) -> torch.Tensor:
         return torch.randint(0, 16, (b, 12), generator=gen)
 
-    routers = FiRSTRouters.for_model(model, keep_bias=1.0)
-    history = train_routers(model, routers, data, prompt_len=6, steps=15, skip_weight=2.0)
-    assert history[-1]["keep"] < history[0]["keep"]  # the regulariser pushes towards skipping
+    for gate in ("soft", "hard", "bernoulli"):
+        routers = FiRSTRouters.for_model(model, keep_bias=1.0)
+        history = train_routers(
+            model, routers, data, prompt_len=6, steps=15, skip_weight=2.0, gate=gate
+        )
+        assert history[-1]["keep"] < history[0]["keep"]  # the regulariser pushes to skipping
+    with pytest.raises(ConfigError, match="gate must be"):
+        train_routers(model, routers, data, prompt_len=6, gate="sigmoid")  # type: ignore[arg-type]
 
 
 def test_bad_input() -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -190,7 +190,14 @@ class _Routed(nn.Module):
         r = routers.keep_prob(self.index, x, self.state["valid"])  # (B,)
         if self.state["soft"]:
             self.state["probs"].append(r)
-            return r[:, None, None] * self.block(x, *args) + (1 - r[:, None, None]) * x
+            g, gate = r, self.state["gate"]
+            if gate != "soft":  # a hard 0/1 forward, r's gradient (straight-through)
+                if gate == "bernoulli":
+                    hard = torch.bernoulli(r.detach(), generator=self.state["generator"])
+                else:
+                    hard = (r >= 0.5).to(r.dtype)
+                g = hard + r - r.detach()
+            return g[:, None, None] * self.block(x, *args) + (1 - g[:, None, None]) * x
         keep = r >= 0.5
         self.state["keep"].append(keep)
         if not bool(keep.any()):
@@ -199,12 +206,20 @@ class _Routed(nn.Module):
 
 
 def _routed_forward(
-    model: Transformer, routers: FiRSTRouters, tokens: Tensor, valid: Tensor, soft: bool
+    model: Transformer,
+    routers: FiRSTRouters,
+    tokens: Tensor,
+    valid: Tensor,
+    soft: bool,
+    gate: str = "soft",
+    generator: torch.Generator | None = None,
 ) -> tuple[ModelOutput, dict[str, Any]]:
     state: dict[str, Any] = {
         "routers": routers,
         "valid": valid,
         "soft": soft,
+        "gate": gate,
+        "generator": generator,
         "probs": [],
         "keep": [],
     }
@@ -242,9 +257,22 @@ def train_routers(
     lr: float = 1e-2,
     skip_weight: float = 0.5,
     seed: int = 0,
+    gate: Literal["soft", "hard", "bernoulli"] = "soft",
 ) -> list[dict[str, float]]:
     """Soft-gated training of the routers only (the base stays frozen): LM cross-entropy on
-    the tokens after the first ``prompt_len`` + ``skip_weight * mean keep probability``."""
+    the tokens after the first ``prompt_len`` + ``skip_weight * mean keep probability``.
+
+    ``gate``: ``"soft"`` blends ``r * Block(x) + (1 - r) * x`` (FiRST's soft gating);
+    ``"hard"`` runs the forward with inference's decisions (keep iff ``r >= 0.5``) and
+    ``"bernoulli"`` with sampled ones (keep with probability ``r``), both taking the
+    gradient through ``r`` (straight-through). A soft gate of 0.3 still passes 30% of a
+    block, so soft training can favour sets that fail once the decision is hard; a sampled
+    gate sees each layer skipped often enough to learn what skipping it costs (see
+    :mod:`ar_decoding.first_tasks`, where it is measured)."""
+    if gate not in ("soft", "hard", "bernoulli"):
+        raise ConfigError(
+            f"train_routers: gate must be 'soft', 'hard' or 'bernoulli', got {gate!r}"
+        )
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(routers.parameters(), lr=lr, weight_decay=0.0)
     for p in model.parameters():
@@ -254,7 +282,9 @@ def train_routers(
         batch = batches(gen, batch_size).to(model.device)
         T = batch.shape[1] - 1
         valid = torch.arange(T, device=batch.device)[None, :].expand(batch.shape[0], T) < prompt_len
-        out, state = _routed_forward(model, routers, batch[:, :-1], valid, soft=True)
+        out, state = _routed_forward(
+            model, routers, batch[:, :-1], valid, soft=True, gate=gate, generator=gen
+        )
         logits = out.logits[:, prompt_len - 1 :]
         ce = F.cross_entropy(logits.flatten(0, 1).float(), batch[:, prompt_len:].flatten())
         keep = torch.stack(state["probs"], 1).mean()

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ar_core.errors import ConfigError
 
-__all__ = ["DEFAULT_TARGETS", "Gate", "LoRALinear", "add_lora", "lora_parameters"]
+__all__ = ["DEFAULT_TARGETS", "HF_TARGETS", "Gate", "LoRALinear", "add_lora", "lora_parameters"]
 
 DEFAULT_TARGETS = ("wqkv", "wo", "w13", "w2")
 
@@ -35,6 +35,27 @@ class Gate:
 
     def __init__(self) -> None:
         self.value: Tensor | None = None
+
+
+# the projections of common transformers families: Llama/Mistral/Qwen (q/k/v/o, gate/up/
+# down), GPT-2 (Conv1D c_attn, c_proj, c_fc), GPT-NeoX/Bloom/Falcon (query_key_value, dense),
+# OPT (fc1, fc2, out_proj)
+HF_TARGETS = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    "c_attn", "c_proj", "c_fc", "query_key_value", "dense", "dense_h_to_4h",
+    "dense_4h_to_h", "fc1", "fc2", "out_proj",
+)  # fmt: skip
+
+
+def _sizes(module: nn.Module) -> tuple[int, int] | None:
+    """(d_in, d_out) of an ``nn.Linear`` or a transformers ``Conv1D`` (GPT-2's linear,
+    ``y = x W + b`` with W (d_in, d_out)); None for anything else."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    w = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and isinstance(w, Tensor) and w.ndim == 2:
+        return int(w.shape[0]), int(w.shape[1])
+    return None
 
 
 def _fused_rows(parent: nn.Module, name: str) -> list[int] | None:
@@ -57,14 +78,19 @@ class LoRALinear(nn.Module):
 
     def __init__(
         self,
-        base: nn.Linear,
+        base: nn.Module,
         rank: int,
         alpha: float,
         gate: Gate | None,
         parts: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        d_in, d_out = base.in_features, base.out_features
+        sizes = _sizes(base)
+        if sizes is None:
+            raise ConfigError(
+                f"LoRA wraps an nn.Linear or a transformers Conv1D, got {type(base).__name__}"
+            )
+        d_in, d_out = sizes
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(d_in, d_out):
             raise ConfigError(
                 f"LoRA rank must be an int in [1, {min(d_in, d_out)}] for a {d_in} -> {d_out} "
@@ -72,6 +98,7 @@ class LoRALinear(nn.Module):
             )
         self.base, self.rank, self.scale, self.gate = base, rank, alpha / rank, gate
         w = base.weight
+        assert isinstance(w, Tensor)
         self.parts = None if parts is None else [int(p) for p in parts]
         if self.parts is not None and sum(self.parts) != d_out:
             raise ConfigError(f"LoRA parts {self.parts} do not sum to the layer's {d_out} rows")
@@ -108,26 +135,28 @@ def add_lora(
     gated: bool = True,
 ) -> Gate | None:
     """Wrap the linears named ``targets`` (``wqkv wo w13 w2`` of ar-core's blocks) of
-    every block of ``model.layers`` in :class:`LoRALinear` of ``rank`` (in place). Returns
+    every block of ``model.layers`` (or, for a model without ``layers``, every such module
+    under ``model``: e.g. a transformers decoder with ``targets=HF_TARGETS``; ``nn.Linear``
+    and transformers' ``Conv1D``) in :class:`LoRALinear` of ``rank`` (in place). Returns
     the shared :class:`Gate` (``gated=True``) or None (plain LoRA). ``alpha`` defaults to
     ``rank`` (scale 1)."""
     layers = getattr(model, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ConfigError(
-            f"add_lora needs an ar-core Transformer (a `layers` ModuleList), got "
-            f"{type(model).__name__}"
-        )
+    blocks = list(layers) if isinstance(layers, nn.ModuleList) else [model]
     gate = Gate() if gated else None
     found = 0
-    for block in layers:
+    for block in blocks:
         for parent in list(block.modules()):
             for name, child in list(parent.named_children()):
-                if name in targets and isinstance(child, nn.Linear):
+                if name in targets and _sizes(child) is not None:
                     parts = _fused_rows(parent, name)
                     setattr(parent, name, LoRALinear(child, rank, alpha or rank, gate, parts))
                     found += 1
     if not found:
-        raise ConfigError(f"add_lora: no nn.Linear named {list(targets)} in model.layers")
+        raise ConfigError(
+            f"add_lora: no nn.Linear (or transformers Conv1D) named {list(targets)} in "
+            f"{type(model).__name__}; pass targets= the names of its projections (ar-core: "
+            f"{list(DEFAULT_TARGETS)}, transformers models: {list(HF_TARGETS)})"
+        )
     return gate
 
 

@@ -33,8 +33,9 @@ the RoPE positions and the ``table`` mask), so committing the accepted count kee
 the accepted real tokens in the cache. Output = the base's greedy output / sampling
 distribution exactly.
 
-Only ar-core ``Transformer`` bases are supported (gated LoRA wraps its blocks' linears and
-the mask embeddings enter as ``query_embeds``); ``from_hf`` models are not.
+Bases: an ar-core ``Transformer`` or a ``from_hf`` model (``ar_text.hf``; Llama-style
+``nn.Linear`` projections and GPT-2's ``Conv1D`` get the gated LoRA; the mask embeddings
+enter through a forward hook on the input embeddings, so no model code changes).
 
 Notation: B rows, T tokens, k masks, j drafts this step, C width, V vocabulary.
 """
@@ -42,6 +43,7 @@ Notation: B rows, T tokens, k masks, j drafts this step, C width, V vocabulary.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,34 +63,44 @@ from ar_core.generation import (
 from ar_core.model import ModelOutput, Transformer
 from ar_core.protocols import KVCache
 from ar_decoding.draft import accepted_tokens, park_finished
-from ar_decoding.lora import add_lora, lora_parameters
+from ar_decoding.lora import DEFAULT_TARGETS, HF_TARGETS, add_lora, lora_parameters
 from ar_decoding.verify import verify_draft
 
 __all__ = ["MTPModel", "block_layout", "mtp", "mtp_losses", "train_mtp"]
 
 
 class MTPModel(nn.Module):
-    """A frozen ar-core ``Transformer`` with ``num_masks`` mask tokens, gated LoRA of
-    ``rank`` (``gated=False``: plain LoRA, the control that changes the base) and a sampler
-    head. Called like the base (a ``CausalLM``): plain tokens get the base's outputs."""
+    """A frozen base with ``num_masks`` mask tokens, gated LoRA of ``rank`` (``gated=False``:
+    plain LoRA, the control that changes the base) and a sampler head. The base is an
+    ar-core ``Transformer`` (LoRA on ``lora.DEFAULT_TARGETS``) or a ``from_hf`` model
+    (``ar_text.hf.HFCausalLM``; LoRA on ``lora.HF_TARGETS`` of its decoder, ``nn.Linear`` or
+    GPT-2's ``Conv1D``). Called like the base (a ``CausalLM``): plain tokens get the base's
+    outputs.
+
+    Mask embeddings enter through a forward hook on the base's input embedding module
+    (active only inside :meth:`mixed`), so the base model object carries that hook (and
+    the adapters) from then on."""
 
     def __init__(
-        self, base: Transformer, num_masks: int, *, rank: int = 16, gated: bool = True
+        self, base: nn.Module, num_masks: int, *, rank: int = 16, gated: bool = True
     ) -> None:
         super().__init__()
-        if not isinstance(base, Transformer):
-            raise ConfigError(
-                f"MTPModel wraps an ar_core Transformer (gated LoRA on its blocks), got "
-                f"{type(base).__name__}"
-            )
+        embed, head, lora_root, targets = _parts(base)
         positive_int(num_masks, "num_masks", "mtp")
         for p in base.parameters():
             p.requires_grad_(False)
         self.base, self.num_masks = base, num_masks
-        self.vocab_size, self.max_seq_len = base.vocab_size, base.max_seq_len
-        self.gate = add_lora(base, rank, gated=gated)
-        C = base.cfg.dim
-        emb = base.tok_embeddings.weight.detach()
+        self.vocab_size = int(base.vocab_size)  # type: ignore[arg-type]
+        self.max_seq_len = int(base.max_seq_len)  # type: ignore[arg-type]
+        self._io = (embed, head)  # a tuple: not registered again as submodules
+        self.gate = add_lora(lora_root, rank, gated=gated, targets=targets)
+        emb = embed.weight.detach()
+        if emb.shape[0] != self.vocab_size and head.weight.shape[0] != self.vocab_size:
+            raise ConfigError(
+                f"MTPModel: the base's output head has {head.weight.shape[0]} rows for a "
+                f"vocabulary of {self.vocab_size}"
+            )
+        C = emb.shape[1]
         init = emb.mean(0, keepdim=True) + 0.02 * torch.randn(num_masks, C, device=emb.device)
         self.mask_embed = nn.Parameter(init.to(emb.dtype))
         self.sampler = nn.Sequential(nn.Linear(2 * C, C), nn.SiLU(), nn.Linear(C, C))
@@ -97,6 +109,15 @@ class MTPModel(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.sampler.to(device=emb.device, dtype=emb.dtype)
+        self._inject: tuple[Tensor, Tensor] | None = None  # (is_mask, mask index) in mixed
+        embed.register_forward_hook(self._embed_masks)
+
+    def _embed_masks(self, module: nn.Module, args: object, output: Tensor) -> Tensor | None:
+        """Forward hook on the input embeddings: mask slots get their mask embedding."""
+        if self._inject is None:
+            return None
+        is_mask, index = self._inject
+        return torch.where(is_mask[..., None], self.mask_embed[index].to(output.dtype), output)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [*lora_parameters(self.base), self.mask_embed, *self.sampler.parameters()]
@@ -109,10 +130,10 @@ class MTPModel(nn.Module):
         mask: masks.MaskSpec | None = None,
         commit: bool = True,
     ) -> ModelOutput:
-        return self.base(tokens, positions=positions, cache=cache, mask=mask, commit=commit)  # type: ignore[arg-type]
+        return self.base(tokens, positions=positions, cache=cache, mask=mask, commit=commit)  # type: ignore[no-any-return]
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        return self.base.new_cache(batch_size, max_len=max_len)
+        return self.base.new_cache(batch_size, max_len=max_len)  # type: ignore[operator, no-any-return]
 
     def mixed(
         self,
@@ -127,28 +148,39 @@ class MTPModel(nn.Module):
         The new cache entries stay pending."""
         is_mask = mask_index >= 0  # (B, T)
         ids = torch.where(is_mask, 0, tokens)
-        embeds = self.base.tok_embeddings(ids)
-        embeds = torch.where(is_mask[..., None], self.mask_embed[mask_index.clamp(min=0)], embeds)
+        self._inject = (is_mask, mask_index.clamp(min=0))
         if self.gate is not None:
             self.gate.value = is_mask[..., None]
         try:
-            return self.base(
-                ids,
-                positions=positions,
-                cache=cache,
-                mask=mask,
-                commit=False,
-                query_embeds=embeds,  # type: ignore[arg-type]
-            )
+            return self.base(ids, positions=positions, cache=cache, mask=mask, commit=False)  # type: ignore[no-any-return]
         finally:
+            self._inject = None
             if self.gate is not None:
                 self.gate.value = None
 
     def sample_logits(self, hidden: Tensor, prev: Tensor) -> Tensor:
         """The sampler head: ``hidden`` (..., C) of a mask, ``prev`` (...) the token before
         the one it predicts -> logits (..., V)."""
-        z = torch.cat([hidden, self.base.tok_embeddings(prev)], -1)
-        return self.base.output(hidden + self.sampler(z))
+        embed, head = self._io
+        z = torch.cat([hidden, F.embedding(prev, embed.weight)], -1)
+        return head(hidden + self.sampler(z))  # type: ignore[no-any-return]
+
+
+def _parts(base: nn.Module) -> tuple[nn.Embedding, nn.Linear, nn.Module, tuple[str, ...]]:
+    """(input embeddings, output head, LoRA root, LoRA targets) of an ar-core
+    ``Transformer`` or a ``from_hf`` adapter (an object with the transformers model as
+    ``.hf``)."""
+    if isinstance(base, Transformer):
+        return base.tok_embeddings, base.output, base, DEFAULT_TARGETS
+    hf: Any = getattr(base, "hf", None)
+    if callable(getattr(hf, "get_input_embeddings", None)):
+        embed, head, root = hf.get_input_embeddings(), hf.get_output_embeddings(), hf.base_model
+        if isinstance(embed, nn.Embedding) and isinstance(head, nn.Linear):
+            return embed, head, root, HF_TARGETS
+    raise ConfigError(
+        f"MTPModel wraps an ar_core Transformer or a from_hf model (token embeddings and a "
+        f"linear output head), got {type(base).__name__}"
+    )
 
 
 def block_layout(num_real: int, anchors: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
