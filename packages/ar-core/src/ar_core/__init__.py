@@ -37,6 +37,7 @@ _LAZY: dict[str, str] = {
     "GenerationResult": "ar_core.generation",
     "GenerationStats": "ar_core.generation",
     "generate": "ar_core.generation",
+    "quantize": "ar_core.quant",
     "TrainConfig": "ar_core.trainer",
     "Trainer": "ar_core.trainer",
     "sampling": "ar_core.sampling",
@@ -67,6 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover
         StepSampler,
         Strategy,
     )
+    from ar_core.quant import quantize
     from ar_core.trainer import TrainConfig, Trainer
 
 
@@ -116,6 +118,7 @@ __all__ = [
     "masks",
     "plugins",
     "protocols",
+    "quantize",
     "registry",
     "sampling",
     "steps",
