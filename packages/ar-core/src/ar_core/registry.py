@@ -75,6 +75,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "diffusion-digits": "ar-diffusion",
         "video-moving-digits": "ar-video",
         "timeseries-ett": "ar-timeseries",
+        "decoding-mtp": "ar-decoding",
     },
     "benchmarks": {
         "decoding": "ar-decoding",

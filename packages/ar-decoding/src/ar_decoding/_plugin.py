@@ -1,4 +1,4 @@
-"""ar-decoding's plugin: registers its strategies and its benchmark.
+"""ar-decoding's plugin: registers its strategies, its recipe and its benchmark.
 
 Each strategy module is imported when the strategy first runs, so loading the plugin
 (every ``ar`` command does) stays cheap.
@@ -31,6 +31,13 @@ STRATEGIES: dict[str, tuple[str, str]] = {
 def register_strategies(register: Register) -> None:
     for name, (module, attr) in STRATEGIES.items():
         register(name, lazy(f"ar_decoding.{module}", attr))
+
+
+@hookimpl
+def register_recipes(register: Register) -> None:
+    from ar_decoding.recipes import mtp as mtp_recipe  # imports torch: only when recipes load
+
+    register("decoding-mtp", mtp_recipe.recipe)
 
 
 @hookimpl

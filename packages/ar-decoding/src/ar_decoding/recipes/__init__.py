@@ -1,0 +1,1 @@
+"""ar-decoding's recipes: ``decoding-mtp`` (:mod:`ar_decoding.recipes.mtp`)."""
