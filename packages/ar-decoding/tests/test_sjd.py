@@ -84,3 +84,24 @@ def test_bad_kwargs() -> None:
         generate(model, x, cfg, strategy="sjd", init="spatial")
     with pytest.raises(ConfigError, match="window"):
         generate(model, x, cfg, strategy="sjd", window=0)
+
+
+def test_random_initialisation_fills_exactly_the_slots_past_keep() -> None:
+    """The vectorised ``init='random'`` fill equals the per-slot rule: slot j of row b is
+    redrawn (token uniform[b, j], q uniform) iff j >= keep[b]; the rest stay untouched."""
+    B, L, V = 3, 5, 7
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randint(0, V, (B, L), generator=gen)
+    q = torch.rand(B, L, V, generator=gen)
+    keep = torch.tensor([0, 2, 5])
+    x0, q0 = x.clone(), q.clone()
+    draw = torch.Generator().manual_seed(9)
+    sjd_module._initialise(x, q, keep, None, "random", None, draw)  # type: ignore[arg-type]
+    uniform = torch.randint(0, V, (B, L), generator=torch.Generator().manual_seed(9))
+    for b in range(B):
+        for j in range(L):
+            if j >= keep[b]:
+                assert x[b, j] == uniform[b, j]
+                assert torch.equal(q[b, j], torch.full((V,), 1.0 / V))
+            else:
+                assert x[b, j] == x0[b, j] and torch.equal(q[b, j], q0[b, j])

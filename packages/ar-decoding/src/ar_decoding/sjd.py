@@ -191,6 +191,11 @@ def _initialise(
     device = x.device
     rows = torch.arange(B, device=device)
     uniform = torch.randint(0, V, (B, L), generator=gen, device=device)  # (B, L)
+    if init == "random":  # no slot depends on another: every slot at once
+        fill = torch.arange(L, device=device)[None, :] >= keep[:, None]  # (B, L)
+        x.copy_(torch.where(fill, uniform, x))
+        q.masked_fill_(fill[..., None], 1.0 / V)
+        return
     for j in range(L):
         fill = j >= keep  # (B,)
         if not bool(fill.any()):

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ar_core import registry
 from ar_core.generation import GenerationConfig, generate
-from ar_core.model import Transformer, TransformerConfig
+from ar_core.model import PRESETS, Transformer, TransformerConfig
 from ar_core.steps import TwoStreamStepModel
 from ar_core.trainer import TrainConfig, Trainer
 
@@ -120,8 +120,19 @@ def trained(
 
 # ar-core's ``medium`` preset (768 wide, 12 heads, 4 KV heads) with the byte vocabulary and
 # 16 layers: ~101M parameters, 404 MB of float32 weights read per decode step
-BIG = dict(TransformerConfig.from_name("medium", vocab_size=256, n_layers=16).model_dump())
-BIG["max_seq_len"] = 1024
+# (every field spelled out: the cache key must not change when TransformerConfig gains one)
+BIG: dict[str, Any] = {
+    **PRESETS["medium"],
+    "vocab_size": 256,
+    "n_layers": 16,
+    "max_seq_len": 1024,
+    "attention_backend": "auto",
+    "rope_theta": 10000.0,
+    "norm_eps": 1e-05,
+    "ffn_hidden": None,
+    "tie_embeddings": False,
+    "dtype": "float32",
+}
 
 
 def distinct_ngrams(tokens: list[int], n: int = 8) -> float:
@@ -182,7 +193,12 @@ def big_target(
     """The ~101M byte-level target (:data:`BIG`), trained ``train['steps']`` AdamW steps
     under bfloat16 autocast (the CPU has avx512_bf16) and cached with ``bench.json``: the
     settings, the weights' checksum and the quality reached (held-out bits per byte)."""
-    key = {"arch": BIG, "train": train, "bytes": data.numel()}
+    arch = train.get("arch", BIG)
+    key = {
+        "arch": arch,
+        "train": {k: v for k, v in train.items() if k != "arch"},
+        "bytes": data.numel(),
+    }
     folder = (
         cache_dir
         / f"big-target-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
@@ -192,7 +208,7 @@ def big_target(
         print(f"[big-target] cached weights (validated): {folder}", flush=True)
         return Transformer.from_pretrained(folder).eval(), meta
     torch.manual_seed(0)
-    model = Transformer(TransformerConfig(**BIG))
+    model = Transformer(TransformerConfig(**arch))
     opt = torch.optim.AdamW(model.parameters(), lr=train["lr"], betas=(0.9, 0.95), weight_decay=0.0)
     sample = batches(data, train["seq_len"])
     gen = torch.Generator().manual_seed(0)
@@ -316,13 +332,13 @@ def distilled_draft(
     torch.manual_seed(0)
     draft = Transformer(TransformerConfig(**arch))
     opt = torch.optim.AdamW(draft.parameters(), lr=train["lr"])
-    T = train["seq_len"]
+    L = seqs.shape[1]
+    T = min(train["seq_len"], L - 1)
     losses = []
     for step in range(train["steps"]):
         pick = torch.randint(0, seqs.shape[0], (train["batch_size"],), generator=gen)
-        off = torch.randint(
-            max(0, P - T // 2), seqs.shape[1] - T, (train["batch_size"],), generator=gen
-        )
+        low = min(max(0, P - T // 2), L - T - 1)  # windows reach into the continuation
+        off = torch.randint(low, L - T, (train["batch_size"],), generator=gen)
         batch = torch.stack([seqs[r, o : o + T + 1] for r, o in zip(pick.tolist(), off.tolist())])
         logits = draft(batch[:, :-1]).logits
         loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
@@ -349,9 +365,9 @@ def interleaved(
 ) -> dict[str, dict[str, Any]]:
     """Each run on each prompt, the runs interleaved (prompt by prompt, ``repeats`` rounds)
     so that a load change on a shared machine hits them alike; wall and CPU seconds
-    (``time.process_time``) summed over prompts, the median round kept; one warm-up each."""
-    for fn in runs.values():
-        fn(xs[0])
+    (``time.process_time``) summed over prompts, the median round kept. The first run is
+    warmed up once on a short prompt (eager PyTorch: later runs find the kernels ready)."""
+    next(iter(runs.values()))(xs[0][:, -16:])
     rounds: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     outputs: dict[str, list[Any]] = {k: [] for k in runs}
     for rep in range(repeats):
@@ -376,6 +392,37 @@ def interleaved(
             "cpu_seconds": cpus[len(cpus) // 2],
         }
     return result
+
+
+def time_split(
+    fn: Callable[[torch.Tensor], Any], x: torch.Tensor, models: dict[str, torch.nn.Module]
+) -> dict[str, float]:
+    """Where one call's CPU time goes: inside each of ``models``' forwards (module hooks,
+    ``time.process_time``) and the rest (the strategy's own Python and tensor work)."""
+    spent = {name: 0.0 for name in models}
+    started: dict[str, float] = {}
+    handles = []
+    for name, module in models.items():
+
+        def pre(_m: Any, _a: Any, name: str = name) -> None:
+            started[name] = time.process_time()
+
+        def post(_m: Any, _a: Any, _o: Any, name: str = name) -> None:
+            spent[name] += time.process_time() - started[name]
+
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    try:
+        c0 = time.process_time()
+        fn(x)
+        total = time.process_time() - c0
+    finally:
+        for h in handles:
+            h.remove()
+    return {
+        "cpu_s": total,
+        **{f"{k}_forward_s": v for k, v in spent.items()},
+        "other_s": total - sum(spent.values()),
+    }
 
 
 def ours(
@@ -404,8 +451,11 @@ def table_rows(
     """Speed-ups over ``base`` (wall and CPU), passes per token, accepted length, equality
     with ``base``'s outputs and the distinct 8-gram fraction of the continuations."""
     ref = timed[base]
+    pre = timed.get(PREFILL)  # the shared prefill (+ 1 token): subtracted for decode speed
     rows = {}
     for label, r in timed.items():
+        if label == PREFILL:
+            continue
         seqs = [o if isinstance(o, torch.Tensor) else o.sequences for o in r["outputs"]]
         stats = [o.stats for o in r["outputs"] if not isinstance(o, torch.Tensor)]
         tokens = sum(s.tokens_generated for s in stats) if stats else n_new * len(seqs)
@@ -417,6 +467,16 @@ def table_rows(
             "speedup_cpu": ref["cpu_seconds"] / r["cpu_seconds"],
             "seconds": r["seconds"],
             "cpu_seconds": r["cpu_seconds"],
+            **(
+                {
+                    "decode_speedup_wall": (ref["seconds"] - pre["seconds"])
+                    / max(1e-9, r["seconds"] - pre["seconds"]),
+                    "decode_speedup_cpu": (ref["cpu_seconds"] - pre["cpu_seconds"])
+                    / max(1e-9, r["cpu_seconds"] - pre["cpu_seconds"]),
+                }
+                if pre is not None
+                else {}
+            ),
             "target_passes_per_token": (
                 sum(s.target_forward_passes for s in stats) / tokens if stats else None
             ),
@@ -428,14 +488,19 @@ def table_rows(
     return rows
 
 
+PREFILL = "prefill only (greedy, 1 new token)"
+
+
 def print_rows(title: str, rows: dict[str, dict[str, Any]]) -> None:
-    print(f"\n{title}\n{'run':34} {'tok/s':>7} {'x wall':>7} {'x cpu':>7} {'passes/tok':>10} "
-          f"{'acc.len':>8} {'=base':>6}")  # fmt: skip
+    print(f"\n{title}\n{'run':34} {'tok/s':>7} {'x wall':>7} {'x cpu':>7} {'dec.wall':>8} "
+          f"{'dec.cpu':>8} {'passes/tok':>10} {'acc.len':>8} {'=base':>6}")  # fmt: skip
     for label, r in rows.items():
         same = next(v for k, v in r.items() if k.startswith("identical_to_"))
         passes = r["target_passes_per_token"]
         acc = r["mean_accepted_length"]
+        dw, dc = r.get("decode_speedup_wall", 0.0), r.get("decode_speedup_cpu", 0.0)
         print(f"{label:34} {r['tokens_per_s']:7.2f} {r['speedup_wall']:7.2f} {r['speedup_cpu']:7.2f} "
+              f"{dw:8.2f} {dc:8.2f} "
               f"{'-' if passes is None else f'{passes:.3f}':>10} {'-' if acc is None else f'{acc:.2f}':>8} "
               f"{same!s:>6}")  # fmt: skip
 
@@ -447,7 +512,9 @@ def big_section(
     code completion (speculative, lookahead, Jacobi, HF assisted on the same weights) and
     the edit workload (prompt lookup, HF prompt lookup)."""
     quick = args.quick
-    big_train = dict(steps=2 if quick else 24, batch_size=4, seq_len=128, lr=2e-3)
+    big_train: dict[str, Any] = dict(steps=2 if quick else 24, batch_size=4, seq_len=128, lr=2e-3)
+    if quick:  # a 1-layer stand-in: checks the section runs, measures nothing
+        big_train["arch"] = {**BIG, "dim": 64, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1}
     torch.set_num_threads(max(args.threads, args.train_threads))
     target, target_meta = big_target(big_train, data, held, cache_dir)
     from ar_core.checkpoint import tensors_digest
@@ -457,19 +524,20 @@ def big_section(
         vocab_size=256, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=1024
     )
     draft_train = dict(
-        prompts=8 if quick else 64, prompt_len=128, new=96 if not quick else 16, gen_batch=16,
-        steps=10 if quick else 150, batch_size=8, seq_len=128, lr=3e-3,
+        prompts=8 if quick else 16, prompt_len=96, new=16 if quick else 96, gen_batch=16,
+        steps=10 if quick else 80, batch_size=8, seq_len=128, lr=3e-3,
     )  # fmt: skip
     draft, draft_meta = distilled_draft(
         target, draft_arch, draft_train, text, cache_dir, fingerprint
     )
     torch.set_num_threads(args.threads)
-    n_new = args.new_tokens or (16 if quick else 96)
-    n_prompts = args.prompts or (1 if quick else 3)
-    xs = prompts(held, n_prompts, 384)
+    n_new = args.new_tokens or (16 if quick else 48)
+    n_prompts = args.prompts or (1 if quick else 2)
+    xs = prompts(held, n_prompts, 160)
     k = args.num_draft_tokens
     runs: dict[str, Callable[[torch.Tensor], Any]] = {
         "greedy": ours(target, n_new, "greedy", {}),
+        PREFILL: ours(target, 1, "greedy", {}),
         f"speculative k={k}": ours(
             target, n_new, "speculative", dict(draft_model=draft, num_draft_tokens=k)
         ),
@@ -479,8 +547,6 @@ def big_section(
         "lookahead W=4 N=4 G=2": ours(
             target, n_new, "lookahead", dict(window=4, ngram=4, pool_size=2)
         ),
-        "lookahead W=8 N=4 G=8 (default)": ours(target, n_new, "lookahead", {}),
-        "jacobi": ours(target, n_new, "jacobi", {}),
     }
     hf_target = None
     if not args.no_hf:
@@ -490,7 +556,6 @@ def big_section(
         hf_draft.generation_config.num_assistant_tokens = k
         hf_draft.generation_config.num_assistant_tokens_schedule = "constant"
         hf_draft.generation_config.assistant_confidence_threshold = 0.0
-        runs["HF greedy"] = hf_run(hf_target, n_new, {})
         runs[f"HF assisted k={k}"] = hf_run(hf_target, n_new, dict(assistant_model=hf_draft))
     timed = interleaved(runs, xs, args.repeats)
     completion = table_rows(timed, "greedy", n_new)
@@ -506,22 +571,22 @@ def big_section(
         "greedy_sample": bytes(greedy_new[0][:96]).decode("ascii", errors="replace"),
     }
     print_rows("code completion, ~101M target", completion)
+    parts: dict[str, torch.nn.Module] = {"target": target, "draft": draft}
+    profile = {
+        label: time_split(runs[label], xs[0], parts)
+        for label in (f"speculative k={k}", "lookahead W=4 N=4 G=2")
+    }
+    print(f"profile (one prompt, CPU s): {json.dumps(profile, indent=1)}", flush=True)
     print(f"target quality: {quality}", flush=True)
 
     # the edit workload: prompt lookup (ours, HF's) against greedy
-    es = edit_prompts(held, n_prompts, 320)
+    es = edit_prompts(held, n_prompts, 200)
     e_runs: dict[str, Callable[[torch.Tensor], Any]] = {
         "greedy": ours(target, n_new, "greedy", {}),
+        PREFILL: ours(target, 1, "greedy", {}),
         "prompt-lookup k=10": ours(target, n_new, "prompt-lookup", {}),
-        "prompt-lookup k=20 n=4..2": ours(
-            target,
-            n_new,
-            "prompt-lookup",
-            dict(num_draft_tokens=20, max_ngram_size=4, min_ngram_size=2),
-        ),
     }
     if hf_target is not None:
-        e_runs["HF greedy"] = hf_run(hf_target, n_new, {})
         e_runs["HF prompt lookup 10"] = hf_run(hf_target, n_new, dict(prompt_lookup_num_tokens=10))
     e_timed = interleaved(e_runs, es, args.repeats)
     edit = table_rows(e_timed, "greedy", n_new)
@@ -529,9 +594,11 @@ def big_section(
         o.sequences[0, x.shape[1] :].tolist() for o, x in zip(e_timed["greedy"]["outputs"], es)
     ]
     print_rows("edit workload (rename an identifier), ~101M target", edit)
+    profile["edit: prompt-lookup k=10"] = time_split(e_runs["prompt-lookup k=10"], es[0], parts)
     return {  # tables (mappings of records) at the top level: docs/gen_benchmarks.py shows them
         "big_completion": completion,
         "big_edit_workload": edit,
+        "big_profile_one_prompt": profile,
         "big_target": {**BIG, "parameters": target.num_parameters()},
         "big_target_training": {k: v for k, v in target_meta.items() if k != "key"}
         | {"settings": big_train},
