@@ -1,4 +1,4 @@
-"""``ar bench vision -- --quick`` runs end to end (slow: it trains two models)."""
+"""``ar bench vision -- --quick`` runs end to end (slow: it trains models)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,15 @@ def test_registered_lazily() -> None:
 def test_quick_benchmark(tmp_path: Path) -> None:
     out = tmp_path / "vision.json"
     report = registry.benchmarks.get("vision")(
-        ["--quick", "--runs", "raster-vq,coarse-to-fine", "--out", str(out)]
+        [
+            "--quick",
+            "--sections",
+            "orderings",
+            "--runs",
+            "raster-vq,coarse-to-fine",
+            "--out",
+            str(out),
+        ]
     )
     assert out.is_file()
     assert report["runs"]["raster-vq"]["network_calls_per_image"] == 16
@@ -29,3 +37,29 @@ def test_quick_benchmark(tmp_path: Path) -> None:
     for strategy in ("sjd", "lantern"):  # every pass accepts at least one token
         assert spec_runs[strategy]["forward_passes"] <= 16
         assert spec_runs[strategy]["mean_accepted_length"] >= 1.0
+
+
+@pytest.mark.slow
+def test_quick_benchmark_phi_ctf_windows(tmp_path: Path) -> None:
+    out = tmp_path / "vision.json"
+    report = registry.benchmarks.get("vision")(
+        ["--quick", "--sections", "phi,ctf,windows", "--windows", "8,64", "--out", str(out)]
+    )
+    assert out.is_file() and "runs" not in report  # the orderings section did not run
+    assert list(report["phi"]) == ["phi off", "phi on"]
+    for row in report["phi"].values():
+        assert row["network_calls_per_image"] == 4
+        assert [k for k in row if k.startswith("mse_after_scale_")] == [
+            f"mse_after_scale_{s}" for s in (1, 2, 4, 8)
+        ]
+    assert list(report["ctf_fine_stage"]) == ["causal", "bidirectional"]
+    for row in report["ctf_fine_stage"].values():
+        assert row["network_calls_per_image"] == 17  # 16 coarse steps + 1 fine step
+        # coarse and fine-given-coarse NLLs add up to the full one
+        product = row["coarse_perplexity"] * row["fine_given_coarse_perplexity"]
+        assert abs(product - row["full_perplexity"]) < 0.01 * row["full_perplexity"]
+    windows = report["windows"]
+    assert list(windows) == ["sample", "sjd-8", "sjd-64", "lantern-8", "lantern-64"]
+    assert windows["sample"]["forward_passes"] == 64  # 64 pixel tokens, one a pass
+    for name, row in windows.items():
+        assert row["forward_passes"] <= 64 and row["mean_accepted_length"] >= 1.0, name
