@@ -15,6 +15,7 @@ from ramp_models import ramp_base, ramps
 
 from ar_core.errors import ConfigError
 from ar_core.generation import GenerationConfig, generate
+from ar_decoding.lora import add_lora
 from ar_decoding.mtp import MTPModel, train_mtp
 
 DATA = ramps()
@@ -92,6 +93,10 @@ def test_bad_input() -> None:
         MTPModel(tiny(), 2, rank=1000)
     with pytest.raises(ConfigError, match="num_masks must be an int >= 1"):
         MTPModel(tiny(), 0)
+    with pytest.raises(ConfigError, match="wraps an ar_core Transformer or a from_hf model"):
+        MTPModel(torch.nn.Linear(4, 4), 2)
+    with pytest.raises(ConfigError, match="no nn.Linear .* named"):
+        add_lora(torch.nn.Sequential(torch.nn.ReLU()), 2)
     with pytest.raises(ConfigError, match="needs an MTPModel"):
         generate(base, x, cfg, strategy="mtp")
     with pytest.raises(ConfigError, match="exceeds the model's 2 mask tokens"):

@@ -47,7 +47,7 @@ class DecodingMTPConfig(pydantic.BaseModel):
     base: str | None = None  # a text-code run folder (model/, tokenizer/); None: train one
     masks: int = pydantic.Field(8, ge=1)  # k mask tokens (decoding uses k = 4 and this)
     rank: int = pydantic.Field(16, ge=1)  # LoRA rank
-    steps: int = pydantic.Field(300, ge=1)  # MTP training updates
+    steps: int = pydantic.Field(600, ge=1)  # MTP training updates
     batch_size: int = pydantic.Field(8, ge=1)
     seq_len: int = pydantic.Field(64, ge=12)  # tokens per training window
     anchors: int = pydantic.Field(8, ge=1)  # mask blocks per window
