@@ -282,10 +282,11 @@ class VideoMovingDigitsRecipe(RecipeBase):
     in_demo = True
 
     def demo_config(self) -> VideoMovingDigitsConfig:
-        # 37 s of CPU time (one thread, everything from data to GIFs) measured on the 2-core
-        # dev machine while other jobs shared it (262 s wall at load ~11); on an idle
-        # machine a single-threaded run takes about its CPU time. 300 updates leave both
-        # models behind copy-last at horizon 1 and ahead of it from horizon 2 on
+        # 47 s of CPU time (one thread, everything from data to GIFs, point forecasts
+        # included) measured on the 2-core dev machine while other jobs shared it (427 s
+        # wall at load ~22); on an idle machine a single-threaded run takes about its CPU
+        # time. 300 updates leave both models (sampled or point forecasts) behind
+        # copy-last at horizon 1 and ahead of it from horizon 2 on
         # (docs/packages/ar-video.md); the full config trains 1500 updates
         return VideoMovingDigitsConfig(
             train_clips=192,
