@@ -142,3 +142,42 @@ def test_compiled_decode_equals_eager() -> None:
     eager = generate(model, x, cfg)
     compiled = generate(model, x, cfg, compile=True)
     assert torch.equal(eager.sequences, compiled.sequences)
+
+
+def test_fused_compiled_greedy_equals_eager_with_eos_ragged_and_stream() -> None:
+    """The compiled greedy step that picks and commits inside the graph gives eager's
+    sequences, counters and stream on a ragged batch whose rows stop at an EOS; a second
+    call reuses the compiled step (one entry per model, batch, device and kind)."""
+    from ar_core.generation import _COMPILED
+
+    model = _model()
+    x = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(3))
+    lengths = [6, 3]
+    probe = generate(model, x, GenerationConfig(max_new_tokens=10), prompt_lengths=lengths)
+    eos = int(probe.sequences[1, 3 + 4])  # row 1's 5th new token: it stops there
+    cfg = GenerationConfig(max_new_tokens=10, eos_token_id=eos, pad_token_id=1)
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.parts: list[torch.Tensor] = []
+
+        def put(self, tokens: torch.Tensor) -> None:
+            self.parts.append(tokens.clone())
+
+        def end(self) -> None:
+            pass
+
+    runs = []
+    for compile in (False, True, True):
+        rec = Recorder()
+        out = generate(model, x, cfg, prompt_lengths=lengths, compile=compile, streamer=rec)
+        runs.append((out, torch.cat(rec.parts, 1)))
+    (eager, s0), (fused, s1), (again, s2) = runs
+    assert torch.equal(eager.sequences, fused.sequences)
+    assert torch.equal(fused.sequences, again.sequences)
+    assert torch.equal(s0, s1) and torch.equal(s1, s2)
+    assert fused.stats.tokens_generated == eager.stats.tokens_generated
+    assert fused.stats.target_forward_passes == eager.stats.target_forward_passes
+    assert fused.stats.accepted_lengths == eager.stats.accepted_lengths
+    assert (fused.sequences[1, 3 + 5 :] == 1).all()  # padded after its EOS
+    assert (2, "cpu", True) in _COMPILED[model] and len(_COMPILED[model]) == 1

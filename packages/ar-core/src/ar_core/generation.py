@@ -7,7 +7,11 @@ GPT, Fast", 2023), kept visible:
 
 over a :class:`~ar_core.cache.StaticKVCache` allocated once. ``compile=True`` compiles
 the one-token decode step at the call site (``torch.compile``; on CUDA with CUDA graphs,
-"reduce-overhead").
+"reduce-overhead"). For plain greedy decoding (no repetition penalty, no custom pick) the
+compiled step is :func:`decode_one_token_greedy`: forward, argmax and the cache commit in
+one graph, as in gpt-fast, so a step is one call. The loop keeps its counters on the
+device: on CUDA it reads one value back (have all rows hit EOS?) every
+``EOS_CHECK_EVERY`` steps, not one per token.
 
 Ragged prompts are right-padded: ``input_ids`` (B, T) with ``prompt_lengths`` (B,) (or an
 ``attention_mask`` of ones followed by zeros). The prefill writes the whole padded block
@@ -46,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from ar_core import registry
+from ar_core.cache import StaticKVCache
 from ar_core.errors import ConfigError, InputError, validation_message
 from ar_core.masks import MaskSpec
 from ar_core.protocols import CausalLM, KVCache
@@ -72,6 +77,7 @@ __all__ = [
     "check_eos",
     "decode_n_tokens",
     "decode_one_token",
+    "decode_one_token_greedy",
     "decode_with_pick",
     "generate",
     "greedy",
@@ -550,7 +556,19 @@ def decode_one_token(model: Any, tokens: Tensor, cache: Any) -> Tensor:
     return model(tokens[:, None], cache=cache, commit=False).logits[:, -1]
 
 
+def decode_one_token_greedy(model: Any, tokens: Tensor, cache: Any) -> tuple[Tensor, Tensor]:
+    """One greedy decode step with the pick and the commit inside (compiled as one graph):
+    tokens (B,) -> (the argmax next tokens (B,), their logits (B, V)); the cache's
+    ``lengths`` advance by one on the device (its host-side bound is refreshed by the
+    caller after the loop)."""
+    logits = model(tokens[:, None], cache=cache, commit=False).logits[:, -1]  # (B, V)
+    cache.lengths.add_(1)
+    return logits.argmax(-1), logits
+
+
 Picker = Callable[[Tensor, Tensor], Tensor]  # (logits (B, V), history (B, L)) -> (B,)
+# steps between the EOS checks of decode_n_tokens on accelerators (each check is a sync)
+EOS_CHECK_EVERY = 8
 
 
 def decode_n_tokens(
@@ -567,61 +585,83 @@ def decode_n_tokens(
     streamer: Streamer | None,
     stats: GenerationStats,
     watch: FiniteWatch | None = None,
+    greedy_step: Callable[[Any, Tensor, Any], tuple[Tensor, Tensor]] | None = None,
 ) -> Tensor:
     """Pick ``n`` tokens, one decode step each; returns them as (B, n).
 
     ``history`` (B, L + n) holds the tokens so far (-1 = unused slot; the repetition
     penalty reads it); ``logits`` (B, V) are those of the last prompt token. ``watch``
     records non-finite logits of unfinished rows on the device (the caller checks it).
+    ``greedy_step`` (e.g. a compiled :func:`decode_one_token_greedy`) replaces ``step``,
+    ``pick`` and the commit when the pick is a plain argmax: it returns the next tokens
+    with the logits and commits itself.
     """
     B = logits.shape[0]
-    out = torch.full((B, n), pad_token_id, dtype=torch.long, device=logits.device)
-    finished = torch.zeros(B, dtype=torch.bool, device=logits.device)
+    device = logits.device
+    out = torch.full((B, n), pad_token_id, dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
     end = history.shape[1] - n  # next free history column, shared by all rows
     watch_eos = eos_ids.numel() > 0
+    generated = torch.zeros((), dtype=torch.long, device=device)  # counted on the device
+    # a CPU tensor read is no sync: check every step there (stop as soon as all finish)
+    check_every = 1 if device.type == "cpu" else EOS_CHECK_EVERY
+    picked: Tensor | None = None  # the next tokens a greedy_step already chose
+    steps = 0
     for i in range(n):
         if watch is not None:
             watch.update(logits, i, active=~finished if watch_eos else None)
-        token = pick(logits, history)  # (B,)
-        token = torch.where(finished, pad_token_id, token)
+        token = pick(logits, history) if picked is None else picked  # (B,)
+        if watch_eos:
+            token = torch.where(finished, pad_token_id, token)
         out[:, i] = token
-        history[:, end + i] = torch.where(finished, -1, token)
-        stats.tokens_generated += B if not watch_eos else int((~finished).sum())
-        stats.accepted_lengths.append(1)
+        history[:, end + i] = torch.where(finished, -1, token) if watch_eos else token
+        generated += (~finished).sum() if watch_eos else B
+        steps += 1
         if streamer is not None:
             streamer.put(token[:, None])
         if watch_eos:
             finished |= torch.isin(token, eos_ids)
-            if bool(finished.all()):
+            if (i + 1) % check_every == 0 and bool(finished.all()):
                 break
         if i + 1 < n:
-            logits = step(model, token, cache)  # (B, V)
-            cache.commit(1)
+            if greedy_step is not None:
+                picked, logits = greedy_step(model, token, cache)  # committed inside
+            else:
+                logits = step(model, token, cache)  # (B, V)
+                cache.commit(1)
             stats.target_forward_passes += 1
+    stats.tokens_generated += int(generated)  # one read, after the loop
+    stats.accepted_lengths.extend([1] * steps)
+    if greedy_step is not None and hasattr(cache, "set_lengths"):
+        cache.set_lengths(cache.lengths)  # refresh the host-side bound the step skipped
     return out
 
 
-# model -> {(batch, device): (compiled step, cache)}: compiled once, reused by every call
-_COMPILED: weakref.WeakKeyDictionary[Any, dict[tuple[int, str], tuple[Any, Any]]] = (
+# model -> {(batch, device, greedy): (compiled step, cache)}: compiled once, reused
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[tuple[int, str, bool], tuple[Any, Any]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _compiled_setup(model: Any, batch_size: int, device: torch.device) -> tuple[Any, Any]:
-    """A compiled :func:`decode_one_token` and a static cache of ``max_seq_len`` entries,
-    built once per (model, batch size, device) and reused by later calls (gpt-fast's
-    ``setup_caches``): shapes and addresses stay fixed, so nothing recompiles and CUDA
-    graphs (``mode="reduce-overhead"`` on CUDA) are recorded once."""
+def _compiled_setup(
+    model: Any, batch_size: int, device: torch.device, greedy: bool = False
+) -> tuple[Any, Any]:
+    """A compiled :func:`decode_one_token` (``greedy``: :func:`decode_one_token_greedy`)
+    and a static cache of ``max_seq_len`` entries, built once per (model, batch size,
+    device, kind) and reused by later calls (gpt-fast's ``setup_caches``): shapes and
+    addresses stay fixed, so nothing recompiles and CUDA graphs (``mode="reduce-overhead"``
+    on CUDA) are recorded once."""
     per_model = _COMPILED.setdefault(model, {})
-    key = (batch_size, str(device))
+    key = (batch_size, str(device), greedy)
     if key not in per_model:
         cache = model.new_cache(batch_size, max_len=model.max_seq_len)
+        fn: Callable[..., Any] = decode_one_token_greedy if greedy else decode_one_token
         if device.type == "cuda":  # CUDA graphs need the cache at fixed addresses
             for t in (*getattr(cache, "k", ()), *getattr(cache, "v", ()), cache.lengths):
                 torch._dynamo.mark_static_address(t)
-            step = torch.compile(decode_one_token, mode="reduce-overhead")
+            step = torch.compile(fn, mode="reduce-overhead")
         else:
-            step = torch.compile(decode_one_token)
+            step = torch.compile(fn)
         per_model[key] = (step, cache)
     step, cache = per_model[key]
     cache.reset()
@@ -641,8 +681,10 @@ def _run(
     streamer: Streamer | None,
     pick: Picker,
     compile: bool,
+    plain_argmax: bool = False,
 ) -> GenerationResult:
-    """Shared body of ``greedy`` and ``sample``."""
+    """Shared body of ``greedy`` and ``sample`` (``plain_argmax``: ``pick`` is the argmax
+    alone, so a compiled step may pick and commit itself)."""
     start = time.perf_counter()
     B, T = input_ids.shape
     N = config.max_new_tokens
@@ -661,9 +703,16 @@ def _run(
     with torch.no_grad():
         if N > 0:
             step: Callable[[Any, Tensor, Any], Tensor] = decode_one_token
-            if compile:
+            greedy_step = None
+            if compile and plain_argmax:
+                greedy_step, cache = _compiled_setup(
+                    model, B, _model_device(model, input_ids), greedy=True
+                )
+                if not isinstance(cache, StaticKVCache):  # it commits through `lengths`
+                    greedy_step = None
+            if compile and greedy_step is None:
                 step, cache = _compiled_setup(model, B, _model_device(model, input_ids))
-            else:
+            elif not compile:
                 cache = model.new_cache(B, max_len=cache_len)
             logits = prefill(model, input_ids, cache, prompt_lengths)
             stats.target_forward_passes += 1
@@ -680,6 +729,7 @@ def _run(
                 streamer=streamer,
                 stats=stats,
                 watch=watch,
+                greedy_step=greedy_step,
             )
     watch.check()  # one sync for the whole decode, not one per token
     if streamer is not None:
@@ -755,7 +805,8 @@ def greedy(
     """Strategy ``greedy``: the argmax at every step (after the repetition penalty, if any)."""
     picker = TokenPicker(config, do_sample=False, device=input_ids.device)
     lengths = _prompt_lengths(input_ids, None, prompt_lengths)
-    return _run(model, input_ids, config, lengths, streamer, picker.pick, compile)
+    plain = not picker.processors
+    return _run(model, input_ids, config, lengths, streamer, picker.pick, compile, plain)
 
 
 def sample_strategy(
