@@ -55,7 +55,7 @@ PUBLISHED: list[dict[str, Any]] = [
      "checked": True,
      "source": f"DLinear paper Table 1 (univariate ETT), {_LTSF} README pics/Uni-results.png; "
                "look-back 336: scripts/EXP-LongForecasting/Linear/univariate/etth1.sh "
-               "(an older image in the repo, pics/DLinear/DLinear_Univariate_Results.png, has "
+               "(another image in the repo, pics/DLinear/DLinear_Univariate_Results.png, has "
                "0.119 / 0.274 at 720)"},
     {"model": "PatchTST/42 (Nie et al. 2023)", "features": "S", "look-back": 336,
      "mse": [0.055, 0.071, 0.081, 0.087], "mae": [0.179, 0.205, 0.225, 0.232],
