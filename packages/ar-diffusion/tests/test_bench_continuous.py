@@ -1,5 +1,6 @@
 """``ar bench diffusion-continuous`` is registered lazily; the heads' cost rows count
-calls honestly; ``--quick`` runs end to end (slow: it trains four generators)."""
+calls honestly; ``--quick`` runs end to end (slow: it trains the 2-D generators and the
+digits recipe's five)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,6 @@ def test_quick_benchmark(tmp_path: Path) -> None:
     rows = report["transition matching on 8gaussians"]
     assert {r["method"] for r in rows} == {"DTM", "ARTM", "FHTM", "Euler FM"}
     assert all(r["W1 / Euler FM's"] == 1.0 for r in rows if r["method"] == "Euler FM")
+    digits = report["diffusion-digits: quality against network calls"]
+    assert digits[0]["method"] == "test images" and len(digits) == 1 + 3 + 1 + 1
+    assert all(0 <= r["class accuracy"] <= 1 for r in digits)
