@@ -1,6 +1,23 @@
 """Accelerated decoding on CPU-trained byte-level code models, against greedy and against
 Hugging Face assisted generation / prompt lookup on the same weights.
 
+Two sections (``--sections big,small``), every ratio from runs interleaved in one process
+(prompt by prompt), wall and CPU (``time.process_time``) seconds side by side:
+
+``big`` - the setting where speculation is meant to pay: a bandwidth-bound target, ar-core's
+``medium`` preset with the byte vocabulary and 16 layers (~101M parameters, 404 MB of
+float32 weights read per decode step), trained briefly (bf16 autocast) on the same corpus;
+a 2 x 256 draft distilled on the target's own greedy continuations; code completion
+(greedy, speculative k and adaptive, lookahead, HF assisted generation on the same
+weights) and an edit workload (a snippet, a request to rename an identifier, the start of
+the edited copy: the output repeats the input) for prompt lookup (ours and HF's). A
+prefill-only run (1 new token) gives decode-only speed-ups too. Cached weights carry a
+``bench.json`` (settings + the weights' checksum) and are reused only when both match;
+the target's greedy continuations are checked for degeneracy (distinct 8-gram fraction):
+speed-ups on a target that loops measure the mechanics, not a realistic acceptance rate.
+
+``small`` - the original 6 x 384 setting below.
+
 A target (6 x 384) and a draft (1 x 384 by default) are trained with ``ar_core.Trainer``
 on the Python standard library's own source (a deterministic, sorted file list; every
 10th file is held out). Trained weights are cached under ``--cache-dir`` keyed by a hash
@@ -22,7 +39,8 @@ with a fixed skip set as the draft. ASSD needs an any-subset two-stream model: a
 one is trained on the same corpus (random orders) and ASSD (k = 4, 8) is compared with the
 same model decoding one position per call (its own greedy), in a table of its own.
 
-    uv run ar bench decoding -- [--quick] [--out PATH] [--only medusa,mtp,first,assd]
+    uv run ar bench decoding -- [--quick] [--sections big,small] [--out PATH]
+                                [--only medusa,mtp,first,assd]
 """
 
 from __future__ import annotations
