@@ -6,7 +6,8 @@ with ``g = 1`` only on mask tokens, so every other token's output is exactly the
 base's (:mod:`ar_decoding.mtp`).
 
 :func:`add_lora` replaces the chosen ``nn.Linear`` modules of an ar-core ``Transformer``'s
-blocks in place with :class:`LoRALinear`. With a :class:`Gate`, the update is applied with
+blocks (``DEFAULT_TARGETS``), or of a transformers decoder (``HF_TARGETS``; GPT-2's
+``Conv1D`` too), in place with :class:`LoRALinear`. With a :class:`Gate`, the update is applied with
 ``torch.where(gate, W x + B A x, W x)``: ungated tokens get ``W x`` itself, bit for bit,
 whatever A and B hold (no ``+ 0 * ...`` rounding). Without one (plain LoRA) every token
 gets the update. B starts at zero, so a fresh adapter changes nothing.
