@@ -300,9 +300,10 @@ def plan_slots(plan: Plan) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class StepOutput:
-    """``tokens`` (B, N) in position order; ``step_logits[k]`` (B, m_k, V) the logits each
-    sampled step drew from, after the transforms and before the sampler's processors
-    (when asked for); ``calls`` network calls."""
+    """``tokens`` (B, N) in position order (float (B, N, d) for continuous step values);
+    ``step_logits[k]`` (B, m_k, V) the logits each sampled step drew from, after the
+    transforms and before the sampler's processors (when asked for); ``calls`` network
+    calls."""
 
     tokens: Tensor
     calls: int
@@ -513,6 +514,7 @@ def run_steps(
     first_step: int = 0,
     generator: torch.Generator | None = None,
     return_logits: bool = False,
+    value_dim: int | None = None,
 ) -> StepOutput:
     """The loop itself: for each step of ``plan`` from ``first_step``, one call of the
     ``runner``, the ``transforms`` in order, one draw of the ``sampler``, and the values
@@ -520,10 +522,32 @@ def run_steps(
     unconditional rows of guidance). ``values`` (B, N) holds what is known (-1 elsewhere)
     and is filled in place. Logits holding NaN or inf are an ``InputError`` naming the
     earliest such step (its index in ``plan``) and row, raised once the loop ends (a
-    device-side flag: no host sync per step)."""
+    device-side flag: no host sync per step).
+
+    Continuous step values: with ``value_dim`` d (and no ``values``), or with float
+    ``values`` (B, N, d) (NaN where unknown), the sampler draws (B, m, d) float vectors
+    from ``out.hidden`` (the heads of ar-diffusion) and the runner commits them; the
+    logits are not read (a runner may return an empty (R, m, 0) tensor there) and no
+    transforms apply. Drawn values holding NaN or inf are an ``InputError`` naming the
+    earliest such step and row, raised once the loop ends."""
     device = plan.steps[0].device if values is None else values.device
     if values is None:
+        if value_dim is not None:
+            return _run_continuous_steps(
+                runner,
+                plan,
+                batch_size,
+                sampler,
+                transforms,
+                _unknown_values(batch_size, plan.num_positions, value_dim, device),
+                first_step,
+                generator,
+            )
         values = torch.full((batch_size, plan.num_positions), -1, dtype=torch.long, device=device)
+    elif values.is_floating_point():
+        return _run_continuous_steps(
+            runner, plan, batch_size, sampler, transforms, values, first_step, generator
+        )
     out = StepOutput(tokens=values, calls=0)
     finite = sampling.FiniteWatch(batch_size, values.device, what="the step model")
     for index in range(first_step, plan.num_steps):
@@ -548,6 +572,65 @@ def run_steps(
     finite.check()  # one sync for the whole loop: NaN/inf logits name their step and row
     out.calls = runner.calls
     return out
+
+
+def _unknown_values(batch: int, n: int, dim: int, device: torch.device | str) -> Tensor:
+    if not isinstance(dim, int) or dim < 1:
+        raise ConfigError(f"value_dim must be an integer >= 1, got {dim!r}")
+    return torch.full((batch, n, dim), float("nan"), device=device)
+
+
+def _run_continuous_steps(
+    runner: StepRunner,
+    plan: Plan,
+    batch_size: int,
+    sampler: StepSampler,
+    transforms: Sequence[LogitsTransform],
+    values: Tensor,
+    first_step: int,
+    generator: torch.Generator | None,
+) -> StepOutput:
+    """:func:`run_steps` for float step values ``values`` (B, N, d), filled in place."""
+    if values.dim() != 3 or values.shape[:2] != (batch_size, plan.num_positions):
+        raise InputError(
+            f"continuous step values must be (batch_size, N, d) = ({batch_size}, "
+            f"{plan.num_positions}, d), got {tuple(values.shape)}"
+        )
+    if transforms:
+        raise ConfigError(
+            "logits transforms (guidance, allowed values) do not apply to continuous step "
+            "values; merge guidance rows in the runner or the sampler instead"
+        )
+    d = values.shape[2]
+    flags: list[tuple[int, Tensor]] = []  # (step index, rows whose draw was not finite)
+    for index in range(first_step, plan.num_steps):
+        step = plan.steps[index].to(values.device)  # (m,)
+        pred = runner.predict(step)  # hidden (R, m, C)
+        if pred.hidden.shape[0] != batch_size:
+            raise ConfigError(
+                f"the step's hidden states have {pred.hidden.shape[0]} rows, the batch has "
+                f"{batch_size}: continuous steps take one network row per batch row"
+            )
+        x = sampler.sample(pred, generator)  # (B, m, d)
+        if x.shape != (batch_size, step.numel(), d) or not x.is_floating_point():
+            raise InputError(
+                f"step sampler {getattr(sampler, 'name', type(sampler).__name__)!r} drew "
+                f"{x.dtype} {tuple(x.shape)} at step {index}; continuous steps need float "
+                f"({batch_size}, {step.numel()}, {d})"
+            )
+        flags.append((index, ~torch.isfinite(x).flatten(1).all(-1)))
+        values[:, step] = x
+        runner.commit(step, x)
+    if flags:
+        bad = torch.stack([f for _, f in flags])  # (S, B)
+        if bool(bad.any()):  # one host sync for the whole loop
+            k, row = (int(i) for i in bad.nonzero()[0])
+            raise InputError(
+                f"non-finite continuous values (NaN or inf) drawn at decode step "
+                f"{flags[k][0]}, row {row}: check the step model's and the head's weights "
+                f"and inputs for NaN/inf"
+            )
+    return StepOutput(tokens=values, calls=runner.calls)
 
 
 @torch.no_grad()

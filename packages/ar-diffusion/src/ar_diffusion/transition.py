@@ -35,12 +35,14 @@ from torch import Tensor, nn
 
 from ar_core.cache import StaticKVCache
 from ar_core.errors import ConfigError, InputError
-from ar_core.model import build_transformer
+from ar_core.model import ModelOutput, build_transformer
+from ar_core.ordering import Plan
+from ar_core.steps import run_steps
 
 from .heads import FlowHead
-from .heads.base import timestep_embedding
+from .heads.base import HeadSampler, timestep_embedding
 
-__all__ = ["ARTM", "DTM", "FHTM", "EulerFlowMatching", "TMSample"]
+__all__ = ["ARTM", "DTM", "FHTM", "EulerFlowMatching", "FHTMRunner", "TMSample"]
 
 TIME = 32  # sinusoidal time features per time input
 
@@ -394,6 +396,42 @@ class FHTM(nn.Module):
             out.hidden, out.tokens = torch.stack(hiddens, dim=1), seq
         return out
 
+    @torch.no_grad()
+    def sample_steps(
+        self,
+        n: int,
+        steps: int,
+        *,
+        generator: torch.Generator | None = None,
+        head_steps: int | None = None,
+    ) -> TMSample:
+        """:meth:`sample` through ``ar_core``'s step loop: a plan of one token per step,
+        X_0 given, float step values (n, L, 1), the flow head as the registered
+        ``flow-head`` step sampler, :class:`FHTMRunner` as the KV-cached runner. Draws
+        the same values as :meth:`sample` from the same generator."""
+        _check_sampling(n, steps, "FHTM.sample_steps")
+        if steps > self.max_steps:
+            raise ConfigError(
+                f"FHTM.sample_steps: steps={steps} exceeds the largest trained T={self.max_steps}"
+            )
+        d, dev = self.dim, next(self.parameters()).device
+        L = d * (steps + 1)
+        values = torch.full((n, L, 1), float("nan"), device=dev)
+        values[:, :d, 0] = torch.randn(n, d, generator=generator, device=dev)
+        runner = FHTMRunner(self, steps, values[:, :d, 0])
+        plan = Plan([[k] for k in range(L)], (L,))
+        out = run_steps(
+            runner,
+            plan,
+            batch_size=n,
+            sampler=HeadSampler("flow-head", self.head, steps=head_steps),
+            values=values,
+            first_step=d,
+            generator=generator,
+        )
+        calls = runner.calls
+        return TMSample(out.tokens[:, -d:, 0], calls, calls * self.head.network_calls(head_steps))
+
     def _step(self, values: Tensor, start: int, steps: int, cache: StaticKVCache) -> Tensor:
         """Feed tokens ``start ..`` to the cache; the last one's hidden state (N, W)."""
         N, L = values.shape
@@ -403,3 +441,25 @@ class FHTM(nn.Module):
         )
         hidden: Tensor = out.hidden[:, -1]
         return hidden
+
+
+class FHTMRunner:
+    """An ``ar_core`` ``StepRunner`` over FHTM's tokens for :func:`ar_core.steps.run_steps`
+    with float step values: ``predict`` feeds the values committed since the last call
+    to the KV cache (the first call: X_0 (N, d)) and returns the last one's hidden state
+    (N, 1, W) (empty logits); ``commit`` keeps the drawn token (N, 1, 1) for the next
+    call. One call per drawn token."""
+
+    def __init__(self, model: FHTM, steps: int, x0: Tensor) -> None:
+        self.model, self.steps, self.calls = model, steps, 0
+        self.cache = model.transformer.new_cache(x0.shape[0], model.dim * (steps + 1))
+        self.pending, self.start = x0, 0  # values not yet fed (N, k), their first index
+
+    def predict(self, step: Tensor) -> ModelOutput:
+        h = self.model._step(self.pending, self.start, self.steps, self.cache)  # (N, W)
+        self.start += self.pending.shape[1]
+        self.calls += 1
+        return ModelOutput(logits=h.new_zeros(h.shape[0], 1, 0), hidden=h[:, None])
+
+    def commit(self, step: Tensor, values: Tensor) -> None:
+        self.pending = values[..., 0]  # (N, 1)
