@@ -191,6 +191,8 @@ def test_vision_digits_with_dar_tokens(tmp_path) -> None:
     write_recipe_file(tmp_path, "vision-digits", config)
     result = recipe.run(config, tmp_path, lambda _: None)
     assert result.metrics["network_calls_per_image"] == 16
+    (_, grid), (_, previews) = result.images  # samples, then the previews by group
+    assert grid.is_file() and previews.is_file()
     rep = Representation.of(load_tokenizer("dar", tmp_path / "tokenizer"))
     model = ClassConditionalStepModel.from_pretrained(tmp_path / "model").eval()
     labels = torch.arange(10)

@@ -70,7 +70,8 @@ class VisionDigitsConfig(pydantic.BaseModel):
 
 @dataclass
 class Evaluation:
-    """What :func:`train_and_evaluate` measured (``images`` (n, 1, S, S) the samples)."""
+    """What :func:`train_and_evaluate` measured (``images`` (n, 1, S, S) the samples,
+    ``tokens`` (n, N) theirs)."""
 
     rep: Representation
     model: ClassConditionalStepModel
@@ -79,6 +80,7 @@ class Evaluation:
     labels: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
     curve: list[tuple[float, float]] = field(default_factory=list)
+    tokens: torch.Tensor | None = None
 
 
 # -- pieces ---------------------------------------------------------------------------------
@@ -241,7 +243,20 @@ def train_and_evaluate(config: VisionDigitsConfig, out_dir: Path, progress: Prog
         **{f"tokenizer_{k}": float(v) for k, v in tok_metrics.items() if k in ("mse", "psnr")},
     }
     curve = [(float(r["step"]), float(r["loss"])) for r in read_metrics(out_dir / "train")]
-    return Evaluation(rep, model, plan, images, labels, m, curve)
+    return Evaluation(rep, model, plan, images, labels, m, curve, out.tokens)
+
+
+def save_dar_previews(ev: Evaluation, path: Path) -> Path:
+    """D-AR's streaming previews of one sample per class: row k is the preview after
+    token group k (:mod:`ar_vision.dar`), the last row the sample itself."""
+    from ar_vision.metrics import save_grid
+
+    if ev.tokens is None:
+        raise ValueError("save_dar_previews needs the sampled tokens (Evaluation.tokens)")
+    first = [int(torch.nonzero(ev.labels == c)[0]) for c in ev.labels.unique().tolist()]
+    previews = ev.rep.tokenizer.previews(ev.tokens[first]).clamp(0, 1)  # (G, C', 1, S, S)
+    labels = [f"{c} @{k}" for k in range(previews.shape[0]) for c in ev.labels[first].tolist()]
+    return save_grid(previews.flatten(0, 1), path, nrow=len(first), labels=labels)
 
 
 class StepModelSettings(Protocol):
@@ -398,6 +413,10 @@ class VisionDigitsRecipe(RecipeBase):
         ev = train_and_evaluate(config, out_dir, progress)
         grid = save_samples(ev.images, ev.labels, out_dir / "samples.png", config.samples_per_class)
         name = f"{config.ordering} / {config.tokenizer}"
+        images = [(f"samples, one row per class ({name})", grid)]
+        if config.tokenizer == "dar":
+            previews = save_dar_previews(ev, out_dir / "previews.png")
+            images.append(("D-AR previews after each token group (class @ group)", previews))
         m = ev.metrics
         return RecipeResult(
             title=f"vision-digits: {name}",
@@ -418,7 +437,7 @@ class VisionDigitsRecipe(RecipeBase):
                     ),
                 )
             ],
-            images=[(f"samples, one row per class ({name})", grid)],
+            images=images,
             curves={"train loss": ev.curve},
             metrics={k: round(v, 5) for k, v in m.items()},
         )
