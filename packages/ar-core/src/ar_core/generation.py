@@ -637,24 +637,38 @@ def decode_n_tokens(
     return out
 
 
-# model -> {(batch, device, greedy): (compiled step, cache)}: compiled once, reused
-_COMPILED: weakref.WeakKeyDictionary[Any, dict[tuple[int, str, bool], tuple[Any, Any]]] = (
+# model -> {(batch, device, greedy, cache slots): (compiled step, cache)}: compiled once
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[tuple[int, str, bool, int], tuple[Any, Any]]] = (
     weakref.WeakKeyDictionary()
 )
 
+# the smallest static cache of a compiled decode; larger ones double (few shapes, few
+# compilations), so a short request does not attend over max_seq_len slots
+MIN_COMPILED_CACHE = 256
+
+
+def compiled_cache_len(needed: int, max_seq_len: int) -> int:
+    """Slots of the static cache a compiled decode of ``needed`` positions uses: the next
+    power of two >= max(needed, MIN_COMPILED_CACHE), at most ``max_seq_len``."""
+    slots = MIN_COMPILED_CACHE
+    while slots < needed:
+        slots *= 2
+    return min(slots, max_seq_len)
+
 
 def _compiled_setup(
-    model: Any, batch_size: int, device: torch.device, greedy: bool = False
+    model: Any, batch_size: int, device: torch.device, greedy: bool = False, needed: int = 0
 ) -> tuple[Any, Any]:
     """A compiled :func:`decode_one_token` (``greedy``: :func:`decode_one_token_greedy`)
-    and a static cache of ``max_seq_len`` entries, built once per (model, batch size,
-    device, kind) and reused by later calls (gpt-fast's ``setup_caches``): shapes and
-    addresses stay fixed, so nothing recompiles and CUDA graphs (``mode="reduce-overhead"``
-    on CUDA) are recorded once."""
+    and a static cache of :func:`compiled_cache_len` slots for ``needed`` positions, built
+    once per (model, batch size, device, kind, slots) and reused by later calls (gpt-fast's
+    ``setup_caches``): shapes and addresses stay fixed, so nothing recompiles within a
+    size and CUDA graphs (``mode="reduce-overhead"`` on CUDA) are recorded once."""
     per_model = _COMPILED.setdefault(model, {})
-    key = (batch_size, str(device), greedy)
+    slots = compiled_cache_len(needed, int(model.max_seq_len))
+    key = (batch_size, str(device), greedy, slots)
     if key not in per_model:
-        cache = model.new_cache(batch_size, max_len=model.max_seq_len)
+        cache = model.new_cache(batch_size, max_len=slots)
         fn: Callable[..., Any] = decode_one_token_greedy if greedy else decode_one_token
         if device.type == "cuda":  # CUDA graphs need the cache at fixed addresses
             for t in (*getattr(cache, "k", ()), *getattr(cache, "v", ()), cache.lengths):
@@ -706,12 +720,14 @@ def _run(
             greedy_step = None
             if compile and plain_argmax:
                 greedy_step, cache = _compiled_setup(
-                    model, B, _model_device(model, input_ids), greedy=True
+                    model, B, _model_device(model, input_ids), greedy=True, needed=cache_len
                 )
                 if not isinstance(cache, StaticKVCache):  # it commits through `lengths`
                     greedy_step = None
             if compile and greedy_step is None:
-                step, cache = _compiled_setup(model, B, _model_device(model, input_ids))
+                step, cache = _compiled_setup(
+                    model, B, _model_device(model, input_ids), needed=cache_len
+                )
             elif not compile:
                 cache = model.new_cache(B, max_len=cache_len)
             logits = prefill(model, input_ids, cache, prompt_lengths)
