@@ -8,6 +8,7 @@ the greedy output exactly.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -397,6 +398,23 @@ def test_family_equals_hf_greedy(family: str) -> None:
     """Greedy on a batch, ragged rows, cached == uncached and a speculative self-draft all
     equal HF's own greedy generate, on the family built from a tiny config."""
     assert hf_families.check_family(family) == ("supported", "")
+
+
+@pytest.mark.parametrize(
+    ("family", "reason"),
+    [
+        ("gemma4_assistant", r"assistant \(draft\) model: its forward reads another model's"),
+        ("dory", r"keeps 4 cache layers for its 3 decoder layers"),
+        ("blt", r"config has no num_hidden_layers"),
+    ],
+)
+def test_family_without_own_stack_is_refused(family: str, reason: str) -> None:
+    """A draft head fed another model's keys (Gemma-4 assistant), layers run in recurrent
+    loops (Dory) and a byte-patch model with no single layer stack (BLT) are refused by
+    from_hf with the reason, not crashed on (each was skipped or crashed before)."""
+    status, message = hf_families.check_family(family)
+    assert status == "refused"
+    assert re.search(reason, message), message
 
 
 def test_qwen2_with_window_layers_equals_hf_greedy() -> None:

@@ -164,6 +164,13 @@ def _check_causal_lm(hf: Any) -> None:
             f"from_hf: {name} is not a causal LM (its class is not in transformers' "
             f"causal-LM auto mapping, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES); {fix}"
         )
+    if "shared_kv_states" in inspect.signature(type(hf).forward).parameters:
+        raise ConfigError(
+            f"from_hf: {name} is an assistant (draft) model: its forward reads another "
+            f"model's keys and values (shared_kv_states), not a cache of its own tokens, so "
+            f"it cannot generate alone; wrap the target model it belongs to and use ar's "
+            f"speculative strategy with a self-contained draft"
+        )
     if getattr(hf.config, "is_decoder", True) is False and _reads_is_decoder(type(hf)):
         # the BERT-like *ForCausalLM / *LMHeadModel classes attend bidirectionally unless
         # their config says is_decoder=True (transformers 4.x gives every config
@@ -400,6 +407,13 @@ class HFCausalLM(nn.Module):
                 f"{cfg.attn_logit_softcapping}), which transformers' sdpa attention cannot do; "
                 f"call model.set_attn_implementation('eager') first"
             )
+        if not isinstance(getattr(cfg, "num_hidden_layers", None), int):
+            raise ConfigError(
+                f"from_hf: {family}'s config has no num_hidden_layers: its layers are not one "
+                f"stack of decoder layers over the tokens (e.g. BLT: a byte patcher, local "
+                f"encoder and decoder around a global transformer), which the adapter's per-"
+                f"layer KV cache needs; use a token-level decoder-only family (e.g. llama)"
+            )
         odd = sorted({t for t in HFCausalLM._layer_types(cfg) if t not in (_FULL, _SLIDING)})
         if odd:
             raise ConfigError(
@@ -483,16 +497,24 @@ class HFCausalLM(nn.Module):
             if not isinstance(layer, CacheLayerMixin) or layer.keys is None or layer.values is None:
                 raise ConfigError(
                     f"from_hf: {self.family} layer {i} stored no keys and values in a 1-token "
-                    f"forward ({type(layer).__name__}): the family does not use a KV cache, "
-                    f"which the adapter runs every strategy on; use a family that does "
+                    f"forward ({type(layer).__name__}): the family keeps no KV cache of its own "
+                    f"there (none, or it reuses another layer's), which the adapter runs every "
+                    f"strategy on; use a family whose layers each cache their own "
                     f"(e.g. gpt2 for learned absolute positions)"
                 )
             shapes.add((tuple(layer.keys.shape[1::2]), tuple(layer.values.shape[1::2])))
-        if len(probe.layers) != self.n_layers or len(shapes) != 1:
+        if len(probe.layers) != self.n_layers:
             raise ConfigError(
-                f"from_hf: {self.family} caches keys/values of shapes {sorted(shapes)} over "
-                f"{len(probe.layers)} of {self.n_layers} layers; ar's StaticKVCache holds one "
-                f"(heads, head dim) for keys and values in every layer"
+                f"from_hf: {self.family} keeps {len(probe.layers)} cache layers for its "
+                f"{self.n_layers} decoder layers (e.g. layers run in recurrent loops, each loop "
+                f"with its own keys and values); ar's StaticKVCache holds one per decoder "
+                f"layer; use a family whose layers each run once (e.g. llama)"
+            )
+        if len(shapes) != 1:
+            raise ConfigError(
+                f"from_hf: {self.family} caches keys/values of shapes {sorted(shapes)} across "
+                f"its layers; ar's StaticKVCache holds one (heads, head dim) for keys and "
+                f"values in every layer"
             )
         ((k_shape, v_shape),) = shapes
         if k_shape != v_shape:
