@@ -255,6 +255,7 @@ def test_grad_accumulation_equals_full_batch() -> None:
         ("min_lr_ratio", 1.5),
         ("betas", (0.9, 1.0)),
         ("autocast", "fp8"),
+        ("parallel", "zero3"),  # ddp or fsdp
         ("batch_sise", 4),  # unknown field
     ],
 )
