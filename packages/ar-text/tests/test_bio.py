@@ -135,3 +135,20 @@ def test_bad_input_is_a_clear_error() -> None:
         C.CrossNovo(C.CrossNovoConfig(mode="ar")).decode_nar({})
     with pytest.raises(ValueError, match="predictions"):
         C.metrics(["A"], [])
+
+
+def test_recipe_text_peptides_runs(tmp_path: object) -> None:
+    """The recipe trains the three models and its table holds what evaluate returns."""
+    from pathlib import Path
+
+    from ar_core import registry
+    from ar_text.recipes.peptides import PeptidesConfig, recipe
+
+    assert registry.recipes.get("text-peptides") is recipe and not recipe.in_demo
+    cfg = PeptidesConfig(steps=2, eval_spectra=3, batch_size=4)
+    result = recipe.run(cfg, Path(str(tmp_path)), lambda _: None)
+    rows = result.tables[0].rows
+    assert [r[0] for r in rows] == ["hybrid (CrossNovo)", "AR only", "NAR only"]
+    assert [r[3] for r in rows] == [
+        round(result.metrics[f"{m}_peptide_recall"], 3) for m in ("hybrid", "ar", "nar")
+    ]

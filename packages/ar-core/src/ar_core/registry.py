@@ -68,6 +68,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
         "text-seal": "ar-text",
         "text-causal": "ar-text",
         "text-sets": "ar-text",
+        "text-peptides": "ar-text",
         "vision-digits": "ar-vision",
         "vision-images": "ar-vision",
         "diffusion-text": "ar-diffusion",

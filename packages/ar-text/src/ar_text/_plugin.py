@@ -18,6 +18,7 @@ def register_recipes(register: Register) -> None:
     # one module per recipe, imported (with torch) only when recipes load
     from ar_text.recipes import causal as causal_recipe
     from ar_text.recipes import chars, code, hyperfit, sequencematch, stargraph
+    from ar_text.recipes import peptides as peptides_recipe
     from ar_text.recipes import seal as seal_recipe
     from ar_text.recipes import sets as sets_recipe
 
@@ -29,6 +30,7 @@ def register_recipes(register: Register) -> None:
     register("text-seal", seal_recipe.recipe)
     register("text-causal", causal_recipe.recipe)
     register("text-sets", sets_recipe.recipe)
+    register("text-peptides", peptides_recipe.recipe)
 
 
 @hookimpl
