@@ -72,11 +72,9 @@ class PeptidesRecipe(RecipeBase):
             )
             seconds = time.perf_counter() - t0
             r = cn.evaluate(model, n=config.eval_spectra, beam=config.beam, spec=spec)
-            rows.append(
-                [label]
-                + [round(r[k], 3) for k in ("aa_precision", "aa_recall", "peptide_recall")]
-                + [round(seconds, 1)]
-            )
+            row: list[object] = [label]
+            row += [round(r[k], 3) for k in ("aa_precision", "aa_recall", "peptide_recall")]
+            rows.append([*row, round(seconds, 1)])
             metrics.update({f"{mode}_{k}": round(v, 4) for k, v in r.items()})
         return RecipeResult(
             title="text-peptides: de novo peptide sequencing on synthetic spectra",
