@@ -172,6 +172,7 @@ def _torchrun(fields: dict[str, Any], *extra: str) -> None:
     )
 
 
+@pytest.mark.slow  # two torchrun launches of 2 processes: ~56 s of CPU
 def test_fsdp_two_processes_equal_one_process_through_save_and_resume(tmp_path: Path) -> None:
     """FSDP2 under torchrun (gloo, 2 CPU processes, grad_accum 2) trains 3 updates, saves
     (the full state gathered onto rank 0), and a second torchrun resumes it for 3 more:
