@@ -123,25 +123,7 @@ def test_ddp_two_processes_equal_one_process(tmp_path: Path) -> None:
     fields = _config(single, steps=6, eval_every=0, seed=3)
     Trainer(toy.make_model(), toy.loss_fn, toy.train_data, TrainConfig(**fields)).train()
 
-    ddp_fields = _config(ddp, steps=6, eval_every=0, seed=3, grad_accum=2)
-    _run_script(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes",
-            "1",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            str(SCRIPT),
-            json.dumps(ddp_fields),
-        ],
-        timeout=150,
-    )
+    _torchrun(_config(ddp, steps=6, eval_every=0, seed=3, grad_accum=2))
     torch.testing.assert_close(
         torch.tensor(_losses(ddp)), torch.tensor(_losses(single)), rtol=1e-5, atol=1e-6
     )

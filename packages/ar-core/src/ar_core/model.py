@@ -20,6 +20,7 @@ D head dim, C model dim (``dim``), V vocabulary.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -257,24 +258,32 @@ LEGACY_FUSED: dict[str, tuple[str, ...]] = {
 }
 
 
-def fuse_legacy_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A state dict with every ``<prefix>wq/wk/wv.weight`` triple replaced by the fused
-    ``<prefix>wqkv.weight`` and every ``w1``/``w3`` pair by ``w13`` (checkpoints written
-    before the projections were fused); other entries pass through unchanged. A partial
-    group (``wq`` without ``wk``) is left as it is, so the load reports the names."""
-    out = dict(state)
-    for name in list(state):
+def _legacy_groups(names: Any) -> Iterator[tuple[str, str, list[str]]]:
+    """``(fused name, prefix, part names)`` for every complete pre-fusion group among
+    ``names`` (``<prefix>wq/wk/wv.weight`` -> ``wqkv``, ``w1``/``w3`` -> ``w13``)."""
+    ordered = list(names)
+    present = set(ordered)
+    for name in ordered:
         for fused, parts in LEGACY_FUSED.items():
             suffix = f"{parts[0]}.weight"
             if not ("." + name).endswith("." + suffix):
                 continue
             prefix = name[: -len(suffix)]
             keys = [f"{prefix}{p}.weight" for p in parts]
-            if not all(k in out for k in keys):
-                continue
-            if len({(out[k].shape[1:], out[k].dtype) for k in keys}) != 1:
-                continue  # mismatched parts: the load names them
-            out[f"{prefix}{fused}.weight"] = torch.cat([out.pop(k) for k in keys], dim=0)
+            if all(k in present for k in keys):
+                yield f"{prefix}{fused}.weight", prefix, keys
+
+
+def fuse_legacy_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict with every ``<prefix>wq/wk/wv.weight`` triple replaced by the fused
+    ``<prefix>wqkv.weight`` and every ``w1``/``w3`` pair by ``w13`` (checkpoints written
+    before the projections were fused); other entries pass through unchanged. A partial
+    group (``wq`` without ``wk``) is left as it is, so the load reports the names."""
+    out = dict(state)
+    for fused, _, keys in _legacy_groups(state):
+        if len({(out[k].shape[1:], out[k].dtype) for k in keys}) != 1:
+            continue  # mismatched parts: the load names them
+        out[fused] = torch.cat([out.pop(k) for k in keys], dim=0)
     return out
 
 
@@ -285,23 +294,15 @@ def fuse_legacy_header(
     fused entries get the summed row count; parts of one group with different column
     counts or dtypes are left apart (the load then names them)."""
     out = dict(header)
-    for name in list(header):
-        for fused, parts in LEGACY_FUSED.items():
-            suffix = f"{parts[0]}.weight"
-            if not ("." + name).endswith("." + suffix):
-                continue
-            prefix = name[: -len(suffix)]
-            keys = [f"{prefix}{p}.weight" for p in parts]
-            if not all(k in out for k in keys):
-                continue
-            shapes = [out[k][0] for k in keys]
-            dtypes = {out[k][1] for k in keys}
-            if len(dtypes) != 1 or len({s[1:] for s in shapes}) != 1 or len(shapes[0]) != 2:
-                continue
-            for k in keys:
-                del out[k]
-            rows = sum(s[0] for s in shapes)
-            out[f"{prefix}{fused}.weight"] = ((rows, *shapes[0][1:]), dtypes.pop())
+    for fused, _, keys in _legacy_groups(header):
+        shapes = [out[k][0] for k in keys]
+        dtypes = {out[k][1] for k in keys}
+        if len(dtypes) != 1 or len({s[1:] for s in shapes}) != 1 or len(shapes[0]) != 2:
+            continue
+        for k in keys:
+            del out[k]
+        rows = sum(s[0] for s in shapes)
+        out[fused] = ((rows, *shapes[0][1:]), dtypes.pop())
     return out
 
 

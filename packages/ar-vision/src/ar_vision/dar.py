@@ -40,9 +40,9 @@ from torch import Tensor, nn
 from ar_core.errors import ConfigError, InputError
 from ar_vision.tokenizers.base import (
     Progress,
-    check_fit_args,
     check_images,
     check_tokens,
+    fit_autoencoder,
     psnr,
     seeded,
     validated,
@@ -236,20 +236,20 @@ class DARTokenizer(nn.Module):
     ) -> dict[str, float]:
         """Adam on the encoder, decoder and absent vectors for ``steps`` batches drawn by
         ``generator``; returns :meth:`evaluate` on (up to 2048 of) ``images``."""
-        check_fit_args(images, self.image_size, steps, batch_size, lr, self.channels)
-        params = [*self.encoder.parameters(), *self.decoder.parameters(), self.absent]
-        opt = torch.optim.Adam(params, lr=lr)
-        self.train()
-        for step in range(steps):
-            batch = images[torch.randint(images.shape[0], (batch_size,), generator=generator)]
-            loss, info = self.loss(batch, generator)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if progress is not None and (step % 50 == 0 or step == steps - 1):
-                progress(step, {"loss": loss.item(), **info})
-        self.eval()
-        return self.evaluate(images[:2048])
+        return fit_autoencoder(
+            self,
+            images,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            generator=generator,
+            progress=progress,
+        )
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What :meth:`fit` trains: the encoder, the decoder and the absent-group vectors
+        (the codebook learns by EMA inside :meth:`loss`)."""
+        return [*self.encoder.parameters(), *self.decoder.parameters(), self.absent]
 
     @torch.no_grad()
     def evaluate(self, images: Tensor) -> dict[str, float]:
