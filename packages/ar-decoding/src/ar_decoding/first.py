@@ -25,6 +25,12 @@ fixed ``skip_layers=``; then ar-core's greedy/sample loop on the skipping model 
 faster), or with ``speculative=True`` chain speculative decoding whose draft is the
 skipping model (lossless: the output is the full model's).
 
+``from_hf`` models (``ar_text.hf.HFCausalLM``: Llama-likes, GPT-2, ...) take all of the
+above: their decoder layers (found by :func:`ar_decoding.first_hf.hf_layers`) stay in
+place and only their ``forward`` is replaced for a call, a skipped layer returning its
+input (so it writes and reads no cache entries), a routed one running the same router
+logic as an ar-core block.
+
 Notation: B rows, L layers, C width.
 """
 
@@ -32,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -48,19 +54,29 @@ from ar_core.generation import (
     decode_with_pick,
 )
 from ar_core.model import ModelOutput, Transformer
-from ar_core.protocols import KVCache
+from ar_core.protocols import CausalLM, KVCache
+from ar_decoding import first_hf
 from ar_decoding.speculative import speculative
 
 __all__ = ["FiRSTRouters", "LayerSkipModel", "choose_skip", "first", "train_routers"]
 
 
 def _layers(model: object) -> nn.ModuleList:
+    """The blocks of an ar-core ``Transformer`` or the decoder layers of a ``from_hf``
+    model."""
+    if isinstance(model, nn.Module) and first_hf.is_hf(model):
+        return first_hf.hf_layers(model).layers
     layers = getattr(model, "layers", None)
     if not isinstance(model, Transformer) or not isinstance(layers, nn.ModuleList):
         raise ConfigError(
-            f"FiRST skips the blocks of an ar_core Transformer, got {type(model).__name__}"
+            f"FiRST skips the blocks of an ar_core Transformer or the decoder layers of a "
+            f"from_hf model (ar_text.hf.from_hf), got {type(model).__name__}"
         )
     return layers
+
+
+def _first_param(model: nn.Module) -> Tensor:
+    return next(model.parameters())
 
 
 def skip_mask(skip_layers: Any, n_layers: int, batch_size: int | None = None) -> Tensor:
@@ -91,18 +107,30 @@ def skip_mask(skip_layers: Any, n_layers: int, batch_size: int | None = None) ->
 
 
 class LayerSkipModel(nn.Module):
-    """``model`` (an ar-core ``Transformer``) with the layers of ``skip_layers`` skipped: an
-    iterable of layer indices (every row), or a (B, L) bool tensor (per row). Follows
-    ``CausalLM``; shares the base's weights and cache layout."""
+    """``model`` (an ar-core ``Transformer`` or a ``from_hf`` model) with the layers of
+    ``skip_layers`` skipped: an iterable of layer indices (every row), or a (B, L) bool
+    tensor (per row). Follows ``CausalLM``; shares the base's weights and cache layout."""
 
-    def __init__(self, model: Transformer, skip_layers: Iterable[int] | Tensor) -> None:
+    def __init__(self, model: nn.Module, skip_layers: Iterable[int] | Tensor) -> None:
         super().__init__()
         self.layers = _layers(model)
         self.model = model
         self.skip = skip_mask(skip_layers, len(self.layers))
-        self.vocab_size, self.max_seq_len = model.vocab_size, model.max_seq_len
+        self.vocab_size: int = int(getattr(model, "vocab_size"))  # noqa: B009
+        self.max_seq_len: int = int(getattr(model, "max_seq_len"))  # noqa: B009
         every = self.skip if self.skip.ndim == 1 else self.skip.all(0)
         some = torch.zeros_like(every) if self.skip.ndim == 1 else self.skip.any(0) & ~every
+        self._kept = int((~every).sum())
+        self._hf: dict[int, first_hf.LayerFn] | None = None
+        if first_hf.is_hf(model):  # the layers stay in place, their forward is replaced
+            self._hf = {}
+            for i in range(len(self.layers)):
+                if bool(every[i]):
+                    self._hf[i] = _skip_fn
+                elif bool(some[i]):
+                    self._hf[i] = _row_skip_fn(self.skip[:, i])
+            self.kept = nn.ModuleList()
+            return
         self.kept = nn.ModuleList(
             _RowSkip(layer, self.skip[:, i]) if bool(some[i]) else layer
             for i, layer in enumerate(self.layers)
@@ -111,7 +139,7 @@ class LayerSkipModel(nn.Module):
 
     @property
     def kept_layers(self) -> int:
-        return len(self.kept)
+        return self._kept
 
     def forward(
         self,
@@ -121,11 +149,32 @@ class LayerSkipModel(nn.Module):
         mask: masks.MaskSpec | None = None,
         commit: bool = True,
     ) -> ModelOutput:
+        if self._hf is not None:
+            with first_hf.patched(first_hf.hf_layers(self.model), self._hf):
+                out: ModelOutput = self.model(
+                    tokens, positions=positions, cache=cache, mask=mask, commit=commit
+                )
+            return out
         with _swapped(self.model, self.kept):
-            return self.model(tokens, positions=positions, cache=cache, mask=mask, commit=commit)  # type: ignore[arg-type]
+            out = self.model(tokens, positions=positions, cache=cache, mask=mask, commit=commit)
+        return out
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        return self.model.new_cache(batch_size, max_len=max_len)
+        cache: KVCache = self.model.new_cache(batch_size, max_len=max_len)  # type: ignore[operator]
+        return cache
+
+
+def _skip_fn(x: Tensor, compute: Callable[[], Tensor]) -> Tensor:
+    return x  # the layer does not run: no compute, no cache entries
+
+
+def _row_skip_fn(skip: Tensor) -> first_hf.LayerFn:
+    """The rows of ``skip`` (B,) bool get the layer's input back."""
+
+    def fn(x: Tensor, compute: Callable[[], Tensor]) -> Tensor:
+        return torch.where(skip.to(x.device)[:, None, None], x, compute())
+
+    return fn
 
 
 class _RowSkip(nn.Module):
@@ -140,7 +189,7 @@ class _RowSkip(nn.Module):
 
 
 @contextmanager
-def _swapped(model: Transformer, layers: nn.ModuleList) -> Iterator[None]:
+def _swapped(model: nn.Module, layers: nn.ModuleList) -> Iterator[None]:
     original = model.layers
     model.layers = layers
     try:
@@ -161,10 +210,17 @@ class FiRSTRouters(nn.Module):
             nn.init.constant_(lin.bias, keep_bias)
 
     @classmethod
-    def for_model(cls, model: Transformer, keep_bias: float = 3.0) -> FiRSTRouters:
+    def for_model(cls, model: nn.Module, keep_bias: float = 3.0) -> FiRSTRouters:
+        """Routers for every layer of ``model`` (an ar-core ``Transformer`` or a ``from_hf``
+        model), on its device and in its dtype."""
         layers = _layers(model)
-        w = model.tok_embeddings.weight
-        return cls(model.cfg.dim, len(layers), keep_bias).to(device=w.device, dtype=w.dtype)
+        if first_hf.is_hf(model):
+            dim = first_hf.hf_layers(model).dim
+        else:
+            assert isinstance(model, Transformer)
+            dim = model.cfg.dim
+        w = _first_param(model)
+        return cls(dim, len(layers), keep_bias).to(device=w.device, dtype=w.dtype)
 
     def linears(self) -> list[nn.Linear]:
         return [m for m in self.proj if isinstance(m, nn.Linear)]
@@ -186,27 +242,33 @@ class _Routed(nn.Module):
         self.block, self.index, self.state = block, index, state
 
     def forward(self, x: Tensor, *args: Any) -> Tensor:
-        routers: FiRSTRouters = self.state["routers"]
-        r = routers.keep_prob(self.index, x, self.state["valid"])  # (B,)
-        if self.state["soft"]:
-            self.state["probs"].append(r)
-            g, gate = r, self.state["gate"]
-            if gate != "soft":  # a hard 0/1 forward, r's gradient (straight-through)
-                if gate == "bernoulli":
-                    hard = torch.bernoulli(r.detach(), generator=self.state["generator"])
-                else:
-                    hard = (r >= 0.5).to(r.dtype)
-                g = hard + r - r.detach()
-            return g[:, None, None] * self.block(x, *args) + (1 - g[:, None, None]) * x
-        keep = r >= 0.5
-        self.state["keep"].append(keep)
-        if not bool(keep.any()):
-            return x
-        return torch.where(keep[:, None, None], self.block(x, *args), x)
+        return _route(self.state, self.index, x, lambda: self.block(x, *args))
+
+
+def _route(state: dict[str, Any], index: int, x: Tensor, compute: Callable[[], Tensor]) -> Tensor:
+    """Layer ``index`` under its router, ``compute()`` running the layer on ``x`` (the
+    logic of :class:`_Routed`, for ar-core blocks and ``from_hf`` layers alike)."""
+    routers: FiRSTRouters = state["routers"]
+    r = routers.keep_prob(index, x, state["valid"])  # (B,)
+    if state["soft"]:
+        state["probs"].append(r)
+        g, gate = r, state["gate"]
+        if gate != "soft":  # a hard 0/1 forward, r's gradient (straight-through)
+            if gate == "bernoulli":
+                hard = torch.bernoulli(r.detach(), generator=state["generator"])
+            else:
+                hard = (r >= 0.5).to(r.dtype)
+            g = hard + r - r.detach()
+        return g[:, None, None] * compute() + (1 - g[:, None, None]) * x
+    keep = r >= 0.5
+    state["keep"].append(keep)
+    if not bool(keep.any()):
+        return x
+    return torch.where(keep[:, None, None], compute(), x)
 
 
 def _routed_forward(
-    model: Transformer,
+    model: nn.Module,
     routers: FiRSTRouters,
     tokens: Tensor,
     valid: Tensor,
@@ -224,15 +286,24 @@ def _routed_forward(
         "keep": [],
     }
     layers = _layers(model)
-    routed = nn.ModuleList(_Routed(block, i, state) for i, block in enumerate(layers))
-    with _swapped(model, routed):
+    if first_hf.is_hf(model):
+
+        def routed(i: int) -> first_hf.LayerFn:
+            return lambda x, compute: _route(state, i, x, compute)
+
+        fns = {i: routed(i) for i in range(len(layers))}
+        with first_hf.patched(first_hf.hf_layers(model), fns):
+            out: ModelOutput = model(tokens)
+        return out, state
+    routed_layers = nn.ModuleList(_Routed(block, i, state) for i, block in enumerate(layers))
+    with _swapped(model, routed_layers):
         out = model(tokens)
     return out, state
 
 
 @torch.no_grad()
 def choose_skip(
-    model: Transformer, routers: FiRSTRouters, input_ids: Tensor, prompt_lengths: Tensor
+    model: nn.Module, routers: FiRSTRouters, input_ids: Tensor, prompt_lengths: Tensor
 ) -> Tensor:
     """Each row's skip set from its prompt: (B, L) bool (True = skip), decided layer by
     layer. A row whose routers would skip every layer keeps its most probable layer."""
@@ -247,7 +318,7 @@ def choose_skip(
 
 
 def train_routers(
-    model: Transformer,
+    model: nn.Module,
     routers: FiRSTRouters,
     batches: Callable[[torch.Generator, int], Tensor],
     *,
@@ -277,9 +348,10 @@ def train_routers(
     opt = torch.optim.AdamW(routers.parameters(), lr=lr, weight_decay=0.0)
     for p in model.parameters():
         p.requires_grad_(False)
+    device = _first_param(model).device
     history: list[dict[str, float]] = []
     for _ in range(steps):
-        batch = batches(gen, batch_size).to(model.device)
+        batch = batches(gen, batch_size).to(device)
         T = batch.shape[1] - 1
         valid = torch.arange(T, device=batch.device)[None, :].expand(batch.shape[0], T) < prompt_len
         out, state = _routed_forward(
@@ -297,7 +369,7 @@ def train_routers(
 
 
 def first(
-    model: Transformer,
+    model: nn.Module,
     input_ids: Tensor,
     config: GenerationConfig,
     *,
@@ -332,7 +404,7 @@ def first(
     skipping = LayerSkipModel(model, skip)
     if speculative_draft:
         result = speculative(
-            model,
+            cast(CausalLM, model),
             input_ids,
             config,
             prompt_lengths=prompt_lengths,
