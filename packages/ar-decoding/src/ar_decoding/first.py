@@ -382,11 +382,12 @@ def first(
     do_sample: bool | None = None,
     generator: torch.Generator | None = None,
 ) -> GenerationResult:
-    """Strategy ``first``: skip the layers chosen by ``routers`` on each prompt (one extra
-    forward over the prompts, counted as a draft pass) or the fixed ``skip_layers``; decode
-    with ar-core's greedy/sample loop on the skipping model, or, with
-    ``speculative_draft=True``, by speculative decoding with the skipping model as the
-    draft of the full model (``num_draft_tokens`` per step; lossless)."""
+    """Strategy ``first`` on ``model`` (an ar-core ``Transformer`` or a ``from_hf`` model):
+    skip the layers chosen by ``routers`` on each prompt (one extra forward over the
+    prompts, counted as a draft pass) or the fixed ``skip_layers``; decode with ar-core's
+    greedy/sample loop on the skipping model, or, with ``speculative_draft=True``, by
+    speculative decoding with the skipping model as the draft of the full model
+    (``num_draft_tokens`` per step; lossless)."""
     layers = _layers(model)
     if (routers is None) == (skip_layers is None):
         raise ConfigError("strategy 'first' takes routers=FiRSTRouters or skip_layers=[...], one")
