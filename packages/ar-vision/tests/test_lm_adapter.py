@@ -203,3 +203,23 @@ def test_window_room_changes_no_number_of_the_model(tmp_path) -> None:
     assert loaded.max_tokens == 16
     with pytest.raises(ar_core.InputError, match="do not fit a model built for 16"):
         loaded.check_tokens(17)
+
+
+def test_tight_step_model_cache_grows_for_a_longer_call() -> None:
+    """The step-model cache is sized for generate's calls (one-token passes see a short
+    cache); a longer call grows it, keeping every entry: the logits equal those of a
+    cache of the full size."""
+    adapter = CausalLMAdapter(_model(), PLAN, cfg_scale=2.0)
+    labels = torch.tensor([[3], [7]])
+    tokens = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(3))
+    small, full = adapter.new_cache(2, max_len=17), adapter.new_cache(2)
+    assert small.inner.max_len == 1 + 17 + 2 < full.inner.max_len
+    outs = []
+    for cache in (small, full):
+        adapter(labels, cache=cache)
+        a = adapter(tokens[:, :2], cache=cache).logits
+        b = adapter(tokens[:, 2:12], cache=cache, commit=False).logits  # needs 3 + 20 slots
+        outs.append((a, b))
+    assert small.inner.max_len > 1 + 17 + 2
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-6, atol=1e-6)

@@ -80,13 +80,22 @@ def latent_neighbourhood(
 
     ``p`` (..., V) target probabilities, ``draft`` (...) long, ``neighbours`` (V, K).
     """
+    nb, in_a, mass = _neighbourhood(p, draft, neighbours, delta)
+    members = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, nb, in_a)  # (..., V)
+    return mass, members
+
+
+def _neighbourhood(
+    p: Tensor, draft: Tensor, neighbours: Tensor, delta: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Each draft's neighbours (..., K), which of them are in ``A`` (..., K) bool, and
+    ``p(A)`` (...)."""
     nb = neighbours.to(draft.device)[draft]  # (..., K)
     p_nb = p.gather(-1, nb)  # (..., K)
     is_self = nb == draft[..., None]
     p_nb = p_nb.masked_fill(is_self, 0.0)
     in_a = (p_nb.cumsum(-1) <= delta) & ~is_self  # a prefix: the cumsum never decreases
-    members = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, nb, in_a)  # (..., V)
-    return (p_nb * in_a).sum(-1), members
+    return nb, in_a, (p_nb * in_a).sum(-1)
 
 
 def _relaxed_residual(p: Tensor, q: Tensor, zero: Tensor) -> Tensor:
@@ -113,7 +122,7 @@ def accept_relaxed(
     B, k = draft.shape
     V = q_probs.shape[-1]
     p, q = p_probs.float(), q_probs.float()
-    p_a, _ = latent_neighbourhood(p[:, :k], draft, neighbours, delta)  # (B, k)
+    _, _, p_a = _neighbourhood(p[:, :k], draft, neighbours, delta)  # (B, k)
     p_x = p[:, :k].gather(-1, draft[..., None]).squeeze(-1)  # (B, k)
     q_x = q.gather(-1, draft[..., None]).squeeze(-1)
     u = torch.rand((B, k), generator=generator, device=draft.device)

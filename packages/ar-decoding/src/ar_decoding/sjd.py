@@ -67,6 +67,9 @@ __all__ = ["Acceptance", "jacobi_sampling", "sjd"]
 Acceptance = Callable[[Tensor, Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
 
 INITS = ("random", "spatial")
+# drop finished rows from the batch (a copy of the cache rows) once at most this share
+# of its rows are live
+COMPACT = 0.9
 
 
 def sjd(
@@ -148,32 +151,55 @@ def jacobi_sampling(
     rows = Rows(input_ids, prompt_lengths, config, streamer, scratch=0)
     if rows.all_finished():  # max_new_tokens = 0
         return rows.finish()
-    batch = torch.arange(B, device=device)
     with torch.no_grad():
         (cache,) = first_step([model], rows, picker, cache_len)
         last = rows.last()  # (B,) drawn from each prompt's p
         x = torch.zeros(B, L, dtype=torch.long, device=device)  # drafts
         q = torch.zeros(B, L, V, device=device)  # the distribution each was drawn from
         keep = torch.zeros(B, dtype=torch.long, device=device)  # carried drafts per row
+        idx = torch.arange(B, device=device)  # the batch's rows (all, until some finish)
         while True:
-            _initialise(x, q, keep, rows, init, grid_width, draft_gen)
-            if rows.all_finished():
+            live = ~rows.finished[idx]  # (b,)
+            n_live = int(live.sum())
+            if n_live == 0:
                 break
-            rows.retire_finished(cache)
-            tokens = torch.cat([last[:, None], x], dim=1)  # (B, L + 1)
-            logits = model(tokens, cache=cache, commit=False).logits  # (B, L + 1, V)
+            if n_live <= COMPACT * idx.numel():  # drop finished rows from the batch
+                sel = live.nonzero().squeeze(1)  # (b',)
+                idx, x, q, keep, last = idx[sel], x[sel], q[sel], keep[sel], last[sel]
+                cache = cache.fork(sel)
+            elif n_live < idx.numel():  # park the few finished ones at length 0
+                cache.crop(torch.where(live, cache.lengths, 0))
+            # no row emits more than its remaining tokens: drafts past them are never used
+            w = min(x.shape[1], max(1, int(rows.remaining()[idx].max()) - 1))
+            if w < x.shape[1]:
+                x, q, keep = x[:, :w], q[:, :w], keep.clamp(max=w)
+            known = None if init == "random" else (rows.n_new[idx], rows.new_tokens[idx])
+            _initialise(x, q, keep, known, init, grid_width, draft_gen)
+            tokens = torch.cat([last[:, None], x], dim=1)  # (b, w + 1)
+            logits = model(tokens, cache=cache, commit=False).logits  # (b, w + 1, V)
             rows.stats.target_forward_passes += 1
-            rows.watch(logits)
-            p = picker.probs(logits)  # (B, L + 1, V)
-            n_acc, last = accept(x, q, p, gen)  # (B,), (B,)
-            rows.emit(accepted_tokens(x, n_acc, last), n_acc + 1)
+            p = picker.probs(logits)  # (b, w + 1, V)
+            n_acc, last = accept(x, q, p, gen)  # (b,), (b,)
+            new = accepted_tokens(x, n_acc, last)  # (b, w + 1)
+            if idx.numel() == B:
+                rows.watch(logits)
+                rows.emit(new, n_acc + 1)
+            else:  # the full batch's view: finished rows emit nothing
+                peak = torch.zeros(B, device=device)
+                peak[idx] = logits.amax(-1).float().sum(-1)  # what watch reduces to
+                rows.watch(peak[:, None])
+                full = torch.zeros(B, w + 1, dtype=torch.long, device=device)
+                full[idx] = new
+                counts = torch.zeros(B, dtype=torch.long, device=device)
+                counts[idx] = n_acc + 1
+                rows.emit(full, counts)
             cache.commit(n_acc + 1)
-            # p_{a+2} .. p_{L+1} (slots a+1 .. L) are redrawn and carried as drafts
-            fresh = multinomial_sample_one_no_sync(p[:, 1:], draft_gen)  # (B, L)
-            src = (n_acc[:, None] + torch.arange(L, device=device)).clamp(max=L - 1)  # (B, L)
+            # p_{a+2} .. p_{w+1} (slots a+1 .. w) are redrawn and carried as drafts
+            fresh = multinomial_sample_one_no_sync(p[:, 1:], draft_gen)  # (b, w)
+            src = (n_acc[:, None] + torch.arange(w, device=device)).clamp(max=w - 1)  # (b, w)
             x = fresh.gather(1, src)
-            q = p[:, 1:][batch[:, None], src]  # (B, L, V)
-            keep = L - n_acc  # (B,) drafts carried; the rest are initialised
+            q = p[:, 1:].gather(1, src[..., None].expand(-1, -1, V))  # (b, w, V)
+            keep = w - n_acc  # (b,) drafts carried; the rest are initialised
     return rows.finish()
 
 
@@ -181,37 +207,41 @@ def _initialise(
     x: Tensor,
     q: Tensor,
     keep: Tensor,
-    out: Rows,
+    known: tuple[Tensor, Tensor] | None,
     init: str,
     grid_width: int | None,
     gen: torch.Generator,
 ) -> None:
-    """Fill draft slots ``j >= keep[b]`` of ``x`` (B, L) and ``q`` (B, L, V) in place."""
+    """Fill draft slots ``j >= keep[b]`` of ``x`` (B, L) and ``q`` (B, L, V) in place.
+    ``known`` (``init="spatial"`` only): each row's count of new tokens (B,) and the new
+    tokens themselves (B, N)."""
     B, L, V = q.shape
     device = x.device
-    rows = torch.arange(B, device=device)
     uniform = torch.randint(0, V, (B, L), generator=gen, device=device)  # (B, L)
+    slots = torch.arange(L, device=device)
     if init == "random":  # no slot depends on another: every slot at once
-        fill = torch.arange(L, device=device)[None, :] >= keep[:, None]  # (B, L)
+        fill = slots[None, :] >= keep[:, None]  # (B, L)
         x.copy_(torch.where(fill, uniform, x))
         q.masked_fill_(fill[..., None], 1.0 / V)
         return
+    assert grid_width is not None and known is not None
+    n_new, new_tokens = known
+    N = new_tokens.shape[1]
+    rows = torch.arange(B, device=device)
+    # slot j's source (the token above, else the one to the left) is known, or an earlier
+    # slot of the window: one pass in slot order fills every chain
+    t = n_new[:, None] + slots  # (B, L) index of each slot among the row's new tokens
+    src = torch.where(t >= grid_width, t - grid_width, t - 1)  # (B, L)
+    committed = new_tokens.gather(1, src.clamp(0, N - 1))  # (B, L)
+    in_window = src >= n_new[:, None]
+    at = (src - n_new[:, None]).clamp(0, L - 1)  # (B, L)
+    first = t == 0
     for j in range(L):
         fill = j >= keep  # (B,)
-        if not bool(fill.any()):
-            continue
-        if init == "random":
-            token = uniform[:, j]
-            dist = torch.full((B, V), 1.0 / V, device=device)
-        else:
-            assert grid_width is not None
-            t = out.n_new + j  # (B,) index of this slot among the row's new tokens
-            src = torch.where(t >= grid_width, t - grid_width, t - 1)  # above, else left
-            committed = out.new_tokens[rows, src.clamp(0, out.N - 1)]
-            drafted = x[rows, (src - out.n_new).clamp(0, L - 1)]
-            token = torch.where(src < out.n_new, committed, drafted)
-            token = torch.where(t == 0, uniform[:, j], token)
-            dist = torch.nn.functional.one_hot(token, V).float()
-            dist = torch.where((t == 0)[:, None], 1.0 / V, dist)
+        token = torch.where(in_window[:, j], x[rows, at[:, j]], committed[:, j])
+        token = torch.where(first[:, j], uniform[:, j], token)
         x[:, j] = torch.where(fill, token, x[:, j])
-        q[:, j] = torch.where(fill[:, None], dist, q[:, j])
+    fill = slots[None, :] >= keep[:, None]  # (B, L)
+    dist = torch.nn.functional.one_hot(x, V).float()  # (B, L, V) point masses
+    dist = torch.where(first[..., None], 1.0 / V, dist)
+    q.copy_(torch.where(fill[..., None], dist, q))

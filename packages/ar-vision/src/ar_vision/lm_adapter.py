@@ -79,6 +79,24 @@ class AdapterCache:
         """Rows (B',) of this view -> their rows (rows * B',) of the step-model cache."""
         return torch.cat([index + r * self.batch_size for r in range(self.rows)])
 
+    def reserve(self, slots: int, n_new: int) -> None:
+        """Make room for ``n_new`` step-model entries after the committed ones: when the
+        step-model cache is too short, replace it by one of ``slots`` slots holding the
+        same entries (the buffers are copied once; a call longer than the strategies of
+        ``ar_core.generate`` make, see :meth:`CausalLMAdapter.inner_slots`)."""
+        old = self.inner
+        if old.max_length() + n_new <= old.max_len or slots <= old.max_len:
+            return  # fits, or cannot grow: the step-model cache names the overflow
+        if int(old.lengths.max()) + n_new <= old.max_len:
+            return  # the host-side bound was stale
+        new = StaticKVCache(
+            old.n_layers, old.batch_size, old.n_kv_heads, old.head_dim, slots, old.dtype, old.device
+        )
+        for dst, src in zip([*new.k, *new.v], [*old.k, *old.v], strict=True):
+            dst[:, :, : old.max_len].copy_(src)
+        new.set_lengths(old.lengths)
+        self.inner = new
+
     def commit(self, n: int | Tensor) -> None:
         lengths = self.lengths + (n if isinstance(n, int) else n.to(self.lengths))
         longest = int(lengths.max())
@@ -165,8 +183,18 @@ class CausalLMAdapter:
                 f"queries in the step model's {self.model.step_model.transformer.max_seq_len})"
             )
         rows = 2 * batch_size if self.guided else batch_size
-        inner = self.model.step_model.transformer.new_cache(rows)
+        inner = self.model.step_model.transformer.new_cache(rows, self.inner_slots(max_len))
         return AdapterCache(inner, batch_size, max_len)
+
+    def inner_slots(self, max_len: int, queries: int | None = None) -> int:
+        """Step-model cache slots for ``max_len`` sequence tokens: ``[BOS]``, the content
+        and the queries of one call, ``queries`` of them (default ``max_len - N + 1``: a
+        strategy of ``ar_core.generate`` budgets ``max_len`` = prompt + N + its extra
+        tokens, and no call of it runs more than prompt + extra + 1 tokens). Attention runs
+        over every slot of that cache, so a tight one is what keeps a one-token pass cheap;
+        a longer call grows it (:meth:`AdapterCache.reserve`)."""
+        queries = max(1, max_len - self.n + 1) if queries is None else queries
+        return min(self.model.step_model.transformer.max_seq_len, 1 + max_len + queries)
 
     def to_image_tokens(self, sequences: Tensor) -> Tensor:
         """Generated ``[class, t_1..t_N]`` (B, N + 1) -> image tokens (B, N) in position order."""
@@ -213,10 +241,12 @@ class CausalLMAdapter:
                 )
         rows = 2 if self.guided else 1
         step_model = self.model.step_model
+        first = not cache.started
+        # BOS (first call), the committed content, T content tokens and T queries
+        cache.reserve(self.inner_slots(cache.max_len, queries=T), (0 if first else 1) + 2 * T)
         seq_start = cache.lengths.repeat(rows)  # (R,)
         seq_index = seq_start[:, None] + torch.arange(T, device=self.device)  # (R, T)
         content = tokens.repeat(rows, 1)  # (R, T)
-        first = not cache.started
         if first:  # the class prompt: ids 0..C become class tokens; the null class below
             labels = tokens[:, 0].repeat(rows)
             if self.guided:
