@@ -87,3 +87,56 @@ def test_exported_and_errors() -> None:
     quantize(model, "int8")
     with pytest.raises(ConfigError, match="already quantised"):
         quantize(model, "int8")
+
+
+# -- prepack: the CPU decode layouts of the float weights ------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_equals_linear_for_every_row_count(dtype: torch.dtype, bias: bool) -> None:
+    from ar_core.quant import PackedLinear
+
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(64, 80, bias=bias).to(dtype)
+    packed = PackedLinear(linear)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    for shape in [(1, 64), (1, 1, 64), (2, 64), (1, 5, 64), (3, 7, 64), (160, 64)]:
+        x = torch.randn(*shape).to(dtype)
+        y = packed(x)
+        assert y.shape == (*shape[:-1], 80) and y.dtype == dtype
+        torch.testing.assert_close(y, linear(x), **tol)  # type: ignore[arg-type]
+    assert "blocked" in repr(packed) or packed.blocked is None
+
+
+def test_prepacked_model_keeps_logits_and_greedy_output() -> None:
+    model = _model()
+    x = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        ref_logits = model(x).logits
+    ref = generate(copy.deepcopy(model), x, GenerationConfig(max_new_tokens=16))
+    packed = ar.prepack(copy.deepcopy(model))
+    assert not any(type(m) is torch.nn.Linear for m in packed.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x).logits, ref_logits, rtol=1e-5, atol=1e-5)
+    out = generate(packed, x, GenerationConfig(max_new_tokens=16))
+    assert torch.equal(out.sequences, ref.sequences)
+    # cached multi-token passes (a verify over 5 tokens) equal the uncached forward
+    cache = packed.new_cache(2, max_len=32)
+    with torch.no_grad():
+        packed(x[:, :7], cache=cache)
+        step = packed(x[:, 7:12], cache=cache).logits
+    torch.testing.assert_close(step, ref_logits[:, 7:12], rtol=1e-5, atol=1e-5)
+
+
+def test_prepack_errors_are_clear() -> None:
+    with pytest.raises(ConfigError, match="no nn.Linear"):
+        ar.prepack(torch.nn.Sequential(torch.nn.ReLU()))
+    with pytest.raises(ConfigError, match="float32 or bfloat16"):
+        ar.prepack(torch.nn.Sequential(torch.nn.Linear(4, 4).to(torch.float64)))
+    packed = ar.prepack(_model())
+    with pytest.raises(ConfigError, match="no nn.Linear"):  # twice
+        ar.prepack(packed)
+    if any(getattr(m, "blocked", None) is not None for m in packed.modules()):
+        with pytest.raises(ConfigError, match="prepack after"):
+            packed.to(torch.float64)

@@ -38,6 +38,7 @@ _LAZY: dict[str, str] = {
     "GenerationStats": "ar_core.generation",
     "generate": "ar_core.generation",
     "quantize": "ar_core.quant",
+    "prepack": "ar_core.quant",
     "TrainConfig": "ar_core.trainer",
     "Trainer": "ar_core.trainer",
     "sampling": "ar_core.sampling",
@@ -68,7 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover
         StepSampler,
         Strategy,
     )
-    from ar_core.quant import quantize
+    from ar_core.quant import prepack, quantize
     from ar_core.trainer import TrainConfig, Trainer
 
 
@@ -117,6 +118,7 @@ __all__ = [
     "hookspec",
     "masks",
     "plugins",
+    "prepack",
     "protocols",
     "quantize",
     "registry",
