@@ -101,3 +101,37 @@ def test_bad_input() -> None:
         generate(base, x, cfg, strategy="mtp")
     with pytest.raises(ConfigError, match="exceeds the model's 2 mask tokens"):
         generate(MTPModel(base, 2), x, cfg, strategy="mtp", num_draft_tokens=3)
+
+
+def test_suffix_gate_equals_the_per_token_gate(trained) -> None:  # type: ignore[no-untyped-def]
+    """Decoding's fast paths (the LoRA on the mask suffix only, through the merged weight
+    W + scale B A; the block-diagonal B of a fused linear) give the per-token gate's
+    outputs: the real tokens' bit for bit, the masks' up to rounding; the greedy sampler
+    chain picks what the generic one picks."""
+    from ar_core import masks
+    from ar_core.generation import GenerationConfig as Cfg
+    from ar_core.generation import Rows, TokenPicker
+    from ar_decoding.mtp import _greedy_chain, _sampler_chain, block_layout
+
+    _, model, _ = trained
+    x = DATA(torch.Generator().manual_seed(5), 2)[:, :7]
+    anchors = torch.tensor([[1, 4], [0, 6]])
+    mask_index, offset, visible, _ = block_layout(7, anchors, 3)
+    tokens = torch.cat([x, x.new_zeros(2, 6)], 1)
+    spec = masks.table(visible)
+    with torch.no_grad():
+        per_token = model.mixed(tokens, mask_index, offset, spec)
+        suffix = model.mixed(tokens, mask_index, offset, spec, first_mask=7)
+        plain = model(x).logits
+    assert torch.equal(suffix.logits[:, :7], per_token.logits[:, :7])
+    torch.testing.assert_close(suffix.logits[:, :7], plain)  # another shape: rounding only
+    torch.testing.assert_close(suffix.hidden, per_token.hidden, rtol=1e-4, atol=1e-5)
+    h = per_token.hidden[:, 7:10]
+    first = x[:, 2]
+    picker = TokenPicker(Cfg(temperature=0))
+    rows = Rows(x, torch.tensor([7, 7]), Cfg(max_new_tokens=4, temperature=0), None, scratch=4)
+    with torch.no_grad():
+        generic = model.sample_logits(h[:, 0], first).argmax(-1)[:, None]  # the head itself
+        fast = _greedy_chain(model, h, first, 3)
+        chain, q = _sampler_chain(model, h, first, 3, rows, picker)
+    assert q is None and torch.equal(chain, fast) and torch.equal(fast[:, :1], generic)

@@ -1,7 +1,8 @@
 """Recipe ``decoding-mtp`` end to end on a tiny stand-in for a text-code run (an untrained
-2-layer byte model, a 20 kB corpus, a few MTP steps): registered, not in the demo; the
-base's logits are bit-identical after training; every MTP row's output equals greedy; the
-table has greedy and k = 4 / 8, linear and quadratic; ``sample`` reloads ``mtp.pt``; a
+2-layer byte model, a 20 kB corpus, a few MTP steps on 3 self-distilled continuations):
+registered, not in the demo; the base's logits are bit-identical after training; every
+row's output equals greedy; the table has greedy, compiled greedy and k = 4 / 8, linear and
+quadratic; ``sample`` reloads ``mtp.pt``; a
 folder without a run is a clear error."""
 
 from __future__ import annotations
@@ -41,18 +42,20 @@ def test_decoding_mtp_recipe(tmp_path: Path) -> None:
     _fake_text_code_run(base)
     config = recipe.config_class(
         base=str(base), steps=4, batch_size=2, seq_len=32, anchors=2, prompts=1,
-        prompt_tokens=16, new_tokens=12, repeats=1,
+        prompt_tokens=16, new_tokens=12, repeats=1, distill_sequences=3, distill_prompt_tokens=8,
     )  # fmt: skip
     result = recipe.run(config, tmp_path / "run", lambda msg: None)
     assert result.metrics["base_logits_bit_identical"] == 1.0
     labels = [row[0] for row in result.tables[0].rows]
     assert labels == [
-        "greedy", "mtp k=4 linear", "mtp k=4 quadratic", "mtp k=8 linear", "mtp k=8 quadratic",
+        "greedy", "greedy compiled", "mtp k=4 linear", "mtp k=4 quadratic", "mtp k=8 linear", "mtp k=8 quadratic",
     ]  # fmt: skip
     assert all(row[-1] == "yes" for row in result.tables[0].rows)
     assert (tmp_path / "run" / "mtp.pt").is_file()
     write_recipe_file(tmp_path / "run", "decoding-mtp", config)  # what `ar train` writes
     samples = recipe.sample(tmp_path / "run", 1, lambda msg: None)
     assert len(samples.samples) == 1
+    with pytest.raises(ConfigError, match="must be below seq_len"):
+        recipe.run(config.model_copy(update={"distill_prompt_tokens": 32}), tmp_path / "y", print)
     with pytest.raises(ConfigError, match="holds no text-code run"):
         recipe.run(config.model_copy(update={"base": str(tmp_path)}), tmp_path / "x", print)

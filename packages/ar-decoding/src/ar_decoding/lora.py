@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ar_core.errors import ConfigError
@@ -31,11 +32,14 @@ DEFAULT_TARGETS = ("wqkv", "wo", "w13", "w2")
 
 
 class Gate:
-    """The tokens the adapters act on: ``value`` (B, T, 1) bool while a gated forward runs,
-    None otherwise (no token: the base model exactly)."""
+    """The tokens the adapters act on while a gated forward runs: ``value`` (B, T, 1) bool,
+    or ``start`` (an int: the tokens at sequence index >= ``start``, a contiguous suffix,
+    which is cheaper: the update is computed on those tokens only). Both None: no token,
+    the base model exactly."""
 
     def __init__(self) -> None:
         self.value: Tensor | None = None
+        self.start: int | None = None
 
 
 # the projections of common transformers families: Llama/Mistral/Qwen (q/k/v/o, gate/up/
@@ -114,13 +118,54 @@ class LoRALinear(nn.Module):
         h = x @ self.lora_a.T  # (..., parts * r)
         if self.parts is None:
             return h @ self.lora_b.T * self.scale
+        if not torch.is_grad_enabled():  # inference: one matmul with the block-diagonal B
+            return h @ self._block_b().T
         pieces = zip(h.split(self.rank, dim=-1), self.lora_b.split(self.parts), strict=True)
         return torch.cat([hi @ bi.T for hi, bi in pieces], dim=-1) * self.scale
 
+    def _block_b(self) -> Tensor:
+        """``scale`` times the block-diagonal (d_out, parts * r) B of a fused linear, built
+        once per value of ``lora_b`` (rebuilt after an update: keyed on its version)."""
+        key = (self.lora_b._version, self.lora_b.data_ptr(), self.scale)
+        cached = getattr(self, "_block_cache", None)
+        if cached is None or cached[0] != key:
+            assert self.parts is not None
+            b = torch.block_diag(*self.lora_b.detach().split(self.parts)) * self.scale
+            cached = (key, b)
+            self._block_cache = cached
+        return cached[1]
+
+    def _merged(self) -> Tensor:
+        """``W + scale * B A`` (d_out, d_in) of an ``nn.Linear`` base, built once per value of
+        the adapters (keyed on their versions)."""
+        assert isinstance(self.base, nn.Linear)
+        w = self.base.weight
+        key = (self.lora_a._version, self.lora_b._version, w._version, w.data_ptr(), self.scale)
+        cached = getattr(self, "_merged_cache", None)
+        if cached is None or cached[0] != key:
+            a = self.lora_a.detach()
+            if self.parts is None:
+                b = self.lora_b.detach() * self.scale
+            else:
+                b = torch.block_diag(*self.lora_b.detach().split(self.parts)) * self.scale
+            cached = (key, w.detach() + b @ a)
+            self._merged_cache = cached
+        return cached[1]
+
     def forward(self, x: Tensor) -> Tensor:
+        start = None if self.gate is None else self.gate.start
+        if start is not None and isinstance(self.base, nn.Linear) and not torch.is_grad_enabled():
+            # inference on a suffix: the suffix through the merged weight W + scale B A (one
+            # matmul), the tokens before it through the base's own linear
+            head = self.base(x[..., :start, :])
+            tail = F.linear(x[..., start:, :], self._merged(), self.base.bias)
+            return torch.cat([head, tail], -2)
         y = self.base(x)
         if self.gate is None:  # plain LoRA: every token
             return y + self.delta(x)
+        s = self.gate.start
+        if s is not None:  # a suffix of the sequence: the update on those tokens only
+            return torch.cat([y[..., :s, :], y[..., s:, :] + self.delta(x[..., s:, :])], -2)
         g = self.gate.value
         if g is None:
             return y

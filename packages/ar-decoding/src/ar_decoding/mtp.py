@@ -142,21 +142,27 @@ class MTPModel(nn.Module):
         positions: Tensor,
         mask: masks.MaskSpec,
         cache: KVCache | None = None,
+        first_mask: int | None = None,
     ) -> ModelOutput:
         """Real tokens and mask tokens together: ``mask_index`` (B, T) is -1 for a real
         token (``tokens`` holds it) and ``i`` for mask ``m_i``; the LoRA acts on masks only.
-        The new cache entries stay pending."""
+        ``first_mask``: every slot from this index on is a mask and none before it (the
+        layout of :func:`block_layout`), so the LoRA runs on that suffix alone. The new
+        cache entries stay pending."""
         is_mask = mask_index >= 0  # (B, T)
         ids = torch.where(is_mask, 0, tokens)
         self._inject = (is_mask, mask_index.clamp(min=0))
         if self.gate is not None:
-            self.gate.value = is_mask[..., None]
+            if first_mask is None:
+                self.gate.value = is_mask[..., None]
+            else:
+                self.gate.start = first_mask
         try:
             return self.base(ids, positions=positions, cache=cache, mask=mask, commit=False)  # type: ignore[no-any-return]
         finally:
             self._inject = None
             if self.gate is not None:
-                self.gate.value = None
+                self.gate.value = self.gate.start = None
 
     def sample_logits(self, hidden: Tensor, prev: Tensor) -> Tensor:
         """The sampler head: ``hidden`` (..., C) of a mask, ``prev`` (...) the token before
@@ -226,6 +232,7 @@ def mtp_losses(
         mask_index,
         offset,
         masks.table(visible[0]),
+        first_mask=T,
     )
     h_mask = out.hidden[:, T:].view(B, A, k, -1)  # (B, A, k, C)
     logits_mask = out.logits[:, T:].view(B, A, k, -1)
@@ -284,11 +291,33 @@ def train_mtp(
     return history
 
 
+def _greedy_chain(model: MTPModel, h: Tensor, first: Tensor, n: int) -> Tensor:
+    """:func:`_sampler_chain` for a plain argmax pick: the sampler's first layer splits
+    into its hidden half (all ``n`` masks in one matmul) and its token half (one small
+    matmul per draft); drafts (B, n)."""
+    lin1, act, lin2 = model.sampler
+    assert isinstance(lin1, nn.Linear) and isinstance(lin2, nn.Linear)
+    embed, head = model._io
+    C = h.shape[-1]
+    hidden = h[:, :n]
+    pre = F.linear(hidden, lin1.weight[:, :C], lin1.bias)  # (B, n, C)
+    w_tok = lin1.weight[:, C:]
+    prev = first
+    out: list[Tensor] = []
+    for i in range(n):
+        z = act(pre[:, i] + F.linear(F.embedding(prev, embed.weight), w_tok))
+        prev = head(hidden[:, i] + lin2(z)).argmax(-1)
+        out.append(prev)
+    return torch.stack(out, 1) if out else first.new_empty(first.shape[0], 0)
+
+
 def _sampler_chain(
     model: MTPModel, h: Tensor, first: Tensor, n: int, rows: Rows, picker: TokenPicker
 ) -> tuple[Tensor, Tensor | None]:
     """``n`` drafts (B, n) after the verified token ``first`` (B,) from the mask hidden
     states ``h`` (B, k, C), and their probabilities (B, n, V) when sampling."""
+    if picker.greedy and not picker.processors:
+        return _greedy_chain(model, h, first, n), None
     drafts = first.new_empty(first.shape[0], n)
     qs: list[Tensor] = []
     prev = first
@@ -354,6 +383,7 @@ def mtp(
         drafts = input_ids.new_zeros(B, 0)
         q: Tensor | None = None
         lengths = torch.zeros(B, dtype=torch.long, device=device)  # valid drafts per row
+        layouts: dict[tuple[Any, ...], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         while not rows.all_finished():
             live = ~rows.finished
             room = cache_len - int(rows.length[live].max()) + 1  # slots from the last token
@@ -372,7 +402,10 @@ def mtp(
                 park_finished(rows, cache)
                 drafts, q, lengths = drafts[:, :0], None, torch.zeros_like(lengths)
                 continue
-            mask_index, offset, visible, block_slot = block_layout(n_real, anchors, k)
+            key = (n_real, tuple(map(tuple, anchors.tolist())))
+            if key not in layouts:  # a handful of layouts per decode: built once each
+                layouts[key] = block_layout(n_real, anchors, k)
+            mask_index, offset, visible, block_slot = layouts[key]
             start = cache.lengths.clone()  # (B,) slot of the last token
             tokens = torch.cat([rows.last()[:, None], drafts], 1)  # (B, j + 1)
             tokens = torch.cat([tokens, tokens.new_zeros(B, mask_index.shape[1] - n_real)], 1)
@@ -382,6 +415,7 @@ def mtp(
                 start[:, None] + offset,
                 masks.table(visible, start=start),
                 cache=cache,
+                first_mask=n_real,
             )
             stats.target_forward_passes += 1
             real_logits = out.logits[:, :n_real]  # (B, j + 1, V)
