@@ -42,9 +42,8 @@ def test_quick_benchmark(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_quick_benchmark_phi_ctf_windows(tmp_path: Path) -> None:
     out = tmp_path / "vision.json"
-    report = registry.benchmarks.get("vision")(
-        ["--quick", "--sections", "phi,ctf,windows", "--windows", "8,64", "--out", str(out)]
-    )
+    args = ["--quick", "--sections", "phi,ctf,windows", "--windows", "8,64", "--repeats", "2"]
+    report = registry.benchmarks.get("vision")([*args, "--out", str(out)])
     assert out.is_file() and "runs" not in report  # the orderings section did not run
     assert list(report["phi"]) == ["phi off", "phi on"]
     for row in report["phi"].values():
@@ -63,3 +62,20 @@ def test_quick_benchmark_phi_ctf_windows(tmp_path: Path) -> None:
     assert windows["sample"]["forward_passes"] == 64  # 64 pixel tokens, one a pass
     for name, row in windows.items():
         assert row["forward_passes"] <= 64 and row["mean_accepted_length"] >= 1.0, name
+        assert row["repeats"] == 2 and row["cpu_seconds"] > 0, name
+    single = report["windows_one_image"]  # one image per call: passes per image
+    assert list(single) == list(windows)
+    assert single["sample"]["forward_passes"] == 64
+    for name, row in single.items():
+        assert row["forward_passes"] <= 64 and row["mean_accepted_length"] >= 1.0, name
+
+
+@pytest.mark.slow
+def test_quick_speculative_section_alone(tmp_path: Path) -> None:
+    out = tmp_path / "vision.json"
+    report = registry.benchmarks.get("vision")(
+        ["--quick", "--sections", "speculative", "--window", "4", "--out", str(out)]
+    )
+    assert "runs" not in report and list(report["speculative"]) == ["sample", "sjd", "lantern"]
+    assert report["speculative"]["sjd"]["window"] == 4
+    assert report["speculative"]["sample"]["forward_passes"] == 16

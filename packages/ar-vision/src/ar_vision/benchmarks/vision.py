@@ -30,14 +30,21 @@ Sections (``--sections``, comma-separated; default all), each compared in the sa
 * ``ctf``: coarse-to-fine with the causal two-stream fine stage vs the bidirectional one
   (CTF, Guo et al. 2025; :mod:`ar_vision.bidirectional`): the same metrics plus the coarse,
   fine-given-coarse and full perplexity on the test split.
-* ``windows``: SJD and LANTERN with windows 8, 16 and 64 (``--windows``) against plain
+* ``speculative``: only the SJD / LANTERN part of ``orderings`` (trains raster-vq alone).
+* ``windows``: SJD and LANTERN with windows 4, 8 and 16 (``--windows``) against plain
   sampling on the raster-pixels model (64 tokens, the only 8x8 run with that many; LANTERN's
   neighbours are the nearest grey levels): forward passes, mean accepted length, seconds
-  (wall and CPU), class accuracy.
+  (wall and CPU), class accuracy, Fréchet distance; then the same rows generating one
+  image per class, each image its own call (``windows_one_image``: batch 1, the latency
+  of an image; passes per image).
+
+``speculative`` and ``windows`` run their rows interleaved ``--repeats`` times (one
+thread) and report the median wall and CPU seconds of each.
 
 A section reuses a model another section trained with the same settings.
 
-    uv run ar bench vision -- [--quick] [--sections orderings,phi,ctf,windows] [--out PATH]
+    uv run ar bench vision -- [--quick] [--sections orderings,speculative,phi,ctf,windows]
+        [--window 8] [--windows 4,8,16] [--repeats 3] [--out PATH]
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,7 +71,7 @@ from ar_vision.recipes.digits import (
     train_and_evaluate,
 )
 
-SECTIONS = ("orderings", "phi", "ctf", "windows")
+SECTIONS = ("orderings", "speculative", "phi", "ctf", "windows")
 RUNS: dict[str, tuple[str, str]] = {  # run -> (tokenizer, ordering)
     "raster-pixels": ("pixel", "raster"),
     "raster-vq": ("vqvae", "raster"),
@@ -77,32 +85,53 @@ def speculative(
     ev: Evaluation,
     config: VisionDigitsConfig,
     runs: dict[str, tuple[str, dict[str, Any]]],
+    repeats: int = 1,
+    single: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Each of ``runs`` (row -> (strategy, its keyword arguments)) on one model (one
-    position per step), the first row the baseline of the speed-ups."""
+    position per step), the first row the baseline of the speed-ups. The rows run
+    interleaved ``repeats`` times (the same seeded call, so the same tokens each time);
+    seconds are the medians. ``single``: one image per class, each its own call (batch 1:
+    the latency of one image); forward passes are then per image."""
     from ar_vision import metrics
     from ar_vision.lm_adapter import CausalLMAdapter, generate_tokens
 
     adapter = CausalLMAdapter(ev.model, ev.plan, cfg_scale=config.cfg_scale)
-    labels = torch.arange(NUM_CLASSES).repeat_interleave(config.samples_per_class)
+    per_class = 1 if single else config.samples_per_class
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
+    calls = list(labels.split(1)) if single else [labels]
     gen_config = GenerationConfig(max_new_tokens=ev.rep.num_tokens, seed=config.seed + 2)
     test_images = _test_images(config)
     out: dict[str, dict[str, Any]] = {}
-    for row, (strategy, kwargs) in runs.items():
-        start, cpu = time.perf_counter(), time.process_time()
-        tokens, stats = generate_tokens(adapter, labels, gen_config, strategy=strategy, **kwargs)
-        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-        images = ev.rep.decode(tokens).clamp(0, 1)
-        out[row] = {
-            "strategy": strategy,
-            "window": kwargs.get("window", 1),
-            "forward_passes": stats.target_forward_passes,
-            "mean_accepted_length": round(stats.mean_accepted_length, 3),
-            "seconds": round(seconds, 4),
-            "cpu_seconds": round(cpu_seconds, 4),
-            "class_accuracy": round(metrics.class_accuracy(images, labels), 4),
-            "frechet_distance": round(metrics.frechet_distance(images, test_images), 3),
-        }
+    wall: dict[str, list[float]] = {row: [] for row in runs}
+    cpu: dict[str, list[float]] = {row: [] for row in runs}
+    for _ in range(repeats):
+        for row, (strategy, kwargs) in runs.items():
+            start, cpu_start = time.perf_counter(), time.process_time()
+            results = [
+                generate_tokens(adapter, batch, gen_config, strategy=strategy, **kwargs)
+                for batch in calls
+            ]
+            wall[row].append(time.perf_counter() - start)
+            cpu[row].append(time.process_time() - cpu_start)
+            if row in out:
+                continue
+            tokens = torch.cat([t for t, _ in results])
+            accepted = [n for _, stats in results for n in stats.accepted_lengths]
+            passes = sum(stats.target_forward_passes for _, stats in results) / len(calls)
+            images = ev.rep.decode(tokens).clamp(0, 1)
+            out[row] = {
+                "strategy": strategy,
+                "window": kwargs.get("window", 1),
+                "forward_passes": round(passes, 2),
+                "mean_accepted_length": round(sum(accepted) / max(1, len(accepted)), 3),
+                "class_accuracy": round(metrics.class_accuracy(images, labels), 4),
+                "frechet_distance": round(metrics.frechet_distance(images, test_images), 3),
+            }
+    for row, record in out.items():
+        record["seconds"] = round(statistics.median(wall[row]), 4)
+        record["cpu_seconds"] = round(statistics.median(cpu[row]), 4)
+        record["repeats"] = repeats
     base = next(iter(out.values()))
     for record in out.values():
         record["speedup_wall"] = round(base["seconds"] / record["seconds"], 3)
@@ -221,7 +250,10 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--tokenizer-steps", type=int, default=None, help="tokenizer fit steps")
     parser.add_argument("--samples-per-class", type=int, default=None)
     parser.add_argument("--window", type=int, default=8, help="orderings: SJD/LANTERN window")
-    parser.add_argument("--windows", default="8,16,64", help="windows: SJD/LANTERN windows")
+    parser.add_argument("--windows", default="4,8,16", help="windows: SJD/LANTERN windows")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="speculative, windows: interleaved repeats"
+    )
     args = parser.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
     runs = [r for r in args.runs.split(",") if r]
@@ -265,13 +297,13 @@ def main(argv: list[str]) -> dict[str, Any]:
         note = f"{base.samples_per_class} samples per class, CFG {base.cfg_scale}"
         _print_table(result_table(rows, note=note))
         write()
-        if "raster-vq" in runs:
-            print(f"[vision] SJD / LANTERN on raster-vq (window {args.window})", flush=True)
-            ev = run("raster-vq", config_of("raster-vq"))
-            spec = speculative(ev, config_of("raster-vq"), vq_strategies(ev, args.window))
-            report["speculative"] = spec
-            _print_records("raster-vq: speculative decoding", spec)
-            write()
+    if "speculative" in sections or ("orderings" in sections and "raster-vq" in runs):
+        print(f"[vision] SJD / LANTERN on raster-vq (window {args.window})", flush=True)
+        ev = run("raster-vq", config_of("raster-vq"))
+        spec = speculative(ev, config_of("raster-vq"), vq_strategies(ev, args.window), args.repeats)
+        report["speculative"] = spec
+        _print_records("raster-vq: speculative decoding", spec)
+        write()
     if "phi" in sections:
         print("[vision] next-scale: msrvq without and with phi", flush=True)
         report["phi"] = {
@@ -296,8 +328,11 @@ def main(argv: list[str]) -> dict[str, Any]:
     if "windows" in sections:
         print(f"[vision] SJD / LANTERN windows {windows} on raster-pixels", flush=True)
         ev = run("raster-pixels", config_of("raster-pixels"))
-        report["windows"] = speculative(ev, base, window_strategies(ev, windows))
+        strategies = window_strategies(ev, windows)
+        report["windows"] = speculative(ev, base, strategies, args.repeats)
         _print_records("raster-pixels (64 tokens): SJD / LANTERN windows", report["windows"])
+        report["windows_one_image"] = speculative(ev, base, strategies, args.repeats, single=True)
+        _print_records("raster-pixels: one image per call", report["windows_one_image"])
         write()
     return report
 
