@@ -34,6 +34,13 @@ given everything drawn so far (fresh samples are independent draws, initial draf
 point masses or uniform), so the speculative-sampling argument applies position by
 position. At temperature 0 every ``p`` is one-hot and SJD returns the greedy output.
 
+Work per pass: one forward over ``(b, w + 1)`` tokens for the ``b`` rows still in the
+batch – rows that finished are dropped from it (their cache rows forked away) once at
+most ``COMPACT`` of the batch is live, and the window ``w <= L`` shrinks to the most
+tokens a live row can still emit minus one (drafts past that are never used). Neither
+changes what a row draws from (the drafts dropped are never verified), so exactness
+holds; the random draws differ from a run without them.
+
 Notation: B rows, L window, V vocabulary.
 """
 

@@ -23,7 +23,11 @@ under a plan of one position per step (raster, zigzag, ...):
 committed, per row) over the step model's cache (``[BOS]`` first, then the content;
 the queries of a call stay pending and are overwritten by the next one); it sets the
 step-model cache's lengths with ``set_lengths`` and moves entries only through its
-methods. The forward is the step model's public ``run`` under
+methods. The step-model cache is sized for the calls of ``ar_core.generate``'s strategies
+(``CausalLMAdapter.inner_slots``: BOS, ``max_len`` tokens and one call's queries), since
+attention runs over all of its slots: a one-token pass of a 64-token image attends to 68
+slots instead of the model's 195. A longer call grows it once (:meth:`AdapterCache.reserve`,
+the only place that copies buffers directly). The forward is the step model's public ``run`` under
 ``ar_core.masks.two_stream_decode``.
 
 Notation: B rows (2B with CFG: R), T new tokens, N image tokens, V image vocabulary.
