@@ -10,13 +10,17 @@ from helpers import Recorder, copy_model, new_tokens, tiny
 from ar_core import generate
 from ar_core.errors import ConfigError, InputError
 from ar_core.generation import GenerationConfig
-from ar_decoding.lookahead import lookahead_local_mask
+from ar_decoding.lookahead import ContextPool, lookahead_local_mask, lookahead_positions
 
 STRATEGIES = [
     ("jacobi", {"window": 4}),
     ("jacobi", {"window": 1}),
-    ("lookahead", {"window": 4, "ngram": 3, "pool_size": 3}),
-    ("lookahead", {"window": 3, "ngram": 2, "pool_size": 1}),
+    ("lookahead", {"window": 4, "ngram": 3, "pool_size": 3, "context": 0}),
+    ("lookahead", {"window": 3, "ngram": 2, "pool_size": 1, "context": 0}),
+    ("lookahead", {}),  # the defaults: context n-grams on
+    ("lookahead", {"window": 3, "ngram": 4, "pool_size": 3, "context": 2, "candidate_len": 5}),
+    ("lookahead", {"window": 2, "ngram": 4, "pool_size": 2, "candidate_len": 1}),
+    ("lookahead", {"window": 0, "pool_size": 3, "candidate_len": 4}),  # context lookup only
 ]
 
 
@@ -38,7 +42,7 @@ def test_ragged_batch_with_eos_equals_greedy(strategy: str, kw: dict) -> None:
     assert out.stats.tokens_generated == ref.stats.tokens_generated
 
 
-@pytest.mark.parametrize(("strategy", "kw"), STRATEGIES[:1] + STRATEGIES[2:3])
+@pytest.mark.parametrize(("strategy", "kw"), STRATEGIES[:1] + STRATEGIES[2:3] + STRATEGIES[4:5])
 def test_repetitive_text_takes_fewer_forwards_than_tokens(strategy: str, kw: dict) -> None:
     model = copy_model(vocab=8, lag=5)
     x = torch.tensor([[1, 2, 3, 4, 5, 1, 2], [6, 2, 7, 3, 0, 6, 6]])
@@ -62,6 +66,64 @@ def test_lookahead_mask_is_causal_per_branch() -> None:
     assert not vis.triu(1).any()  # every slot sees only earlier slots: a DAG in slot order
 
 
+def test_repetitive_text_with_ties_equals_greedy_argmax() -> None:
+    """A model whose output head is zero: every logit ties, greedy picks token 0 (argmax's
+    first index) and so must lookahead, whose candidates (the prompt's n-grams) are not 0."""
+    model = tiny(16, dim=32, ffn_hidden=64)
+    with torch.no_grad():
+        model.output.weight.zero_()
+    x = torch.tensor([[3, 4, 5, 3, 4, 5, 3, 4], [0, 0, 7, 0, 0, 7, 0, 0]])
+    cfg = GenerationConfig(max_new_tokens=10)
+    out = generate(model, x, cfg, strategy="lookahead")
+    assert torch.equal(out.sequences, generate(model, x, cfg).sequences)
+    assert out.sequences[:, 8:].eq(0).all()
+
+
+def test_context_pool_proposes_the_prompts_ngrams() -> None:
+    """Candidates come from the row's own text: the longest seen suffix first, the most
+    recent continuation first, distinct; tokens added later are indexed too."""
+    pool = ContextPool([[1, 2, 3, 9, 2, 3, 4, 1, 2, 3]], key=2, length=2, capacity=4)
+    # suffix (2, 3) was followed by (9, 2) and (4, 1) (most recent first); then suffix (3,)
+    # adds nothing new
+    assert pool.lookup(0, 4) == [(4, 1), (9, 2)]
+    pool.extend(0, [5, 6])  # suffixes (5, 6) and (6,) never seen before: nothing
+    assert pool.lookup(0, 4) == []
+    pool.extend(0, [2, 3])  # (2, 3) was last followed by (5, 6)
+    assert pool.lookup(0, 2) == [(5, 6), (4, 1)]
+    assert pool.lookup(0, 4) == [(5, 6), (4, 1), (9, 2)]
+    pool.extend(0, [8, 1])  # (8, 1) unseen: the one-token key (1,) -> (2, 3)
+    assert pool.lookup(0, 4) == [(2, 3)]
+    two = ContextPool([[1, 2], [7, 7, 7]], key=3, length=3, capacity=1)
+    assert two.lookup(0, 2) == []  # nothing complete yet
+    assert two.lookup(1, 2) == []  # (7,) -> (7, 7, 7) needs 3 tokens after a 7
+    two.extend(1, [7])
+    assert two.lookup(1, 2) == [(7, 7, 7)]
+
+
+@pytest.mark.parametrize("context", [3, 0])
+def test_first_step_verifies_the_prompts_ngrams(context: int) -> None:
+    """On a prompt with period 5 the copy model continues the period: with context
+    n-grams the very first lookahead step accepts a whole candidate from the prompt;
+    without them (Fu et al.'s pool starts empty) it accepts nothing."""
+    model = copy_model(vocab=8, lag=5)
+    x = torch.tensor([[1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2], [6, 2, 7, 3, 0, 6, 2, 7, 3, 0, 6, 2]])
+    cfg = GenerationConfig(max_new_tokens=20)
+    kw = dict(window=2, ngram=3, pool_size=2, candidate_len=4, context=context)
+    out = generate(model, x, cfg, strategy="lookahead", prompt_lengths=[12, 10], **kw)
+    assert torch.equal(out.sequences, generate(model, x, cfg, prompt_lengths=[12, 10]).sequences)
+    first_step = out.stats.accepted_lengths[2:4]  # [prefill row 0, row 1, step 1 row 0, row 1]
+    assert first_step == ([5, 5] if context else [1, 1])
+
+
+def test_block_layout_with_longer_candidates() -> None:
+    vis = lookahead_local_mask(window=2, ngram=3, candidates=2, candidate_len=3)
+    assert vis.shape == (1 + 2 * 2 + 2 * 3,) * 2
+    assert vis[10].nonzero().flatten().tolist() == [0, 8, 9, 10]  # candidate 1, token 2
+    pos = lookahead_positions(window=2, ngram=3, candidates=2, candidate_len=3)
+    assert pos.tolist() == [0, 1, 2, 2, 3, 1, 2, 3, 1, 2, 3]
+    assert lookahead_local_mask(window=0, ngram=3, candidates=1).shape == (3, 3)
+
+
 def test_bad_kwargs_and_unsupported_config() -> None:
     model = tiny(32, dim=32, ffn_hidden=64)
     x = torch.zeros(1, 3, dtype=torch.long)
@@ -69,6 +131,12 @@ def test_bad_kwargs_and_unsupported_config() -> None:
         generate(model, x, GenerationConfig(max_new_tokens=2), strategy="jacobi", window=0)
     with pytest.raises(ConfigError, match="ngram"):
         generate(model, x, GenerationConfig(max_new_tokens=2), strategy="lookahead", ngram=1)
+    with pytest.raises(ConfigError, match="context"):
+        generate(model, x, GenerationConfig(max_new_tokens=2), strategy="lookahead", context=-1)
+    with pytest.raises(ConfigError, match="candidate_len"):
+        generate(
+            model, x, GenerationConfig(max_new_tokens=2), strategy="lookahead", candidate_len=0
+        )
     with pytest.raises(ConfigError, match="repetition_penalty"):
         generate(
             model, x, GenerationConfig(max_new_tokens=2, repetition_penalty=1.2), strategy="jacobi"

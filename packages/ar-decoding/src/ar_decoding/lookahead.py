@@ -7,20 +7,31 @@ al. 2023) is kept as a 2-D window; n-grams along it fill a pool; pooled n-grams 
 start with the last token are verified in the same forward. Returns exactly the greedy
 output (ties broken like ``argmax``: the first index).
 
+Context n-grams (``context=K``, on by default): besides the trajectory's n-grams, each
+row's own text - the prompt and every token emitted so far - is indexed: the ``m``
+tokens after each position are kept under the 1..K tokens that end there. Candidates
+come first from the longest suffix of the row that has been seen before (most recent
+continuation first, as prompt lookup decoding does: Saxena 2023), then from the
+trajectory pool keyed by ``last``. Code repeats identifiers and whole lines, so these are the candidates
+that get accepted most; the trajectory supplies what the context does not hold.
+``context=0`` is the paper's method.
+
 One step (one forward under ``ar_core.masks.table``). The cache holds the committed
-context except ``last`` (the newest token). Block of T = 1 + (n-1)(W + G) slots after the
-committed context P (relative slot: RoPE position):
+context except ``last`` (the newest token). Block of T = 1 + (n-1) W + G m slots after
+the committed context P (relative slot: RoPE position), m = ``candidate_len``
+(default n - 1), G = this step's candidate count (at most ``pool_size``; fewer when no
+row has that many, which makes the block cheaper):
 
     slot 0                    last                    position P
     lookahead (l, j)          level l, column j       position P + 1 + l + j
       slot 1 + l W + j        (l < n-1, j < W)
     candidate (g, i)          token i of candidate g  position P + 1 + i
-      slot 1 + (n-1)W + g(n-1) + i   (g < G, i < n-1)
+      slot 1 + (n-1)W + g m + i   (g < G, i < m)
 
 Mask inside the block (:func:`lookahead_local_mask`; every slot also sees the whole
 committed context and slot 0):
 
-* lookahead (l, j) sees level 0 columns <= j and levels 1..l of column j – the keys at
+* lookahead (l, j) sees level 0 columns <= j and levels 1..l of column j - the keys at
   positions P + 1 .. P + 1 + l + j, i.e. a contiguous causal context (Fu et al. Fig. 2);
 * candidate (g, i) sees candidate g's tokens 0..i (a causal chain; candidates never see
   each other or the lookahead branch);
@@ -33,11 +44,18 @@ verified like Jacobi guesses; the longest accepted one wins. Its cache entries s
 candidate slots, not right after slot 0, so ``cache.move_entries`` moves them there
 (their keys already carry RoPE positions P + 1 + i and attended exactly to the context,
 ``last`` and the candidate's previous tokens) before the ``a + 1`` entries are committed.
+Trajectory n-grams shorter than m are padded with their last token (a padded token is
+verified like any other, so a wrong one only ends the accepted run).
+
+Cost on a CPU: a pass over T tokens costs about 1 + T/12 one-token passes with
+``ar.prepack``'s layouts, so the block must stay small (the defaults give T = 9 .. 13)
+and the step must accept more tokens than that (docs/packages/ar-decoding.md).
 
 Finished rows (EOS or N tokens) keep running in the batch; their cache is cropped to 0
 (``Rows.retire_finished``) so they never overflow it, and their outputs are ignored.
 
-Notation: B rows, W window, n n-gram size, G verified candidates, V vocabulary.
+Notation: B rows, W window, n n-gram size, G verified candidates, m candidate length,
+K context key length, V vocabulary.
 """
 
 from __future__ import annotations
@@ -61,16 +79,25 @@ from ar_core.generation import (
 )
 from ar_core.protocols import CausalLM
 from ar_decoding.draft import accepted_tokens, first_step
-from ar_decoding.verify import accept_greedy
 
-__all__ = ["NgramPool", "lookahead", "lookahead_local_mask", "lookahead_positions"]
+__all__ = [
+    "ContextPool",
+    "NgramPool",
+    "lookahead",
+    "lookahead_local_mask",
+    "lookahead_positions",
+]
 
 
-def lookahead_local_mask(window: int, ngram: int, candidates: int) -> Tensor:
-    """Visibility inside the lookahead block, (S, S) bool with S = 1 + (n-1)(W + G):
-    ``out[i, j]`` = slot i may attend to slot j (see the module docstring)."""
+def lookahead_local_mask(
+    window: int, ngram: int, candidates: int, candidate_len: int | None = None
+) -> Tensor:
+    """Visibility inside the lookahead block, (S, S) bool with S = 1 + (n-1) W + G m
+    (m = ``candidate_len``, default n - 1): ``out[i, j]`` = slot i may attend to slot j
+    (see the module docstring)."""
     W, levels, G = window, ngram - 1, candidates
-    S = 1 + levels * (window + G)
+    m = levels if candidate_len is None else candidate_len
+    S = 1 + levels * W + G * m
     vis = torch.zeros(S, S, dtype=torch.bool)
     vis[:, 0] = True  # everyone sees `last`
     for level in range(levels):
@@ -81,20 +108,30 @@ def lookahead_local_mask(window: int, ngram: int, candidates: int) -> Tensor:
                 vis[q, 1 + above * W + col] = True  # the same column, levels 1..level
     base = 1 + levels * W
     for g in range(G):
-        first = base + g * levels
-        for i in range(levels):
+        first = base + g * m
+        for i in range(m):
             vis[first + i, first : first + i + 1] = True
     return vis
 
 
-def lookahead_positions(window: int, ngram: int, candidates: int) -> Tensor:
+def lookahead_positions(
+    window: int, ngram: int, candidates: int, candidate_len: int | None = None
+) -> Tensor:
     """RoPE position of each block slot relative to ``last``: (S,) long."""
     levels = ngram - 1
+    m = levels if candidate_len is None else candidate_len
     level = torch.arange(levels)[:, None]
     col = torch.arange(window)[None, :]
     look = (1 + level + col).flatten()  # (levels * W,)
-    cand = (1 + torch.arange(levels)).repeat(candidates)  # (G * levels,)
+    cand = (1 + torch.arange(m)).repeat(candidates)  # (G * m,)
     return torch.cat([torch.zeros(1, dtype=torch.long), look, cand])
+
+
+def _remember(bucket: OrderedDict[tuple[int, ...], None], gram: tuple[int, ...], cap: int) -> None:
+    bucket.pop(gram, None)
+    bucket[gram] = None  # most recent last
+    if len(bucket) > cap:
+        bucket.popitem(last=False)
 
 
 class NgramPool:
@@ -108,21 +145,87 @@ class NgramPool:
         """``grams`` (B, M, n): M n-grams per row."""
         for pool, row in zip(self.rows, grams.tolist()):
             for gram in row:
-                bucket = pool.setdefault(gram[0], OrderedDict())
-                bucket.pop(tuple(gram[1:]), None)
-                bucket[tuple(gram[1:])] = None  # most recent last
-                if len(bucket) > self.capacity:
-                    bucket.popitem(last=False)
+                _remember(pool.setdefault(gram[0], OrderedDict()), tuple(gram[1:]), self.capacity)
+
+    def lookup(self, row: int, token: int) -> list[tuple[int, ...]]:
+        """Row ``row``'s continuations of ``token``, most recent first."""
+        return list(reversed(self.rows[row].get(token, {}).keys()))
 
     def candidates(self, last: Tensor, count: int, length: int) -> Tensor:
         """(B, count, length) continuations of each row's ``last`` token, most recent
         first; missing ones are filled with ``last`` repeated (verified like any other)."""
         out = []
-        for pool, token in zip(self.rows, last.tolist()):
-            found = list(reversed(pool.get(token, {}).keys()))[:count]
+        for b, token in enumerate(last.tolist()):
+            found = self.lookup(b, token)[:count]
             found += [(token,) * length] * (count - len(found))
             out.append(found)
         return torch.tensor(out, dtype=torch.long, device=last.device)
+
+
+class ContextPool:
+    """Per row: the row's own tokens (prompt and output) and, for every position, the
+    ``length`` tokens that follow it, keyed by the 1..``key`` tokens that end there; each
+    key keeps its ``capacity`` most recent distinct continuations."""
+
+    def __init__(self, rows: list[list[int]], key: int, length: int, capacity: int) -> None:
+        self.key, self.length, self.capacity = key, length, capacity
+        self.tokens: list[list[int]] = [[] for _ in rows]
+        self.tables: list[dict[tuple[int, ...], OrderedDict[tuple[int, ...], None]]] = [
+            {} for _ in rows
+        ]
+        self._next = [1] * len(rows)  # per row: the next continuation start to index
+        for b, tokens in enumerate(rows):
+            self.extend(b, tokens)
+
+    def extend(self, row: int, new: list[int]) -> None:
+        """Append ``new`` tokens to row ``row`` and index every continuation now complete."""
+        toks, table, m = self.tokens[row], self.tables[row], self.length
+        toks.extend(new)
+        c = self._next[row]
+        while c + m <= len(toks):
+            gram = tuple(toks[c : c + m])
+            for k in range(1, min(self.key, c) + 1):
+                key = tuple(toks[c - k : c])
+                _remember(table.setdefault(key, OrderedDict()), gram, self.capacity)
+            c += 1
+        self._next[row] = c
+
+    def lookup(self, row: int, count: int) -> list[tuple[int, ...]]:
+        """Up to ``count`` distinct continuations of row ``row``'s text: its longest suffix
+        (of at most ``key`` tokens) seen before first, most recent first within a key."""
+        toks, table = self.tokens[row], self.tables[row]
+        found: list[tuple[int, ...]] = []
+        for k in range(min(self.key, len(toks)), 0, -1):
+            for gram in reversed(table.get(tuple(toks[-k:]), {}).keys()):
+                if gram not in found:
+                    found.append(gram)
+                    if len(found) == count:
+                        return found
+        return found
+
+
+def _candidates(
+    context: ContextPool | None,
+    pool: NgramPool,
+    last: list[int],
+    live: list[bool],
+    count: int,
+    length: int,
+) -> list[list[tuple[int, ...]]]:
+    """Per row, up to ``count`` distinct candidates of ``length`` tokens: the context's,
+    then the trajectory pool's continuations of ``last`` (padded with their last token)."""
+    out = []
+    for b, token in enumerate(last):
+        found = context.lookup(b, count) if context is not None and live[b] else []
+        if live[b] and len(found) < count:
+            for gram in pool.lookup(b, token):
+                gram = (gram + gram[-1:] * (length - len(gram)))[:length]
+                if gram not in found:
+                    found.append(gram)
+                    if len(found) == count:
+                        break
+        out.append(found)
+    return out
 
 
 def lookahead(
@@ -132,47 +235,72 @@ def lookahead(
     *,
     prompt_lengths: Tensor,
     streamer: Streamer | None = None,
-    window: int = 8,
-    ngram: int = 4,
-    pool_size: int = 8,
+    window: int = 2,
+    ngram: int = 3,
+    pool_size: int = 2,
+    context: int = 3,
+    candidate_len: int | None = None,
 ) -> GenerationResult:
     """Strategy ``lookahead``: greedy output; one forward per step holds the Jacobi
-    lookahead branch (``window`` columns x ``ngram - 1`` levels) and ``pool_size``
-    candidate n-grams (Fu et al. use W=15, N=5, G=W on GPUs; these defaults keep a CPU
-    step small). ``pool_size`` is also the number of n-grams kept per first token."""
+    lookahead branch (``window`` columns x ``ngram - 1`` levels; ``window=0``: none) and
+    up to ``pool_size`` candidates of ``candidate_len`` tokens (default ``ngram - 1``)
+    from the row's own context (``context`` = longest key, 0 = off) and the trajectory's
+    n-gram pool. Fu et al. use W=15, N=5, G=W on GPUs; these defaults keep a CPU step
+    small (measured in docs/packages/ar-decoding.md). ``pool_size`` is also the number of
+    n-grams kept per key."""
     reject_repetition_penalty(config, "lookahead")
-    W = positive_int(window, "window", "lookahead")
+    W = positive_int(window, "window", "lookahead", minimum=0)
     n = positive_int(ngram, "ngram", "lookahead", minimum=2)
     G = positive_int(pool_size, "pool_size", "lookahead")
+    K = positive_int(context, "context", "lookahead", minimum=0)
+    m = n - 1 if candidate_len is None else candidate_len
+    m = positive_int(m, "candidate_len", "lookahead")
     check_eos(config, model.vocab_size)
     B = input_ids.shape[0]
+    device = input_ids.device
     levels = n - 1
-    local = lookahead_local_mask(W, n, G)  # (S, S)
-    S = local.shape[0]
-    rel_pos = lookahead_positions(W, n, G).to(input_ids.device)  # (S,)
+    S_max = 1 + levels * W + G * m
     cache_len = cache_budget(
         model,
         input_ids,
         prompt_lengths,
         config.max_new_tokens,
-        extra=S - 1,
-        fix="lower window, ngram, pool_size or max_new_tokens",
+        extra=S_max - 1,
+        fix="lower window, ngram, pool_size, candidate_len or max_new_tokens",
     )
     rows = Rows(input_ids, prompt_lengths, config, streamer, scratch=0)
     if rows.all_finished():  # max_new_tokens = 0
         return rows.finish()
+    blocks: dict[int, tuple[Tensor, Tensor]] = {}  # candidates -> (mask table, positions)
     pool = NgramPool(B, G)
     cand_base = 1 + levels * W
-    batch = torch.arange(B, device=input_ids.device)
-    steps = torch.arange(levels, device=input_ids.device)
+    batch = torch.arange(B, device=device)
+    steps = torch.arange(m, device=device)
     with torch.no_grad():
         (cache,) = first_step([model], rows, TokenPicker(config, do_sample=False), cache_len)
         last = rows.last()  # (B,) the argmax after each prompt
+        ctx = None
+        if K:
+            texts = [r[:length] for r, length in zip(rows.seq.tolist(), rows.length.tolist())]
+            ctx = ContextPool(texts, K, m, G)
         # initial trajectory: the prompt's tokens, cycled (Fu et al. start from random)
         levels_tok = _initial_levels(input_ids, prompt_lengths, levels, W)  # (B, n-1, W)
         while not rows.all_finished():
             rows.retire_finished(cache)
-            cands = pool.candidates(last, G, levels)  # (B, G, n-1)
+            last_l = last.tolist()
+            found = _candidates(ctx, pool, last_l, (~rows.finished).tolist(), G, m)
+            Gs = max(1, max(len(f) for f in found))  # this step's candidate count
+            cands = torch.tensor(
+                [f[:Gs] + [(t,) * m] * (Gs - len(f[:Gs])) for f, t in zip(found, last_l)],
+                dtype=torch.long,
+                device=device,
+            )  # (B, Gs, m); missing ones are `last` repeated (verified like any other)
+            if Gs not in blocks:
+                blocks[Gs] = (
+                    lookahead_local_mask(W, n, Gs, m),
+                    lookahead_positions(W, n, Gs, m).to(device),
+                )
+            local, rel_pos = blocks[Gs]
             tokens = torch.cat(
                 [last[:, None], levels_tok.flatten(1), cands.flatten(1)], dim=1
             )  # (B, S)
@@ -186,27 +314,31 @@ def lookahead(
             ).logits  # (B, S, V)
             rows.stats.target_forward_passes += 1
             rows.watch(logits)
+            pred = logits.argmax(-1)  # (B, S)
             # verification: each candidate continues `last`
-            cand_logits = logits[:, cand_base:].reshape(B, G, levels, -1)  # (B, G, n-1, V)
-            first = logits[:, :1, None].expand(B, G, 1, -1)  # (B, G, 1, V)
-            target = torch.cat([first, cand_logits], dim=2).flatten(0, 1)  # (B G, n, V)
-            n_acc, nxt = accept_greedy(cands.flatten(0, 1), target)  # (B G,)
-            n_acc, nxt = n_acc.view(B, G), nxt.view(B, G)
+            cand_pred = pred[:, cand_base:].view(B, Gs, m)  # (B, Gs, m)
+            target = torch.cat([pred[:, None, :1].expand(B, Gs, 1), cand_pred], dim=2)
+            n_acc = (cands == target[..., :m]).long().cumprod(-1).sum(-1)  # (B, Gs)
             best = n_acc.argmax(-1)  # (B,) first longest
-            n_best, last_new = n_acc[batch, best], nxt[batch, best]  # (B,)
-            accepted = accepted_tokens(cands[batch, best], n_best, last_new)  # (B, n)
-            rows.emit(accepted, n_best + 1)
+            n_best = n_acc[batch, best]  # (B,)
+            last_new = target[batch, best].gather(1, n_best[:, None]).squeeze(1)  # (B,)
+            accepted = accepted_tokens(cands[batch, best], n_best, last_new)  # (B, m + 1)
+            kept = rows.emit(accepted, n_best + 1)
             # move the winner's cache entries right after `last`, then commit
-            src = P[:, None] + cand_base + best[:, None] * levels + steps  # (B, n-1)
+            src = P[:, None] + cand_base + best[:, None] * m + steps  # (B, m)
             cache.move_entries(src, P[:, None] + 1 + steps)
             cache.commit(n_best + 1)
             last = last_new
-            # lookahead branch: harvest n-grams, shift the levels
-            look_pred = logits[:, 1:cand_base].argmax(-1).view(B, levels, W)  # (B, n-1, W)
-            newest = look_pred[:, -1]  # (B, W)
-            grams = torch.cat([levels_tok, newest[:, None]], dim=1)  # (B, n, W)
-            pool.add(grams.transpose(1, 2))  # (B, W, n)
-            levels_tok = torch.cat([levels_tok[:, 1:], newest[:, None]], dim=1)
+            if ctx is not None:
+                for b, (row, k) in enumerate(zip(accepted.tolist(), kept.tolist())):
+                    if k:
+                        ctx.extend(b, row[:k])
+            if W:  # lookahead branch: harvest n-grams, shift the levels
+                look_pred = pred[:, 1:cand_base].view(B, levels, W)  # (B, n-1, W)
+                newest = look_pred[:, -1]  # (B, W)
+                grams = torch.cat([levels_tok, newest[:, None]], dim=1)  # (B, n, W)
+                pool.add(grams.transpose(1, 2))  # (B, W, n)
+                levels_tok = torch.cat([levels_tok[:, 1:], newest[:, None]], dim=1)
     return rows.finish()
 
 
@@ -214,4 +346,4 @@ def _initial_levels(input_ids: Tensor, prompt_lengths: Tensor, levels: int, W: i
     """(B, n-1, W): each row's prompt tokens, cycled, as the first trajectory."""
     k = torch.arange(levels * W, device=input_ids.device)[None, :]  # (1, (n-1) W)
     index = k % prompt_lengths[:, None]  # (B, (n-1) W)
-    return input_ids.gather(1, index).view(-1, levels, W)
+    return input_ids.gather(1, index).view(input_ids.shape[0], levels, W)
