@@ -105,3 +105,42 @@ def test_random_initialisation_fills_exactly_the_slots_past_keep() -> None:
                 assert torch.equal(q[b, j], torch.full((V,), 1.0 / V))
             else:
                 assert x[b, j] == x0[b, j] and torch.equal(q[b, j], q0[b, j])
+
+
+def test_spatial_initialisation_matches_the_per_slot_rule() -> None:
+    """``init='spatial'``: slot j >= keep[b] (new token t = n_new[b] + j) gets the token one
+    grid row above, in the first grid row the one to the left (a committed token, or an
+    earlier slot of the window), the very first new token a uniform draw; q is the point
+    mass on it (uniform for that first token). Checked slot by slot against that rule."""
+    B, L, V, N, grid = 5, 6, 9, 20, 4
+    gen = torch.Generator().manual_seed(2)
+    n_new = torch.tensor([0, 1, 3, 6, 13])
+    new_tokens = torch.randint(0, V, (B, N), generator=gen)
+    x = torch.randint(0, V, (B, L), generator=gen)
+    q = torch.rand(B, L, V, generator=gen)
+    keep = torch.tensor([0, 2, 1, 6, 3])
+    x0, q0 = x.clone(), q.clone()
+    known = (n_new, new_tokens)
+    sjd_module._initialise(x, q, keep, known, "spatial", grid, torch.Generator().manual_seed(5))
+    uniform = torch.randint(0, V, (B, L), generator=torch.Generator().manual_seed(5))
+    for b in range(B):
+        want = x0[b].clone()
+        for j in range(L):
+            if j < keep[b]:
+                continue
+            t = int(n_new[b]) + j
+            src = t - grid if t >= grid else t - 1
+            if t == 0:
+                want[j] = uniform[b, j]
+            elif src < n_new[b]:
+                want[j] = new_tokens[b, src]
+            else:
+                want[j] = want[src - int(n_new[b])]
+        assert torch.equal(x[b], want), b
+        for j in range(L):
+            if j < keep[b]:
+                assert torch.equal(q[b, j], q0[b, j])
+            elif int(n_new[b]) + j == 0:
+                assert torch.equal(q[b, j], torch.full((V,), 1.0 / V))
+            else:
+                assert torch.equal(q[b, j], torch.nn.functional.one_hot(want[j], V).float())
