@@ -110,7 +110,9 @@ class MTPModel(nn.Module):
         nn.init.zeros_(last.bias)
         self.sampler.to(device=emb.device, dtype=emb.dtype)
         self._inject: tuple[Tensor, Tensor] | None = None  # (is_mask, mask index) in mixed
+        self._head_rows: int | None = None  # in mixed: the output head reads this many slots
         embed.register_forward_hook(self._embed_masks)
+        head.register_forward_pre_hook(self._head_input)
 
     def _embed_masks(self, module: nn.Module, args: object, output: Tensor) -> Tensor | None:
         """Forward hook on the input embeddings: mask slots get their mask embedding."""
@@ -118,6 +120,13 @@ class MTPModel(nn.Module):
             return None
         is_mask, index = self._inject
         return torch.where(is_mask[..., None], self.mask_embed[index].to(output.dtype), output)
+
+    def _head_input(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """Forward pre-hook on the output head: inside a decode step's :meth:`mixed` only
+        the real tokens' logits are read, so the head runs on those slots alone."""
+        if self._head_rows is None:
+            return None
+        return (args[0][..., : self._head_rows, :], *args[1:])
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [*lora_parameters(self.base), self.mask_embed, *self.sampler.parameters()]
@@ -143,12 +152,15 @@ class MTPModel(nn.Module):
         mask: masks.MaskSpec,
         cache: KVCache | None = None,
         first_mask: int | None = None,
+        real_logits_only: bool = False,
     ) -> ModelOutput:
         """Real tokens and mask tokens together: ``mask_index`` (B, T) is -1 for a real
         token (``tokens`` holds it) and ``i`` for mask ``m_i``; the LoRA acts on masks only.
         ``first_mask``: every slot from this index on is a mask and none before it (the
-        layout of :func:`block_layout`), so the LoRA runs on that suffix alone. The new
-        cache entries stay pending."""
+        layout of :func:`block_layout`), so the LoRA runs on that suffix alone;
+        ``real_logits_only`` (with ``first_mask``): the logits cover the real tokens only
+        (B, first_mask, V) - a decode step reads the masks' hidden states, not their
+        logits. The new cache entries stay pending."""
         is_mask = mask_index >= 0  # (B, T)
         ids = torch.where(is_mask, 0, tokens)
         self._inject = (is_mask, mask_index.clamp(min=0))
@@ -157,10 +169,12 @@ class MTPModel(nn.Module):
                 self.gate.value = is_mask[..., None]
             else:
                 self.gate.start = first_mask
+        if real_logits_only and first_mask is not None:
+            self._head_rows = first_mask
         try:
             return self.base(ids, positions=positions, cache=cache, mask=mask, commit=False)  # type: ignore[no-any-return]
         finally:
-            self._inject = None
+            self._inject = self._head_rows = None
             if self.gate is not None:
                 self.gate.value = self.gate.start = None
 
@@ -416,6 +430,7 @@ def mtp(
                 masks.table(visible, start=start),
                 cache=cache,
                 first_mask=n_real,
+                real_logits_only=True,
             )
             stats.target_forward_passes += 1
             real_logits = out.logits[:, :n_real]  # (B, j + 1, V)
