@@ -190,17 +190,29 @@ class ContextPool:
             c += 1
         self._next[row] = c
 
-    def lookup(self, row: int, count: int) -> list[tuple[int, ...]]:
+    def lookup(
+        self,
+        row: int,
+        count: int,
+        shortest: int = 1,
+        longest: int | None = None,
+        found: list[tuple[int, ...]] | None = None,
+    ) -> list[tuple[int, ...]]:
         """Up to ``count`` distinct continuations of row ``row``'s text: its longest suffix
-        (of at most ``key`` tokens) seen before first, most recent first within a key."""
+        (of ``longest`` (default ``key``) down to ``shortest`` tokens) seen before first,
+        most recent first within a key; appended to ``found`` (those count, and are not
+        repeated)."""
         toks, table = self.tokens[row], self.tables[row]
-        found: list[tuple[int, ...]] = []
-        for k in range(min(self.key, len(toks)), 0, -1):
+        found = [] if found is None else found
+        top = self.key if longest is None else longest
+        for k in range(min(top, len(toks)), shortest - 1, -1):
+            if len(found) >= count:
+                break
             for gram in reversed(table.get(tuple(toks[-k:]), {}).keys()):
                 if gram not in found:
                     found.append(gram)
                     if len(found) == count:
-                        return found
+                        break
         return found
 
 
@@ -212,18 +224,26 @@ def _candidates(
     count: int,
     length: int,
 ) -> list[list[tuple[int, ...]]]:
-    """Per row, up to ``count`` distinct candidates of ``length`` tokens: the context's,
-    then the trajectory pool's continuations of ``last`` (padded with their last token)."""
+    """Per row, up to ``count`` distinct candidates of ``length`` tokens: the context's
+    continuations of the row's suffixes of 2 or more tokens, then the trajectory pool's
+    continuations of ``last`` (padded with their last token), then the context's
+    continuations of ``last`` alone (measured on byte-level code: a 2-3 token key is right
+    far more often than the trajectory, the trajectory more often than one token)."""
     out = []
     for b, token in enumerate(last):
-        found = context.lookup(b, count) if context is not None and live[b] else []
-        if live[b] and len(found) < count:
-            for gram in pool.lookup(b, token):
-                gram = (gram + gram[-1:] * (length - len(gram)))[:length]
-                if gram not in found:
-                    found.append(gram)
-                    if len(found) == count:
-                        break
+        found: list[tuple[int, ...]] = []
+        if live[b]:
+            if context is not None:
+                context.lookup(b, count, shortest=2, found=found)
+            if len(found) < count:
+                for gram in pool.lookup(b, token):
+                    gram = (gram + gram[-1:] * (length - len(gram)))[:length]
+                    if gram not in found:
+                        found.append(gram)
+                        if len(found) == count:
+                            break
+            if context is not None and len(found) < count:
+                context.lookup(b, count, shortest=1, longest=1, found=found)
         out.append(found)
     return out
 
