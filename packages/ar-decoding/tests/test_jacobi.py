@@ -93,10 +93,11 @@ def test_context_pool_proposes_the_prompts_ngrams() -> None:
     assert pool.lookup(0, 4) == [(5, 6), (4, 1), (9, 2)]
     pool.extend(0, [8, 1])  # (8, 1) unseen: the one-token key (1,) -> (2, 3)
     assert pool.lookup(0, 4) == [(2, 3)]
+    # a continuation that runs into the end of the text repeats the text since its start
+    loop = ContextPool([[5, 1, 2, 3, 1, 2]], key=2, length=4, capacity=2)
+    assert loop.lookup(0, 1) == [(3, 1, 2, 3)]
     two = ContextPool([[1, 2], [7, 7, 7]], key=3, length=3, capacity=1)
-    assert two.lookup(0, 2) == []  # nothing complete yet
-    assert two.lookup(1, 2) == []  # (7,) -> (7, 7, 7) needs 3 tokens after a 7
-    two.extend(1, [7])
+    assert two.lookup(0, 2) == []  # neither (1, 2) nor (2,) was followed by anything yet
     assert two.lookup(1, 2) == [(7, 7, 7)]
 
 

@@ -163,32 +163,41 @@ class NgramPool:
 
 
 class ContextPool:
-    """Per row: the row's own tokens (prompt and output) and, for every position, the
-    ``length`` tokens that follow it, keyed by the 1..``key`` tokens that end there; each
-    key keeps its ``capacity`` most recent distinct continuations."""
+    """Per row: the row's own tokens (prompt and output) and, under each key of 1..``key``
+    tokens, the ``capacity`` most recent positions that followed that key. A position's
+    continuation is the ``length`` tokens from it on; one that runs into the end of the
+    text repeats the text since that position (the continuation of a loop is the loop)."""
 
     def __init__(self, rows: list[list[int]], key: int, length: int, capacity: int) -> None:
         self.key, self.length, self.capacity = key, length, capacity
         self.tokens: list[list[int]] = [[] for _ in rows]
-        self.tables: list[dict[tuple[int, ...], OrderedDict[tuple[int, ...], None]]] = [
-            {} for _ in rows
-        ]
-        self._next = [1] * len(rows)  # per row: the next continuation start to index
+        self.tables: list[dict[tuple[int, ...], OrderedDict[int, None]]] = [{} for _ in rows]
+        self._next = [1] * len(rows)  # per row: the next position to index
         for b, tokens in enumerate(rows):
             self.extend(b, tokens)
 
     def extend(self, row: int, new: list[int]) -> None:
-        """Append ``new`` tokens to row ``row`` and index every continuation now complete."""
-        toks, table, m = self.tokens[row], self.tables[row], self.length
+        """Append ``new`` tokens to row ``row`` and index the positions they complete."""
+        toks, table = self.tokens[row], self.tables[row]
         toks.extend(new)
         c = self._next[row]
-        while c + m <= len(toks):
-            gram = tuple(toks[c : c + m])
+        while c < len(toks):  # position c follows the keys toks[c - k : c]
             for k in range(1, min(self.key, c) + 1):
-                key = tuple(toks[c - k : c])
-                _remember(table.setdefault(key, OrderedDict()), gram, self.capacity)
+                bucket = table.setdefault(tuple(toks[c - k : c]), OrderedDict())
+                bucket[c] = None  # positions only grow: most recent last
+                if len(bucket) > self.capacity:
+                    bucket.popitem(last=False)
             c += 1
         self._next[row] = c
+
+    def continuation(self, row: int, c: int) -> tuple[int, ...]:
+        """The ``length`` tokens from position ``c`` on, repeated past the end."""
+        toks = self.tokens[row]
+        out = toks[c : c + self.length]
+        period = len(toks) - c
+        while len(out) < self.length:
+            out.append(out[len(out) - period])
+        return tuple(out)
 
     def lookup(
         self,
@@ -208,7 +217,8 @@ class ContextPool:
         for k in range(min(top, len(toks)), shortest - 1, -1):
             if len(found) >= count:
                 break
-            for gram in reversed(table.get(tuple(toks[-k:]), {}).keys()):
+            for c in reversed(table.get(tuple(toks[-k:]), {}).keys()):
+                gram = self.continuation(row, c)
                 if gram not in found:
                     found.append(gram)
                     if len(found) == count:
@@ -302,7 +312,7 @@ def lookahead(
         ctx = None
         if K:
             texts = [r[:length] for r, length in zip(rows.seq.tolist(), rows.length.tolist())]
-            ctx = ContextPool(texts, K, m, G)
+            ctx = ContextPool(texts, K, m, 4 * G)
         # initial trajectory: the prompt's tokens, cycled (Fu et al. start from random)
         levels_tok = _initial_levels(input_ids, prompt_lengths, levels, W)  # (B, n-1, W)
         while not rows.all_finished():
