@@ -14,7 +14,7 @@ from helpers import ALPHA, BROKEN, chi2_pvalue, copy_model, exact_joint, tiny
 
 import ar_decoding.sjd as sjd_module
 from ar_core import generate
-from ar_core.errors import ConfigError
+from ar_core.errors import ConfigError, InputError
 from ar_core.generation import GenerationConfig
 from ar_core.sampling import multinomial_sample_one_no_sync
 from ar_decoding.verify import accept_sampling
@@ -144,3 +144,30 @@ def test_spatial_initialisation_matches_the_per_slot_rule() -> None:
                 assert torch.equal(q[b, j], torch.full((V,), 1.0 / V))
             else:
                 assert torch.equal(q[b, j], torch.nn.functional.one_hot(want[j], V).float())
+
+
+class _PoisonAfterCompaction:
+    """A causal LM that returns NaN logits once the batch shrank below ``full`` rows (SJD
+    dropped a finished row): the error must name the row in the full batch."""
+
+    def __init__(self, model: Any, full: int) -> None:
+        self.model, self.full = model, full
+        self.vocab_size, self.max_seq_len = model.vocab_size, model.max_seq_len
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> Any:
+        return self.model.new_cache(batch_size, max_len)
+
+    def __call__(self, tokens: torch.Tensor, **kwargs: Any) -> Any:
+        out = self.model(tokens, **kwargs)
+        if tokens.shape[0] < self.full:
+            out.logits[:] = float("nan")
+        return out
+
+
+def test_nonfinite_logits_after_dropping_a_finished_row_name_the_full_batch_row() -> None:
+    # row 0 copies 1 2 3 4 5 and stops at its EOS (5); row 1 (no 5) runs on alone
+    x = torch.tensor([[1, 2, 3, 4, 5], [6, 2, 7, 3, 0]])
+    cfg = GenerationConfig(max_new_tokens=12, temperature=1.0, eos_token_id=5, seed=0)
+    model = _PoisonAfterCompaction(copy_model(vocab=8, lag=5), full=2)
+    with pytest.raises(InputError, match=r"non-finite logits .* row 1:"):
+        generate(model, x, cfg, strategy="sjd", window=2)

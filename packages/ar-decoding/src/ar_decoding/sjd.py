@@ -185,16 +185,18 @@ def jacobi_sampling(
             tokens = torch.cat([last[:, None], x], dim=1)  # (b, w + 1)
             logits = model(tokens, cache=cache, commit=False).logits  # (b, w + 1, V)
             rows.stats.target_forward_passes += 1
+            if idx.numel() == B:
+                rows.watch(logits)
+            else:  # the full batch's view (finished rows: finite zeros, not watched)
+                peak = torch.zeros(B, device=device)
+                peak[idx] = logits.amax(-1).float().sum(-1)  # what watch reduces to
+                rows.watch(peak[:, None])
             p = picker.probs(logits)  # (b, w + 1, V)
             n_acc, last = accept(x, q, p, gen)  # (b,), (b,)
             new = accepted_tokens(x, n_acc, last)  # (b, w + 1)
             if idx.numel() == B:
-                rows.watch(logits)
                 rows.emit(new, n_acc + 1)
-            else:  # the full batch's view: finished rows emit nothing
-                peak = torch.zeros(B, device=device)
-                peak[idx] = logits.amax(-1).float().sum(-1)  # what watch reduces to
-                rows.watch(peak[:, None])
+            else:  # finished rows emit nothing
                 full = torch.zeros(B, w + 1, dtype=torch.long, device=device)
                 full[idx] = new
                 counts = torch.zeros(B, dtype=torch.long, device=device)
