@@ -416,3 +416,83 @@ class DecodingMTPRecipe(RecipeBase):
 
 
 recipe = DecodingMTPRecipe()
+
+
+def step_costs(
+    sizes: list[tuple[int, int]],
+    *,
+    prepack: bool = True,
+    new_tokens: int = 48,
+    repeats: int = 5,
+    vocab_size: int = 1024,
+) -> list[dict[str, Any]]:
+    """The accepted length MTP needs to break even, per base size ``(dim, layers)``: the
+    thread time of one MTP step over the thread time of one greedy token (uncompiled, as
+    ``ar.generate`` runs it, and compiled), medians of ``repeats`` interleaved runs of a
+    batch-1 decode of ``new_tokens`` after a 48-token prompt. The bases have random weights
+    (only the costs are meaningful: a step costs what it costs whatever is accepted);
+    ``prepack``: ``ar_core.quant.prepack`` on both sides."""
+    from ar_core.model import TransformerConfig
+    from ar_core.quant import prepack as pack
+
+    gen = GenerationConfig(max_new_tokens=new_tokens, temperature=0)
+    out: list[dict[str, Any]] = []
+    for dim, layers in sizes:
+        torch.manual_seed(0)
+        cfg = TransformerConfig(
+            vocab_size=vocab_size, dim=dim, n_layers=layers, n_heads=max(4, dim // 64),
+            max_seq_len=256,
+        )  # fmt: skip
+        base = Transformer(cfg).eval()
+        reference = copy.deepcopy(base)
+        model = MTPModel(base, 8, rank=16).eval()
+        if prepack:
+            pack(reference)
+            pack(model.base)
+        x = torch.randint(0, vocab_size, (1, 48), generator=torch.Generator().manual_seed(0))
+        variants: dict[str, tuple[Any, str, dict[str, Any]]] = {
+            "greedy": (reference, "greedy", {}),
+            "greedy compiled": (reference, "greedy", {"compile": True}),
+            "k=4 linear": (model, "mtp", {"num_draft_tokens": 4}),
+            "k=4 quadratic": (model, "mtp", {"num_draft_tokens": 4, "quadratic": True}),
+            "k=8 linear": (model, "mtp", {"num_draft_tokens": 8}),
+        }
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        forwards: dict[str, int] = {}
+        for net, strategy, kwargs in variants.values():  # warm-up
+            generate(net, x, gen, strategy=strategy, **kwargs)
+        for _ in range(repeats):
+            for label, (net, strategy, kwargs) in variants.items():
+                t0 = time.thread_time()
+                result = generate(net, x, gen, strategy=strategy, **kwargs)
+                times[label].append(time.thread_time() - t0)
+                forwards[label] = result.stats.target_forward_passes
+        per = {v: 1000 * statistics.median(times[v]) / forwards[v] for v in variants}
+        row: dict[str, Any] = {"dim": dim, "layers": layers, "ms": per}
+        for v in list(variants)[2:]:
+            row[f"needed vs greedy, {v}"] = per[v] / per["greedy"]
+            row[f"needed vs compiled, {v}"] = per[v] / per["greedy compiled"]
+        out.append(row)
+    return out
+
+
+if __name__ == "__main__":  # python -m ar_decoding.recipes.mtp 96x2 256x4 [--no-prepack]
+    import sys
+
+    torch.set_num_threads(1)
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    sizes = [(int(d), int(n)) for d, n in (a.split("x") for a in args or ["96x2"])]
+    print(
+        "| base (dim x layers) | greedy ms / token | compiled greedy ms / token | needed vs "
+        "greedy (k=4 lin / k=4 quad / k=8 lin) | needed vs compiled greedy |\n|---|---|---|---|---|"
+    )
+    for r in step_costs(sizes, prepack="--no-prepack" not in sys.argv):
+        kinds = ("k=4 linear", "k=4 quadratic", "k=8 linear")
+        g = " / ".join(f"{r[f'needed vs greedy, {v}']:.2f}" for v in kinds)
+        c = " / ".join(f"{r[f'needed vs compiled, {v}']:.2f}" for v in kinds)
+        ms = r["ms"]
+        print(
+            f"| {r['dim']} x {r['layers']} | {ms['greedy']:.2f} | {ms['greedy compiled']:.2f} "
+            f"| {g} | {c} |",
+            flush=True,
+        )
