@@ -135,3 +135,22 @@ def test_suffix_gate_equals_the_per_token_gate(trained) -> None:  # type: ignore
         fast = _greedy_chain(model, h, first, 3)
         chain, q = _sampler_chain(model, h, first, 3, rows, picker)
     assert q is None and torch.equal(chain, fast) and torch.equal(fast[:, :1], generic)
+
+
+def test_prepacked_mtp_model_decodes_and_a_prepacked_base_is_refused(trained) -> None:  # type: ignore[no-untyped-def]
+    """``ar.prepack`` on a trained MTPModel (its base, adapters' base linears and sampler
+    become PackedLinear): decoding takes the generic paths and still equals greedy on
+    the ramps; wrapping an already prepacked base is a clear error."""
+    from ar_core.quant import prepack
+
+    reference, model, _ = trained
+    packed = prepack(copy.deepcopy(model))
+    x = DATA(torch.Generator().manual_seed(4), 2)[:, :5]
+    cfg = GenerationConfig(max_new_tokens=12, temperature=0)
+    ref = generate(reference, x, cfg)
+    for quadratic in (False, True):
+        out = generate(packed, x, cfg, strategy="mtp", quadratic=quadratic)
+        assert torch.equal(out.sequences, ref.sequences)
+        assert out.stats.mean_accepted_length > 1.5
+    with pytest.raises(ConfigError, match="build the MTPModel first"):
+        MTPModel(prepack(copy.deepcopy(reference)), 2)

@@ -86,6 +86,12 @@ class MTPModel(nn.Module):
     ) -> None:
         super().__init__()
         embed, head, lora_root, targets = _parts(base)
+        if not isinstance(head, nn.Linear):
+            raise ConfigError(
+                f"MTPModel: the base's output head is a {type(head).__name__}, not an "
+                f"nn.Linear (a prepacked or quantised base?); build the MTPModel first, "
+                f"then ar.prepack(mtp_model)"
+            )
         positive_int(num_masks, "num_masks", "mtp")
         for p in base.parameters():
             p.requires_grad_(False)
@@ -330,7 +336,9 @@ def _sampler_chain(
 ) -> tuple[Tensor, Tensor | None]:
     """``n`` drafts (B, n) after the verified token ``first`` (B,) from the mask hidden
     states ``h`` (B, k, C), and their probabilities (B, n, V) when sampling."""
-    if picker.greedy and not picker.processors:
+    lin1, lin2 = model.sampler[0], model.sampler[2]
+    plain = isinstance(lin1, nn.Linear) and isinstance(lin2, nn.Linear)  # not prepacked
+    if picker.greedy and not picker.processors and plain:
         return _greedy_chain(model, h, first, n), None
     drafts = first.new_empty(first.shape[0], n)
     qs: list[Tensor] = []
