@@ -9,8 +9,12 @@ base's (:mod:`ar_decoding.mtp`).
 blocks (``DEFAULT_TARGETS``), or of a transformers decoder (``HF_TARGETS``; GPT-2's
 ``Conv1D`` too), in place with :class:`LoRALinear`. With a :class:`Gate`, the update is applied with
 ``torch.where(gate, W x + B A x, W x)``: ungated tokens get ``W x`` itself, bit for bit,
-whatever A and B hold (no ``+ 0 * ...`` rounding). Without one (plain LoRA) every token
-gets the update. B starts at zero, so a fresh adapter changes nothing.
+whatever A and B hold (no ``+ 0 * ...`` rounding). A gate given as a suffix
+(``Gate.start``: MTP's mask tokens come after the real ones) computes the update on those
+tokens only; at inference they go through the merged weight ``W + scale B A`` (one
+matmul, cached per adapter version) and the tokens before them through ``W`` itself.
+Without a gate (plain LoRA) every token gets the update. B starts at zero, so a fresh
+adapter changes nothing.
 
 Notation: r rank, d_in/d_out the layer's sizes.
 """
