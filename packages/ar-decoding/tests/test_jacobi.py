@@ -39,6 +39,7 @@ def test_ragged_batch_with_eos_equals_greedy(strategy: str, kw: dict) -> None:
     assert torch.equal(out.sequences, ref.sequences)
     assert rec.ended
     assert torch.equal(rec.tokens(), new_tokens(out.sequences, lengths, N))
+    assert not any(c.is_inference() for c in rec.chunks)  # usable outside inference_mode
     assert out.stats.tokens_generated == ref.stats.tokens_generated
 
 
