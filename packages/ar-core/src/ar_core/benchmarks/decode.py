@@ -13,8 +13,9 @@ next to the wall time (on a shared machine the CPU-time ratios are the steadier 
 
 Cases: ar eager; ar compiled (the fused greedy step: forward, argmax and cache commit in
 one graph); ar compiled with the pick outside the step ("unfused", the previous path);
-HF eager and compiled (static cache); and the same weights in bfloat16 and in int8
-(:func:`ar_core.quant.quantize`), eager and compiled, whose outputs are compared with the
+HF eager and compiled (static cache); and the same weights in bfloat16, in int8
+(:func:`ar_core.quant.quantize`) and in ar's CPU decode layouts (float32 and bfloat16,
+:func:`ar_core.quant.prepack`), eager and compiled, whose outputs are compared with the
 float32 tokens (agreement) instead of being required equal. The int8 and bf16 logit error
 is measured on random tokens; the held-out perplexity change on the ``tiny`` preset trained
 for ``--ppl-steps`` on ar-core's own source bytes. ``profile_medium_eager`` lists the top
@@ -41,7 +42,7 @@ from torch import nn
 
 from ar_core.generation import GenerationConfig, decode_with_pick, generate
 from ar_core.model import Transformer, TransformerConfig
-from ar_core.quant import quantize
+from ar_core.quant import prepack, quantize
 
 
 def _sync(device: torch.device) -> None:
@@ -112,11 +113,23 @@ def _gen(model: Any, x: torch.Tensor, cfg: GenerationConfig, compiled: bool) -> 
 
 
 def _variants(model: Transformer) -> dict[str, nn.Module]:
-    """The float32 model, a bfloat16 copy and an int8 copy (same weights)."""
+    """The float32 model, a bfloat16 copy and an int8 copy (same weights), and the
+    float32 and bfloat16 ones with ar's CPU decode layouts (:func:`ar_core.quant.prepack`;
+    on other devices they are the plain copies)."""
     bf16 = Transformer(model.cfg.model_copy(update={"dtype": "bfloat16"})).eval()
     bf16.load_state_dict(model.state_dict())
     int8 = quantize(copy.deepcopy(model), "int8")
-    return {"f32": model, "bf16": bf16, "int8": int8}
+    packed, bf16_packed = copy.deepcopy(model), copy.deepcopy(bf16)
+    if model.device.type == "cpu":
+        prepack(packed)
+        prepack(bf16_packed)
+    return {
+        "f32": model,
+        "bf16": bf16,
+        "int8": int8,
+        "f32packed": packed,
+        "bf16packed": bf16_packed,
+    }
 
 
 def logit_error(model: Transformer, variant: nn.Module, x: torch.Tensor) -> dict[str, float]:
@@ -156,7 +169,7 @@ def bench_size(name: str, device: torch.device, n_new: int, runs: int) -> dict[s
         "hf_compiled": _hf_generate(hf, x, n_new, compiled=True),
     }
     approx: dict[str, Callable[[], Any]] = {}  # other weights: agreement is reported
-    for kind in ("bf16", "int8"):
+    for kind in ("bf16", "int8", "f32packed", "bf16packed"):
         for mode in ("eager", "compiled"):
             approx[f"{kind}_{mode}"] = _gen(variants[kind], x, cfg, mode == "compiled")
     reference = generate(model, x, cfg).sequences
@@ -190,7 +203,7 @@ def bench_size(name: str, device: torch.device, n_new: int, runs: int) -> dict[s
         row[case] = n_new / statistics.median(walls[case])
         row[f"{case}_cpu"] = n_new / statistics.median(cpus[case])
     xs = torch.randint(0, model.vocab_size, (2, 64), device=device)
-    for kind in ("bf16", "int8"):
+    for kind in ("bf16", "int8", "f32packed"):
         for key, value in logit_error(model, variants[kind], xs).items():
             row[f"{kind}_{key}"] = value
     return row
@@ -308,6 +321,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     bw = result["bandwidth"]["read_gb_s"] * 1e9
     bw_cpu = result["bandwidth"]["read_gb_s_cpu"] * 1e9
     ar_cases = ("ar_eager", "ar_compiled")
+    # the same float32 weights in ar's CPU decode layouts (outputs: agreement reported)
+    packed_cases = ("f32packed_eager", "f32packed_compiled")
     hf_cases = ("hf_eager", "hf_compiled")
     summary = []
     for row in result["rows"]:
@@ -319,6 +334,12 @@ def main(argv: list[str]) -> dict[str, Any]:
             hf_best = _best(row, hf_cases, suffix)
             line[f"ar_over_hf_{label}"] = best / hf_best if hf_best else None
             line[f"pct_of_f32_bound_{label}"] = 100 * best / row["bound_tokens_s" + suffix]
+            packed = _best(row, packed_cases, suffix)
+            line[f"prepacked_pct_of_f32_bound_{label}"] = (
+                100 * packed / row["bound_tokens_s" + suffix]
+            )
+            line[f"prepacked_over_f32_{label}"] = packed / best if best else None
+            line[f"prepacked_over_hf_{label}"] = packed / hf_best if hf_best else None
             int8 = _best(row, ("int8_eager", "int8_compiled"), suffix)
             bf16 = _best(row, ("bf16_eager", "bf16_compiled"), suffix)
             line[f"int8_over_f32_{label}"] = int8 / best if best else None
@@ -361,6 +382,10 @@ def _print_table(result: dict[str, Any]) -> None:
         "bf16_compiled",
         "int8_eager",
         "int8_compiled",
+        "f32packed_eager",
+        "f32packed_compiled",
+        "bf16packed_eager",
+        "bf16packed_compiled",
     )
     print("tokens/s, wall (cpu)")
     for r in result["rows"]:
