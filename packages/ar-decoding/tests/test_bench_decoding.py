@@ -59,3 +59,37 @@ def test_edit_prompts_ask_for_a_copy_with_one_rename() -> None:
     # the edited copy starts with the snippet's first line, renamed
     first = before.removeprefix(b"# Before:\n").split(b"\n")[0] + b"\n"
     assert head == first.replace(old, new)
+
+
+def test_grown_model_computes_the_base_function_until_noise_is_added() -> None:
+    torch.manual_seed(0)
+    base = Transformer(
+        TransformerConfig(vocab_size=256, dim=128, n_layers=2, n_heads=2, n_kv_heads=1,
+                          max_seq_len=64)
+    ).eval()  # fmt: skip
+    for p in base.parameters():  # weights far from the init: every part matters
+        torch.nn.init.normal_(p, std=0.2)
+    grown = bench.grow_transformer(base, 3, 2, noise=0.0)
+    assert grown.cfg.dim == 384 and grown.cfg.n_layers == 4
+    assert (grown.cfg.n_heads, grown.cfg.kv_heads, grown.cfg.head_dim) == (6, 3, 64)
+    assert grown.cfg.model_dump() == {
+        **bench._grown_arch(base.cfg.model_dump(), {"width": 3, "depth": 2}),
+        "ffn_hidden": 3 * base.cfg.hidden_dim,
+    }
+    x = torch.randint(0, 256, (2, 24))
+    with torch.no_grad():
+        ref = base(x).logits
+        torch.testing.assert_close(grown(x).logits, ref, rtol=1e-4, atol=1e-4)
+        # the cached decode of the grown model too (its KV cache has 3x the heads)
+        cache = grown.new_cache(2, max_len=32)
+        grown(x[:, :20], cache=cache)
+        torch.testing.assert_close(
+            grown(x[:, 20:], cache=cache).logits, ref[:, 20:], rtol=1e-4, atol=1e-4
+        )
+        noisy = bench.grow_transformer(base, 3, 2, noise=0.05)
+        moved = (noisy(x).logits - ref).abs().max()
+    assert 1e-3 < float(moved) < float(ref.abs().max())  # changed, not destroyed
+    # the noise differs between the copies: the new blocks are no longer symmetric
+    w = noisy.layers[0].ffn.w2.weight
+    assert not torch.equal(w[:128], w[128:256])
+    assert float(noisy.layers[1].attn.wo.weight.detach().abs().max()) > 0  # identity block too

@@ -4,10 +4,17 @@ Hugging Face assisted generation / prompt lookup on the same weights.
 Two sections (``--sections big,small``), every ratio from runs interleaved in one process
 (prompt by prompt), wall and CPU (``time.process_time``) seconds side by side:
 
-``big`` - the setting where speculation is meant to pay: a bandwidth-bound target, ar-core's
-``medium`` preset with the byte vocabulary and 16 layers (~101M parameters, 404 MB of
-float32 weights read per decode step), trained briefly (bf16 autocast) on the same corpus;
-a 2 x 256 draft distilled on the target's own greedy continuations; code completion
+``big`` - the setting where speculation is meant to pay: a bandwidth-bound target that
+writes code. Training a ~100M model from scratch to useful quality takes far more than
+this 2-core machine gives (24 updates in 50 min left one that wrote only spaces), so the
+target is grown: a 4 x 256 byte-level model is trained (~30 CPU-minutes, bf16 autocast),
+grown function-preservingly to 16 x 768 (:func:`grow_transformer`: ~114M parameters,
+455 MB of float32 weights read per decode step) with noise that breaks the copies'
+symmetry, and trained on as a whole. The decode cost is that of the full model; what it
+writes is close to the small model's (held-out bits per byte of each stage are reported).
+All of ar's runs use :func:`ar_core.quant.prepack` (the CPU decode layouts), the baseline
+greedy too (compiled; eager rows and an unpacked row show what each part gives). A
+2 x 256 draft distilled on the target's own greedy continuations; code completion
 (greedy, speculative k and adaptive, lookahead, HF assisted generation on the same
 weights) and an edit workload (a snippet, a request to rename an identifier, the start of
 the edited copy: the output repeats the input) for prompt lookup (ours and HF's). A
@@ -16,12 +23,12 @@ prefill-only run (1 new token) gives decode-only speed-ups too. Cached weights c
 the target's greedy continuations are checked for degeneracy (distinct 8-gram fraction):
 speed-ups on a target that loops measure the mechanics, not a realistic acceptance rate.
 
-``small`` - the original 6 x 384 setting below.
-
-A target (6 x 384) and a draft (1 x 384 by default) are trained with ``ar_core.Trainer``
-on the Python standard library's own source (a deterministic, sorted file list; every
-10th file is held out). Trained weights are cached under ``--cache-dir`` keyed by a hash
-of the model, data and training settings, and reused when present.
+``small`` - the overhead-bound setting: the big target's 4 x 256 base itself (its cached
+weights validated) and a 1 x 384 draft trained with ``ar_core.Trainer`` on the Python
+standard library's own source (a deterministic, sorted file list; every 10th file is held
+out), plain float weights (the families wrap the target's ``nn.Linear`` layers, which
+``prepack`` replaces). Trained weights are cached under ``--cache-dir`` keyed by a hash of
+the model, data and training settings, and reused when present.
 
 On held-out code-completion prompts (batch 1, a prefix of a held-out file ending at a
 line break) every registered draft-and-verify strategy runs next to plain greedy in the
@@ -46,6 +53,7 @@ same model decoding one position per call (its own greedy), in a table of its ow
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import sys
@@ -60,11 +68,11 @@ import torch.nn.functional as F
 
 from ar_core import registry
 from ar_core.generation import GenerationConfig, generate
-from ar_core.model import PRESETS, Transformer, TransformerConfig
+from ar_core.model import Transformer, TransformerConfig
+from ar_core.quant import prepack
 from ar_core.steps import TwoStreamStepModel
 from ar_core.trainer import TrainConfig, Trainer
 
-TARGET = dict(vocab_size=256, dim=384, n_layers=6, n_heads=6, n_kv_heads=2, max_seq_len=1024)
 DRAFT = dict(vocab_size=256, dim=384, n_layers=1, n_heads=6, n_kv_heads=2, max_seq_len=1024)
 
 
@@ -136,13 +144,15 @@ def trained(
 
 # -- the bandwidth-bound setting: a >= 100M target, a draft distilled on its outputs ---------
 
-# ar-core's ``medium`` preset (768 wide, 12 heads, 4 KV heads) with the byte vocabulary and
-# 16 layers: ~101M parameters, 404 MB of float32 weights read per decode step
+# the small model a grown target starts from (:func:`grown_target`): 4 x 256, about
+# compute-optimal for the ~25 CPU-minutes of training this machine gives it
 # (every field spelled out: the cache key must not change when TransformerConfig gains one)
-BIG: dict[str, Any] = {
-    **PRESETS["medium"],
+BASE: dict[str, Any] = {
     "vocab_size": 256,
-    "n_layers": 16,
+    "dim": 256,
+    "n_layers": 4,
+    "n_heads": 4,
+    "n_kv_heads": 2,
     "max_seq_len": 1024,
     "attention_backend": "auto",
     "rope_theta": 10000.0,
@@ -151,6 +161,92 @@ BIG: dict[str, Any] = {
     "tie_embeddings": False,
     "dtype": "float32",
 }
+BASE_TRAIN: dict[str, Any] = dict(steps=600, batch_size=16, seq_len=256, lr=3e-3)
+# grown 3x wide (768, 12 heads, 6 KV heads, FFN 2304) and 4x deep (16 blocks): ~114M
+# parameters, 455 MB of float32 weights read per decode step; then trained as a whole
+GROW: dict[str, Any] = dict(width=3, depth=4, noise=0.02)
+# (measured: 16 steps of 4 x 128 at lr 3e-4 took held-out bits per byte 2.49 -> 2.71)
+GROWN_TRAIN: dict[str, Any] = dict(steps=32, batch_size=8, seq_len=256, lr=3e-5)
+
+
+# -- a bandwidth-bound target that writes code: a trained small model, grown ---------------
+
+
+def _tile_linear(w: torch.Tensor, r_out: int, r_in: int) -> torch.Tensor:
+    """(out, in) -> (r_out * out, r_in * in): every block ``w / r_in``, so that an input
+    repeated ``r_in`` times gives the output ``w x`` repeated ``r_out`` times."""
+    return (w / r_in).repeat(r_out, r_in)
+
+
+def grow_transformer(
+    base: Transformer, width: int, depth: int, noise: float, seed: int = 0
+) -> Transformer:
+    """A ``width`` times wider, ``depth`` times deeper copy of ``base`` computing the same
+    function (before ``noise``), for a large target that writes what a trained small model
+    writes (function-preserving growth: Net2Net, Chen, Goodfellow & Shlens 2016,
+    arXiv:1511.05641; bert2BERT, Chen et al. 2022).
+
+    Width: the hidden state becomes ``[h, h, ..]`` (``width`` copies); every linear is tiled
+    (:func:`_tile_linear`), the q/k/v rows head by head so that the new heads repeat the old
+    ones (head_dim and hence RoPE and the attention scale stay; GQA groups line up), norms
+    repeat their gains (RMS of a repeated vector is unchanged), embeddings repeat their
+    columns. Depth: base block i is followed by ``depth - 1`` copies whose output
+    projections (``wo``, ``w2``) are zero - identity blocks until trained. Then every weight
+    gets Gaussian noise of ``noise`` times its tensor's standard deviation (the zero
+    projections: ``noise`` times the base projection's), which breaks the copies' symmetry
+    so that training can use them. With ``noise=0`` the logits equal ``base``'s up to
+    float rounding (tested)."""
+    c = base.cfg
+    r = width
+    cfg = TransformerConfig(
+        **{
+            **c.model_dump(),
+            "dim": c.dim * r,
+            "n_heads": c.n_heads * r,
+            "n_kv_heads": c.kv_heads * r,
+            "ffn_hidden": c.hidden_dim * r,
+            "n_layers": c.n_layers * depth,
+        }
+    )
+    big = Transformer(cfg)
+    gen = torch.Generator().manual_seed(seed)
+
+    def noisy(w: torch.Tensor, scale: float) -> torch.Tensor:
+        if noise == 0:
+            return w
+        return w + torch.randn(w.shape, generator=gen) * noise * scale
+
+    src = {k: v.detach().float() for k, v in base.state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+    out["tok_embeddings.weight"] = src["tok_embeddings.weight"].repeat(1, r)
+    out["norm.weight"] = src["norm.weight"].repeat(r)
+    out["output.weight"] = _tile_linear(src["output.weight"], 1, r)
+    q, kv, h = c.n_heads * c.head_dim, c.kv_heads * c.head_dim, c.hidden_dim
+    for i in range(c.n_layers):
+        p = f"layers.{i}."
+        wq, wk, wv = src[p + "attn.wqkv.weight"].split([q, kv, kv])
+        w1, w3 = src[p + "ffn.w13.weight"].split([h, h])
+        block = {
+            "attn_norm.weight": src[p + "attn_norm.weight"].repeat(r),
+            "ffn_norm.weight": src[p + "ffn_norm.weight"].repeat(r),
+            "attn.wqkv.weight": torch.cat([_tile_linear(w, r, r) for w in (wq, wk, wv)]),
+            "attn.wo.weight": _tile_linear(src[p + "attn.wo.weight"], r, r),
+            "ffn.w13.weight": torch.cat([_tile_linear(w, r, r) for w in (w1, w3)]),
+            "ffn.w2.weight": _tile_linear(src[p + "ffn.w2.weight"], r, r),
+        }
+        for j in range(depth):
+            for name, w in block.items():
+                zero = j > 0 and name in ("attn.wo.weight", "ffn.w2.weight")
+                scale = (
+                    float(w.std()) if w.numel() > 1 and not name.endswith("norm.weight") else 0.0
+                )
+                out[f"layers.{i * depth + j}.{name}"] = noisy(
+                    torch.zeros_like(w) if zero else w, scale
+                )
+    for name in ("tok_embeddings.weight", "output.weight"):
+        out[name] = noisy(out[name], float(out[name].std()))
+    big.load_state_dict(out)
+    return big.eval()
 
 
 def distinct_ngrams(tokens: list[int], n: int = 8) -> float:
@@ -205,33 +301,19 @@ def _save_with_meta(
     )
 
 
-def big_target(
-    train: dict[str, Any], data: torch.Tensor, held: list[bytes], cache_dir: Path
-) -> tuple[Transformer, dict[str, Any]]:
-    """The ~101M byte-level target (:data:`BIG`), trained ``train['steps']`` AdamW steps
-    under bfloat16 autocast (the CPU has avx512_bf16) and cached with ``bench.json``: the
-    settings, the weights' checksum and the quality reached (held-out bits per byte)."""
-    arch = train.get("arch", BIG)
-    key = {
-        "arch": arch,
-        "train": {k: v for k, v in train.items() if k != "arch"},
-        "bytes": data.numel(),
-    }
-    folder = (
-        cache_dir
-        / f"big-target-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
-    )
-    meta = _meta_matches(folder, key) if (folder / "config.json").exists() else None
-    if meta is not None:
-        print(f"[big-target] cached weights (validated): {folder}", flush=True)
-        return Transformer.from_pretrained(folder).eval(), meta
-    torch.manual_seed(0)
-    model = Transformer(TransformerConfig(**arch))
+def _train_bf16(
+    model: Transformer, train: dict[str, Any], data: torch.Tensor, held: list[bytes], label: str
+) -> dict[str, Any]:
+    """``train['steps']`` AdamW steps on random windows of ``data`` under bfloat16 autocast
+    (the CPU has avx512_bf16): linear warm-up over the first 10%, cosine decay to 10% of
+    ``train['lr']``, gradient clipping at 1. Returns the run's record (times, losses,
+    held-out bits per byte)."""
     opt = torch.optim.AdamW(model.parameters(), lr=train["lr"], betas=(0.9, 0.95), weight_decay=0.0)
     sample = batches(data, train["seq_len"])
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(train.get("data_seed", 0))
     steps, warm = train["steps"], max(1, train["steps"] // 10)
     losses, t0, c0 = [], time.perf_counter(), time.process_time()
+    model.train()
     for step in range(steps):
         for group in opt.param_groups:  # linear warm-up, cosine decay to 10%
             frac = (
@@ -250,19 +332,96 @@ def big_target(
         opt.step()
         losses.append(float(loss.detach()))
         if (step + 1) % max(1, steps // 20) == 0:
-            print(f"[big-target] step {step + 1}/{steps} loss {losses[-1]:.3f} "
+            print(f"[{label}] step {step + 1}/{steps} loss {losses[-1]:.3f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)  # fmt: skip
     model.eval()
-    extra = {
+    return {
         "train_wall_s": time.perf_counter() - t0,
         "train_cpu_s": time.process_time() - c0,
         "loss_first": losses[0],
         "loss_last10": sum(losses[-10:]) / len(losses[-10:]),
         "held_out_bits_per_byte": _bits_per_byte(model, held, 8, 256),
     }
+
+
+def cached_lm(
+    name: str,
+    arch: dict[str, Any],
+    train: dict[str, Any],
+    data: torch.Tensor,
+    held: list[bytes],
+    cache_dir: Path,
+    start: Callable[[], tuple[Transformer, dict[str, Any]]] | None = None,
+) -> tuple[Transformer, dict[str, Any]]:
+    """A byte-level LM trained by :func:`_train_bf16` (from a fresh ``arch`` with seed 0,
+    or from ``start()``: (initial model, what identifies it)), cached under ``cache_dir``
+    with ``bench.json``: the settings, the weights' checksum and the quality reached."""
+    key = {"arch": arch, "train": train, "bytes": data.numel()}
+    origin = None
+    if start is not None:
+        model, origin = start()
+        key["start"] = origin
+    folder = (
+        cache_dir
+        / f"{name}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
+    )
+    meta = _meta_matches(folder, key) if (folder / "config.json").exists() else None
+    if meta is not None:
+        print(f"[{name}] cached weights (validated): {folder}", flush=True)
+        return Transformer.from_pretrained(folder).eval(), meta
+    if start is None:
+        torch.manual_seed(0)
+        model = Transformer(TransformerConfig(**arch))
+    extra = _train_bf16(model, train, data, held, name)
     _save_with_meta(model, folder, key, extra)
-    print(f"[big-target] {extra}", flush=True)
-    return model, {"key": key, **extra}
+    print(f"[{name}] {extra}", flush=True)
+    return model, {"key": key, "sha256": _weights_digest(folder), **extra}
+
+
+def grown_target(
+    base_arch: dict[str, Any],
+    base_train: dict[str, Any],
+    grow: dict[str, Any],
+    finetune: dict[str, Any],
+    data: torch.Tensor,
+    held: list[bytes],
+    cache_dir: Path,
+) -> tuple[Transformer, dict[str, Any]]:
+    """The bandwidth-bound target: ``base_arch`` trained (``base_train``), grown by
+    :func:`grow_transformer` (``grow``: width, depth, noise) and trained on as a whole
+    (``finetune``); every stage cached and validated (the grown run's key holds the base's
+    checksum). The record has the held-out bits per byte of the base, of the grown model
+    before training and after it."""
+    base, base_meta = cached_lm("code-base", base_arch, base_train, data, held, cache_dir)
+    grown_bpb: dict[str, float] = {}
+
+    def start() -> tuple[Transformer, dict[str, Any]]:
+        model = grow_transformer(base, grow["width"], grow["depth"], grow["noise"])
+        grown_bpb["grown_bits_per_byte_before_training"] = _bits_per_byte(model, held, 8, 256)
+        return model, {"base_sha256": base_meta["sha256"], "grow": grow}
+
+    model, meta = cached_lm(
+        "grown-target", _grown_arch(base_arch, grow), finetune, data, held, cache_dir, start
+    )
+    return model, {
+        **{k: v for k, v in meta.items() if k != "key"},
+        **grown_bpb,
+        "base_bits_per_byte": base_meta["held_out_bits_per_byte"],
+        "base_training": {k: v for k, v in base_meta.items() if k not in ("key", "sha256")},
+    }
+
+
+def _grown_arch(base_arch: dict[str, Any], grow: dict[str, Any]) -> dict[str, Any]:
+    r, d = grow["width"], grow["depth"]
+    cfg = TransformerConfig(**base_arch)
+    return {
+        **base_arch,
+        "dim": cfg.dim * r,
+        "n_heads": cfg.n_heads * r,
+        "n_kv_heads": cfg.kv_heads * r,
+        "ffn_hidden": cfg.hidden_dim * r,
+        "n_layers": cfg.n_layers * d,
+    }
 
 
 def prompts(held: list[bytes], n: int, length: int) -> list[torch.Tensor]:
@@ -383,9 +542,12 @@ def interleaved(
 ) -> dict[str, dict[str, Any]]:
     """Each run on each prompt, the runs interleaved (prompt by prompt, ``repeats`` rounds)
     so that a load change on a shared machine hits them alike; wall and CPU seconds
-    (``time.process_time``) summed over prompts, the median round kept. The first run is
-    warmed up once on a short prompt (eager PyTorch: later runs find the kernels ready)."""
-    next(iter(runs.values()))(xs[0][:, -16:])
+    (``time.process_time``) summed over prompts, the median round kept. Every run is
+    warmed up once on the longest prompt first (untimed: compiled steps are compiled for
+    their cache size then, and eager kernels are ready)."""
+    longest = max(xs, key=lambda x: x.shape[1])
+    for fn in runs.values():
+        fn(longest)
     rounds: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     outputs: dict[str, list[Any]] = {k: [] for k in runs}
     for rep in range(repeats):
@@ -526,15 +688,20 @@ def print_rows(title: str, rows: dict[str, dict[str, Any]]) -> None:
 def big_section(
     args: argparse.Namespace, data: torch.Tensor, text: bytes, held: list[bytes], cache_dir: Path
 ) -> dict[str, Any]:
-    """The bandwidth-bound setting: the ~101M target, a draft distilled on its outputs,
+    """The bandwidth-bound setting: the ~114M grown target, a draft distilled on its outputs,
     code completion (speculative, lookahead, Jacobi, HF assisted on the same weights) and
     the edit workload (prompt lookup, HF prompt lookup)."""
     quick = args.quick
-    big_train: dict[str, Any] = dict(steps=2 if quick else 24, batch_size=4, seq_len=128, lr=2e-3)
+    base_arch, base_train = BASE, BASE_TRAIN
+    grow, grown_train = GROW, GROWN_TRAIN
     if quick:  # a 1-layer stand-in: checks the section runs, measures nothing
-        big_train["arch"] = {**BIG, "dim": 64, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1}
+        base_arch = {**BASE, "dim": 64, "n_layers": 1, "n_heads": 1, "n_kv_heads": 1}
+        base_train = {**BASE_TRAIN, "steps": 2, "batch_size": 2, "seq_len": 32}
+        grow, grown_train = {**GROW, "width": 2, "depth": 2}, {**GROWN_TRAIN, "steps": 1}
     torch.set_num_threads(max(args.threads, args.train_threads))
-    target, target_meta = big_target(big_train, data, held, cache_dir)
+    target, target_meta = grown_target(
+        base_arch, base_train, grow, grown_train, data, held, cache_dir
+    )
     from ar_core.checkpoint import tensors_digest
 
     fingerprint = tensors_digest(target.state_dict())
@@ -542,20 +709,34 @@ def big_section(
         vocab_size=256, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=1024
     )
     draft_train = dict(
-        prompts=8 if quick else 16, prompt_len=96, new=16 if quick else 96, gen_batch=16,
-        steps=10 if quick else 80, batch_size=8, seq_len=128, lr=3e-3,
+        prompts=8 if quick else 128, prompt_len=96, new=16 if quick else 128, gen_batch=16,
+        steps=10 if quick else 400, batch_size=16, seq_len=128, lr=3e-3,
     )  # fmt: skip
     draft, draft_meta = distilled_draft(
         target, draft_arch, draft_train, text, cache_dir, fingerprint
     )
     torch.set_num_threads(args.threads)
-    n_new = args.new_tokens or (16 if quick else 48)
-    n_prompts = args.prompts or (1 if quick else 2)
+    n_new = args.new_tokens or (16 if quick else 64)
+    n_prompts = args.prompts or (1 if quick else 6)
     xs = prompts(held, n_prompts, 160)
     k = args.num_draft_tokens
+    hf_target = hf_draft = None
+    if not args.no_hf:  # converted before prepack (which replaces the nn.Linear weights)
+        from ar_core.interop.hf_llama import to_hf
+
+        hf_target, hf_draft = to_hf(target), to_hf(draft)
+        hf_draft.generation_config.num_assistant_tokens = k
+        hf_draft.generation_config.num_assistant_tokens_schedule = "constant"
+        hf_draft.generation_config.assistant_confidence_threshold = 0.0
+    # ar's CPU decode layouts (ar.prepack): the baseline greedy gets them too
+    unpacked = copy.deepcopy(target)
+    prepack(target)
+    prepack(draft)
     runs: dict[str, Callable[[torch.Tensor], Any]] = {
-        "greedy": ours(target, n_new, "greedy", {}),
-        PREFILL: ours(target, 1, "greedy", {}),
+        "greedy": ours(target, n_new, "greedy", {"compile": True}),
+        "greedy eager": ours(target, n_new, "greedy", {}),
+        "greedy eager, unpacked weights": ours(unpacked, n_new, "greedy", {}),
+        PREFILL: ours(target, 1, "greedy", {"compile": True}),
         f"speculative k={k}": ours(
             target, n_new, "speculative", dict(draft_model=draft, num_draft_tokens=k)
         ),
@@ -566,14 +747,8 @@ def big_section(
             target, n_new, "lookahead", dict(window=4, ngram=4, pool_size=2)
         ),
     }
-    hf_target = None
-    if not args.no_hf:
-        from ar_core.interop.hf_llama import to_hf
-
-        hf_target, hf_draft = to_hf(target), to_hf(draft)
-        hf_draft.generation_config.num_assistant_tokens = k
-        hf_draft.generation_config.num_assistant_tokens_schedule = "constant"
-        hf_draft.generation_config.assistant_confidence_threshold = 0.0
+    if hf_target is not None:
+        runs["HF greedy"] = hf_run(hf_target, n_new, {})
         runs[f"HF assisted k={k}"] = hf_run(hf_target, n_new, dict(assistant_model=hf_draft))
     timed = interleaved(runs, xs, args.repeats)
     completion = table_rows(timed, "greedy", n_new)
@@ -585,10 +760,11 @@ def big_section(
         "held_out_bits_per_byte": target_meta.get("held_out_bits_per_byte"),
         "greedy_distinct_8gram_fraction": distinct,
         # a loop or a run of one byte: speculation on it measures nothing useful
-        "degenerate": min(distinct) < 0.5,
+        "degenerate_prompts": sum(d < 0.5 for d in distinct),
+        "degenerate": sum(distinct) / len(distinct) < 0.5,
         "greedy_sample": bytes(greedy_new[0][:96]).decode("ascii", errors="replace"),
     }
-    print_rows("code completion, ~101M target", completion)
+    print_rows("code completion, ~114M grown target", completion)
     parts: dict[str, torch.nn.Module] = {"target": target, "draft": draft}
     profile = {
         label: time_split(runs[label], xs[0], parts)
@@ -600,26 +776,28 @@ def big_section(
     # the edit workload: prompt lookup (ours, HF's) against greedy
     es = edit_prompts(held, n_prompts, 200)
     e_runs: dict[str, Callable[[torch.Tensor], Any]] = {
-        "greedy": ours(target, n_new, "greedy", {}),
-        PREFILL: ours(target, 1, "greedy", {}),
+        "greedy": ours(target, n_new, "greedy", {"compile": True}),
+        "greedy eager": ours(target, n_new, "greedy", {}),
+        PREFILL: ours(target, 1, "greedy", {"compile": True}),
         "prompt-lookup k=10": ours(target, n_new, "prompt-lookup", {}),
     }
     if hf_target is not None:
+        e_runs["HF greedy"] = hf_run(hf_target, n_new, {})
         e_runs["HF prompt lookup 10"] = hf_run(hf_target, n_new, dict(prompt_lookup_num_tokens=10))
     e_timed = interleaved(e_runs, es, args.repeats)
     edit = table_rows(e_timed, "greedy", n_new)
     edit_new = [
         o.sequences[0, x.shape[1] :].tolist() for o, x in zip(e_timed["greedy"]["outputs"], es)
     ]
-    print_rows("edit workload (rename an identifier), ~101M target", edit)
+    print_rows("edit workload (rename an identifier), ~114M grown target", edit)
     profile["edit: prompt-lookup k=10"] = time_split(e_runs["prompt-lookup k=10"], es[0], parts)
     return {  # tables (mappings of records) at the top level: docs/gen_benchmarks.py shows them
         "big_completion": completion,
         "big_edit_workload": edit,
         "big_profile_one_prompt": profile,
-        "big_target": {**BIG, "parameters": target.num_parameters()},
-        "big_target_training": {k: v for k, v in target_meta.items() if k != "key"}
-        | {"settings": big_train},
+        "big_target": {**target.cfg.model_dump(), "parameters": target.num_parameters()},
+        "big_target_training": target_meta
+        | {"settings": {"base": base_train, "grow": grow, "grown": grown_train}},
         "big_target_quality": quality,
         "big_draft": {**draft_arch, "parameters": draft.num_parameters()},
         "big_draft_training": {k: v for k, v in draft_meta.items() if k != "key"}
@@ -810,11 +988,12 @@ def run_ours(
     target = kwargs.pop("model", target)  # strategies on a wrapped model (mtp)
     cfg = GenerationConfig(max_new_tokens=n_new, temperature=0)
     generate(target, xs[0], cfg, strategy=strategy, **kwargs)  # warm-up
-    outs, passes, tokens, accepted, seconds = [], 0, 0, [], 0.0
+    outs, passes, tokens, accepted, seconds, cpu = [], 0, 0, [], 0.0, 0.0
     for x in xs:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = generate(target, x, cfg, strategy=strategy, **kwargs)
         seconds += time.perf_counter() - t0
+        cpu += time.process_time() - c0
         outs.append(res.sequences)
         passes += res.stats.target_forward_passes
         tokens += res.stats.tokens_generated
@@ -822,6 +1001,7 @@ def run_ours(
     return {
         "outputs": outs,
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "tokens_per_s": tokens / seconds,
         "target_passes_per_token": passes / tokens,
         "mean_accepted_length": sum(accepted) / max(1, len(accepted)),
@@ -870,8 +1050,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument(
         "--sections",
         default="big,small",
-        help="big: the ~101M target, its distilled draft, code completion and the edit "
-        "workload; small: the 6 x 384 target and the parallel-generation families",
+        help="big: the ~114M grown target, its distilled draft, code completion and the edit "
+        "workload; small: its 4 x 256 base and the parallel-generation families",
     )
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds (median)")
     parser.add_argument("--train-threads", type=int, default=2, help="torch threads to train")
@@ -902,13 +1082,18 @@ def main(argv: list[str]) -> dict[str, Any]:
 def small_section(
     args: argparse.Namespace, data: torch.Tensor, held: list[bytes], cache_dir: Path
 ) -> dict[str, Any]:
-    """The 6 x 384 target (its cached weights validated), every strategy and the
+    """The 4 x 256 code-base target (its cached weights validated), every strategy and the
     parallel-generation families against greedy; HF on the same weights."""
     quick = args.quick
     torch.set_num_threads(args.threads)  # training too: OpenMP spin-waits on a shared box
-    target_train = dict(steps=20 if quick else 300, batch_size=8, seq_len=128, lr=1e-3)
+    base_arch, target_train = BASE, BASE_TRAIN
+    if quick:
+        base_arch = {**BASE, "dim": 64, "n_layers": 2, "n_heads": 1, "n_kv_heads": 1}
+        target_train = {**BASE_TRAIN, "steps": 2, "batch_size": 2, "seq_len": 32}
     draft_train = dict(steps=20 if quick else 400, batch_size=8, seq_len=128, lr=2e-3)
-    target = trained("target", TARGET, target_train, data, cache_dir)
+    torch.set_num_threads(max(args.threads, args.train_threads))
+    target, target_meta = cached_lm("code-base", base_arch, target_train, data, held, cache_dir)
+    torch.set_num_threads(args.threads)
     draft = trained("draft", DRAFT, draft_train, data, cache_dir)
     xs = prompts(held, args.prompts or (2 if quick else 6), 384)
     n_new = args.new_tokens or (32 if quick else 128)
@@ -917,6 +1102,7 @@ def small_section(
 
     strategies: dict[str, tuple[str, dict[str, Any]]] = {
         "greedy": ("greedy", {}),
+        "greedy compiled": ("greedy", {"compile": True}),
         f"speculative k={k}": ("speculative", dict(draft_model=draft, num_draft_tokens=k)),
         "speculative adaptive": (
             "speculative",
@@ -954,17 +1140,20 @@ def small_section(
                     dict(model=mtp, num_draft_tokens=kk, quadratic=quadratic),
                 )
     if wanted("first"):
-        for skip in ((2, 3, 4), (1, 3, 5)):
+        L = target.cfg.n_layers  # skip the middle half, or every other layer
+        middle = tuple(range(L // 4, L // 4 + L // 2))
+        alternate = tuple(range(1, L, 2))
+        for skip in (middle, alternate):
             strategies[f"first self-spec skip {skip}"] = (
                 "first",
                 dict(skip_layers=skip, speculative_draft=True, num_draft_tokens=k),
             )
-        strategies["first skip (1, 3, 5) (lossy)"] = ("first", dict(skip_layers=(1, 3, 5)))
+        strategies[f"first skip {alternate} (lossy)"] = ("first", dict(skip_layers=alternate))
     if only:
         strategies = {
             label: v
             for label, v in strategies.items()
-            if label == "greedy" or any(label.startswith(f) for f in only)
+            if label.startswith("greedy") or any(label.startswith(f) for f in only)
         }
 
     results: dict[str, dict[str, Any]] = {}
@@ -974,11 +1163,16 @@ def small_section(
         except Exception as exc:  # a strategy of another package that cannot run here
             print(f"[{label}] skipped: {type(exc).__name__}: {exc}", flush=True)
     base = results["greedy"]
+    fastest = results.get("greedy compiled", base)
     rows: dict[str, dict[str, Any]] = {}
     for label, r in results.items():
         rows[label] = {
             "tokens_per_s": r["tokens_per_s"],
             "speedup_vs_greedy": base["seconds"] / r["seconds"],
+            # against the compiled greedy step (overhead-bound models gain most from it)
+            "speedup_vs_compiled_greedy": fastest["seconds"] / r["seconds"],
+            "speedup_cpu_vs_greedy": base["cpu_seconds"] / r["cpu_seconds"],
+            "speedup_cpu_vs_compiled_greedy": fastest["cpu_seconds"] / r["cpu_seconds"],
             "target_passes_per_token": r["target_passes_per_token"],
             "mean_accepted_length": r["mean_accepted_length"],
             "identical_to_greedy": all(
@@ -1022,7 +1216,8 @@ def small_section(
             }
 
     report = {
-        "target": TARGET,
+        "target": {**base_arch, "parameters": target.num_parameters()},
+        "target_held_out_bits_per_byte": target_meta["held_out_bits_per_byte"],
         "draft": DRAFT,
         "prompts": len(xs),
         "prompt_bytes": [int(x.shape[1]) for x in xs],
