@@ -21,6 +21,7 @@ STRATEGIES = [
     ("lookahead", {"window": 3, "ngram": 4, "pool_size": 3, "context": 2, "candidate_len": 5}),
     ("lookahead", {"window": 2, "ngram": 4, "pool_size": 2, "candidate_len": 1}),
     ("lookahead", {"window": 0, "pool_size": 3, "candidate_len": 4}),  # context lookup only
+    ("lookahead", {"window": 2, "ngram": 3, "pool_size": 2, "copy_len": 6, "context": 2}),
 ]
 
 
@@ -102,19 +103,32 @@ def test_context_pool_proposes_the_prompts_ngrams() -> None:
     assert two.lookup(1, 2) == [(7, 7, 7)]
 
 
-@pytest.mark.parametrize("context", [3, 0])
-def test_first_step_verifies_the_prompts_ngrams(context: int) -> None:
+@pytest.mark.parametrize(("context", "copy_len", "first"), [(3, None, 5), (3, 8, 9), (0, 8, 1)])
+def test_first_step_verifies_the_prompts_ngrams(context: int, copy_len: int, first: int) -> None:
     """On a prompt with period 5 the copy model continues the period: with context
-    n-grams the very first lookahead step accepts a whole candidate from the prompt;
-    without them (Fu et al.'s pool starts empty) it accepts nothing."""
+    n-grams the very first lookahead step accepts a whole candidate copied from the prompt
+    (``candidate_len`` 4 tokens, or ``copy_len`` 8 since the last 3 tokens occurred before),
+    plus the next token; without them (Fu et al.'s pool starts empty) it accepts nothing."""
     model = copy_model(vocab=8, lag=5)
     x = torch.tensor([[1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2], [6, 2, 7, 3, 0, 6, 2, 7, 3, 0, 6, 2]])
     cfg = GenerationConfig(max_new_tokens=20)
-    kw = dict(window=2, ngram=3, pool_size=2, candidate_len=4, context=context)
+    kw = dict(window=2, ngram=3, pool_size=2, candidate_len=4, context=context, copy_len=copy_len)
     out = generate(model, x, cfg, strategy="lookahead", prompt_lengths=[12, 10], **kw)
     assert torch.equal(out.sequences, generate(model, x, cfg, prompt_lengths=[12, 10]).sequences)
     first_step = out.stats.accepted_lengths[2:4]  # [prefill row 0, row 1, step 1 row 0, row 1]
-    assert first_step == ([5, 5] if context else [1, 1])
+    assert first_step == [first, first]
+
+
+def test_long_copy_in_one_row_short_candidates_in_the_other() -> None:
+    """Row 0's last 3 tokens occurred before (a copy of 8 is verified), row 1's did not: it
+    rides in the same long layout with its 4-token candidate (padded, not accepted past 4)."""
+    model = copy_model(vocab=8, lag=5)
+    x = torch.tensor([[1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2], [6, 2, 7, 3, 0, 5, 1, 4, 0, 0, 0, 0]])
+    cfg = GenerationConfig(max_new_tokens=20)
+    kw = dict(window=1, ngram=3, pool_size=2, candidate_len=4, copy_len=8)
+    out = generate(model, x, cfg, strategy="lookahead", prompt_lengths=[12, 8], **kw)
+    assert torch.equal(out.sequences, generate(model, x, cfg, prompt_lengths=[12, 8]).sequences)
+    assert out.stats.accepted_lengths[2:4] == [9, 5]
 
 
 def test_block_layout_with_longer_candidates() -> None:
@@ -124,6 +138,13 @@ def test_block_layout_with_longer_candidates() -> None:
     pos = lookahead_positions(window=2, ngram=3, candidates=2, candidate_len=3)
     assert pos.tolist() == [0, 1, 2, 2, 3, 1, 2, 3, 1, 2, 3]
     assert lookahead_local_mask(window=0, ngram=3, candidates=1).shape == (3, 3)
+    # per-candidate lengths: a long copy first, then a short candidate
+    vis = lookahead_local_mask(window=1, ngram=2, candidates=2, candidate_len=[3, 1])
+    assert vis.shape == (6, 6)
+    assert vis[4].nonzero().flatten().tolist() == [0, 2, 3, 4]
+    assert vis[5].nonzero().flatten().tolist() == [0, 5]
+    pos = lookahead_positions(window=1, ngram=2, candidates=2, candidate_len=[3, 1])
+    assert pos.tolist() == [0, 1, 1, 2, 3, 1]
 
 
 def test_bad_kwargs_and_unsupported_config() -> None:

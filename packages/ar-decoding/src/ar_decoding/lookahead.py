@@ -61,11 +61,13 @@ K context key length, V vocabulary.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from ar_core import masks
+from ar_core.errors import ConfigError
 from ar_core.generation import (
     GenerationConfig,
     GenerationResult,
@@ -89,15 +91,26 @@ __all__ = [
 ]
 
 
+def _lengths(ngram: int, candidates: int, candidate_len: int | Sequence[int] | None) -> list[int]:
+    if candidate_len is None:
+        return [ngram - 1] * candidates
+    if isinstance(candidate_len, int):
+        return [candidate_len] * candidates
+    lengths = [int(x) for x in candidate_len]
+    if len(lengths) != candidates:
+        raise ConfigError(f"{candidates} candidates but {len(lengths)} candidate lengths")
+    return lengths
+
+
 def lookahead_local_mask(
-    window: int, ngram: int, candidates: int, candidate_len: int | None = None
+    window: int, ngram: int, candidates: int, candidate_len: int | Sequence[int] | None = None
 ) -> Tensor:
-    """Visibility inside the lookahead block, (S, S) bool with S = 1 + (n-1) W + G m
-    (m = ``candidate_len``, default n - 1): ``out[i, j]`` = slot i may attend to slot j
-    (see the module docstring)."""
-    W, levels, G = window, ngram - 1, candidates
-    m = levels if candidate_len is None else candidate_len
-    S = 1 + levels * W + G * m
+    """Visibility inside the lookahead block, (S, S) bool with S = 1 + (n-1) W + sum of the
+    candidates' lengths (``candidate_len``: one for all, one per candidate, default n - 1):
+    ``out[i, j]`` = slot i may attend to slot j (see the module docstring)."""
+    W, levels = window, ngram - 1
+    lengths = _lengths(ngram, candidates, candidate_len)
+    S = 1 + levels * W + sum(lengths)
     vis = torch.zeros(S, S, dtype=torch.bool)
     vis[:, 0] = True  # everyone sees `last`
     for level in range(levels):
@@ -106,25 +119,24 @@ def lookahead_local_mask(
             vis[q, 1 : 1 + col + 1] = True  # level 0, columns 0..col
             for above in range(1, level + 1):
                 vis[q, 1 + above * W + col] = True  # the same column, levels 1..level
-    base = 1 + levels * W
-    for g in range(G):
-        first = base + g * m
+    first = 1 + levels * W
+    for m in lengths:
         for i in range(m):
             vis[first + i, first : first + i + 1] = True
+        first += m
     return vis
 
 
 def lookahead_positions(
-    window: int, ngram: int, candidates: int, candidate_len: int | None = None
+    window: int, ngram: int, candidates: int, candidate_len: int | Sequence[int] | None = None
 ) -> Tensor:
     """RoPE position of each block slot relative to ``last``: (S,) long."""
     levels = ngram - 1
-    m = levels if candidate_len is None else candidate_len
     level = torch.arange(levels)[:, None]
     col = torch.arange(window)[None, :]
     look = (1 + level + col).flatten()  # (levels * W,)
-    cand = (1 + torch.arange(m)).repeat(candidates)  # (G * m,)
-    return torch.cat([torch.zeros(1, dtype=torch.long), look, cand])
+    cand = [1 + torch.arange(m) for m in _lengths(ngram, candidates, candidate_len)]
+    return torch.cat([torch.zeros(1, dtype=torch.long), look, *cand])
 
 
 def _remember(bucket: OrderedDict[tuple[int, ...], None], gram: tuple[int, ...], cap: int) -> None:
@@ -190,6 +202,14 @@ class ContextPool:
             c += 1
         self._next[row] = c
 
+    def matched(self, row: int) -> int:
+        """The longest suffix of row ``row`` (at most ``key`` tokens) seen before: 0..key."""
+        toks, table = self.tokens[row], self.tables[row]
+        for k in range(min(self.key, len(toks)), 0, -1):
+            if tuple(toks[-k:]) in table:
+                return k
+        return 0
+
     def continuation(self, row: int, c: int) -> tuple[int, ...]:
         """The ``length`` tokens from position ``c`` on, repeated past the end."""
         toks = self.tokens[row]
@@ -233,18 +253,24 @@ def _candidates(
     live: list[bool],
     count: int,
     length: int,
-) -> list[list[tuple[int, ...]]]:
+) -> tuple[list[list[tuple[int, ...]]], list[bool]]:
     """Per row, up to ``count`` distinct candidates of ``length`` tokens: the context's
     continuations of the row's suffixes of 2 or more tokens, then the trajectory pool's
     continuations of ``last`` (padded with their last token), then the context's
     continuations of ``last`` alone (measured on byte-level code: a 2-3 token key is right
-    far more often than the trajectory, the trajectory more often than one token)."""
-    out = []
+    far more often than the trajectory, the trajectory more often than one token). When a
+    row's last ``context.key`` tokens were seen before (``strong``), its first candidate
+    keeps the context pool's full length."""
+    out, strong = [], []
     for b, token in enumerate(last):
         found: list[tuple[int, ...]] = []
+        long = False
         if live[b]:
             if context is not None:
                 context.lookup(b, count, shortest=2, found=found)
+                long = bool(found) and context.matched(b) == context.key
+                found = [g[:length] if i or not long else g for i, g in enumerate(found)]
+                found = [g for i, g in enumerate(found) if g not in found[:i]]
             if len(found) < count:
                 for gram in pool.lookup(b, token):
                     gram = (gram + gram[-1:] * (length - len(gram)))[:length]
@@ -253,9 +279,13 @@ def _candidates(
                         if len(found) == count:
                             break
             if context is not None and len(found) < count:
-                context.lookup(b, count, shortest=1, longest=1, found=found)
+                more = context.lookup(b, count, shortest=1, longest=1)
+                for gram in more:
+                    if gram[:length] not in found and len(found) < count:
+                        found.append(gram[:length])
         out.append(found)
-    return out
+        strong.append(long)
+    return out, strong
 
 
 def lookahead(
@@ -265,76 +295,87 @@ def lookahead(
     *,
     prompt_lengths: Tensor,
     streamer: Streamer | None = None,
-    window: int = 2,
+    window: int = 1,
     ngram: int = 3,
     pool_size: int = 2,
     context: int = 3,
-    candidate_len: int | None = None,
+    candidate_len: int | None = 3,
+    copy_len: int | None = 8,
 ) -> GenerationResult:
     """Strategy ``lookahead``: greedy output; one forward per step holds the Jacobi
     lookahead branch (``window`` columns x ``ngram - 1`` levels; ``window=0``: none) and
-    up to ``pool_size`` candidates of ``candidate_len`` tokens (default ``ngram - 1``)
-    from the row's own context (``context`` = longest key, 0 = off) and the trajectory's
-    n-gram pool. Fu et al. use W=15, N=5, G=W on GPUs; these defaults keep a CPU step
-    small (measured in docs/packages/ar-decoding.md). ``pool_size`` is also the number of
-    n-grams kept per key."""
+    up to ``pool_size`` candidates of ``candidate_len`` tokens (None: ``ngram - 1``) from
+    the row's own context (``context`` = longest key, 0 = off) and the trajectory's n-gram
+    pool; when a row's last ``context`` tokens occurred before, its first candidate (a
+    copy of what followed them) has ``copy_len`` tokens (None: ``candidate_len``). Fu et
+    al. use W=15, N=5, G=W on GPUs; these defaults keep a CPU step small (measured in
+    docs/packages/ar-decoding.md). ``pool_size`` is also the number of n-grams kept per
+    first token."""
     reject_repetition_penalty(config, "lookahead")
     W = positive_int(window, "window", "lookahead", minimum=0)
     n = positive_int(ngram, "ngram", "lookahead", minimum=2)
     G = positive_int(pool_size, "pool_size", "lookahead")
     K = positive_int(context, "context", "lookahead", minimum=0)
-    m = n - 1 if candidate_len is None else candidate_len
-    m = positive_int(m, "candidate_len", "lookahead")
+    m = positive_int(
+        n - 1 if candidate_len is None else candidate_len, "candidate_len", "lookahead"
+    )
+    L = positive_int(m if copy_len is None or not K else copy_len, "copy_len", "lookahead")
+    L = max(L, m)
     check_eos(config, model.vocab_size)
     B = input_ids.shape[0]
     device = input_ids.device
     levels = n - 1
-    S_max = 1 + levels * W + G * m
+    S_max = 1 + levels * W + L + (G - 1) * m
     cache_len = cache_budget(
         model,
         input_ids,
         prompt_lengths,
         config.max_new_tokens,
         extra=S_max - 1,
-        fix="lower window, ngram, pool_size, candidate_len or max_new_tokens",
+        fix="lower window, ngram, pool_size, candidate_len, copy_len or max_new_tokens",
     )
     if streamer is not None:
         streamer = _OrdinaryTensors(streamer)
     rows = Rows(input_ids, prompt_lengths, config, streamer, scratch=0)
     if rows.all_finished():  # max_new_tokens = 0
         return rows.finish()
-    blocks: dict[int, tuple[Tensor, Tensor]] = {}  # candidates -> (mask table, positions)
+    blocks: dict[tuple[int, ...], tuple[Tensor, Tensor, Tensor]] = {}
     pool = NgramPool(B, G)
     cand_base = 1 + levels * W
     batch = torch.arange(B, device=device)
-    steps = torch.arange(m, device=device)
     with torch.inference_mode():  # ~5% less per-op overhead than no_grad on the CPU
         (cache,) = first_step([model], rows, TokenPicker(config, do_sample=False), cache_len)
         last = rows.last()  # (B,) the argmax after each prompt
         ctx = None
         if K:
             texts = [r[:length] for r, length in zip(rows.seq.tolist(), rows.length.tolist())]
-            ctx = ContextPool(texts, K, m, 4 * G)
+            ctx = ContextPool(texts, K, L, 4 * G)
         # initial trajectory: the prompt's tokens, cycled (Fu et al. start from random)
         levels_tok = _initial_levels(input_ids, prompt_lengths, levels, W)  # (B, n-1, W)
         while not rows.all_finished():
             rows.retire_finished(cache)
             last_l = last.tolist()
-            found = _candidates(ctx, pool, last_l, (~rows.finished).tolist(), G, m)
+            found, strong = _candidates(ctx, pool, last_l, (~rows.finished).tolist(), G, m)
             Gs = max(1, max(len(f) for f in found))  # this step's candidate count
+            lengths = (L if any(strong) else m,) + (m,) * (Gs - 1)
+            if lengths not in blocks:
+                blocks[lengths] = _block(W, n, lengths, cand_base, device)
+            local, rel_pos, slot = blocks[lengths]  # slot: (Gs, Lmax) block slot, -1 = none
+            Lmax = slot.shape[1]
             cands = torch.tensor(
-                [f[:Gs] + [(t,) * m] * (Gs - len(f[:Gs])) for f, t in zip(found, last_l)],
+                [
+                    [
+                        _fit(f[g] if g < len(f) else (t,) * lengths[g], lengths[g], Lmax)
+                        for g in range(Gs)
+                    ]
+                    for f, t in zip(found, last_l)
+                ],
                 dtype=torch.long,
                 device=device,
-            )  # (B, Gs, m); missing ones are `last` repeated (verified like any other)
-            if Gs not in blocks:
-                blocks[Gs] = (
-                    lookahead_local_mask(W, n, Gs, m),
-                    lookahead_positions(W, n, Gs, m).to(device),
-                )
-            local, rel_pos = blocks[Gs]
+            )  # (B, Gs, Lmax); missing ones are `last` repeated (verified like any other),
+            # padding -1 (never accepted)
             tokens = torch.cat(
-                [last[:, None], levels_tok.flatten(1), cands.flatten(1)], dim=1
+                [last[:, None], levels_tok.flatten(1), cands[:, slot >= 0]], dim=1
             )  # (B, S)
             P = cache.lengths.clone()  # (B,)
             logits = model(
@@ -348,17 +389,19 @@ def lookahead(
             rows.watch(logits)
             pred = logits.argmax(-1)  # (B, S)
             # verification: each candidate continues `last`
-            cand_pred = pred[:, cand_base:].view(B, Gs, m)  # (B, Gs, m)
+            cand_pred = pred[:, slot.clamp(min=0)]  # (B, Gs, Lmax)
             target = torch.cat([pred[:, None, :1].expand(B, Gs, 1), cand_pred], dim=2)
-            n_acc = (cands == target[..., :m]).long().cumprod(-1).sum(-1)  # (B, Gs)
+            n_acc = (cands == target[..., :Lmax]).long().cumprod(-1).sum(-1)  # (B, Gs)
             best = n_acc.argmax(-1)  # (B,) first longest
             n_best = n_acc[batch, best]  # (B,)
             last_new = target[batch, best].gather(1, n_best[:, None]).squeeze(1)  # (B,)
-            accepted = accepted_tokens(cands[batch, best], n_best, last_new)  # (B, m + 1)
+            accepted = accepted_tokens(cands[batch, best], n_best, last_new)  # (B, Lmax + 1)
             kept = rows.emit(accepted, n_best + 1)
             # move the winner's cache entries right after `last`, then commit
-            src = P[:, None] + cand_base + best[:, None] * m + steps  # (B, m)
-            cache.move_entries(src, P[:, None] + 1 + steps)
+            dst = P[:, None] + 1 + torch.arange(Lmax, device=device)  # (B, Lmax)
+            src_slot = slot[best]  # (B, Lmax)
+            src = torch.where(src_slot >= 0, P[:, None] + src_slot, dst)
+            cache.move_entries(src, dst)
             cache.commit(n_best + 1)
             last = last_new
             if ctx is not None:
@@ -372,6 +415,30 @@ def lookahead(
                 pool.add(grams.transpose(1, 2))  # (B, W, n)
                 levels_tok = torch.cat([levels_tok[:, 1:], newest[:, None]], dim=1)
     return rows.finish()
+
+
+def _fit(gram: tuple[int, ...], length: int, width: int) -> list[int]:
+    """``gram`` cut or padded (with its last token) to ``length``, then -1 up to ``width``."""
+    g = list(gram[:length]) + [gram[-1]] * (length - len(gram))
+    return g + [-1] * (width - length)
+
+
+def _block(
+    W: int, n: int, lengths: tuple[int, ...], base: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A step's layout: mask table (S, S), positions (S,), and each candidate token's block
+    slot (G, max length), -1 past a candidate's length."""
+    G, width = len(lengths), max(lengths)
+    slot = torch.full((G, width), -1, dtype=torch.long)
+    first = base
+    for g, m in enumerate(lengths):
+        slot[g, :m] = first + torch.arange(m)
+        first += m
+    return (
+        lookahead_local_mask(W, n, G, lengths),
+        lookahead_positions(W, n, G, lengths).to(device),
+        slot.to(device),
+    )
 
 
 class _OrdinaryTensors:
