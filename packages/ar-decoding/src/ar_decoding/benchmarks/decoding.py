@@ -498,13 +498,16 @@ def distilled_draft(
     P, N, rows = train["prompt_len"], train["new"], []
     t0 = time.perf_counter()
     starts = torch.randint(0, data.numel() - P, (train["prompts"],), generator=gen).tolist()
+    # the target's outputs come from a prepacked copy (batched rows: oneDNN's blocked layout)
+    teacher = prepack(copy.deepcopy(target))
     for i in range(0, len(starts), train["gen_batch"]):
         x = torch.stack([data[s : s + P] for s in starts[i : i + train["gen_batch"]]])
-        res = generate(target, x, GenerationConfig(max_new_tokens=N, temperature=0))
+        res = generate(teacher, x, GenerationConfig(max_new_tokens=N, temperature=0))
         rows.append(res.sequences)  # (b, P + N)
         print(f"[distilled-draft] target outputs {i + x.shape[0]}/{len(starts)} "
               f"({time.perf_counter() - t0:.0f}s)", flush=True)  # fmt: skip
     seqs = torch.cat(rows)  # (prompts, P + N)
+    del teacher
     gen_s = time.perf_counter() - t0
     torch.manual_seed(0)
     draft = Transformer(TransformerConfig(**arch))
@@ -709,7 +712,7 @@ def big_section(
         vocab_size=256, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=1024
     )
     draft_train = dict(
-        prompts=8 if quick else 128, prompt_len=96, new=16 if quick else 128, gen_batch=16,
+        prompts=8 if quick else 64, prompt_len=96, new=16 if quick else 128, gen_batch=32,
         steps=10 if quick else 400, batch_size=16, seq_len=128, lr=3e-3,
     )  # fmt: skip
     draft, draft_meta = distilled_draft(
