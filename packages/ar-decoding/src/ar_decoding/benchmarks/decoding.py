@@ -24,7 +24,7 @@ the target's greedy continuations are checked for degeneracy (distinct 8-gram fr
 speed-ups on a target that loops measure the mechanics, not a realistic acceptance rate.
 
 ``small`` - the overhead-bound setting: the big target's 2 x 256 base itself (its cached
-weights validated) and a 1 x 384 draft trained with ``ar_core.Trainer`` on the Python
+weights validated) and a 1 x 128 draft trained with ``ar_core.Trainer`` on the Python
 standard library's own source (a deterministic, sorted file list; every 10th file is held
 out), plain float weights (the families wrap the target's ``nn.Linear`` layers, which
 ``prepack`` replaces). Trained weights are cached under ``--cache-dir`` keyed by a hash of
@@ -73,7 +73,7 @@ from ar_core.quant import prepack
 from ar_core.steps import TwoStreamStepModel
 from ar_core.trainer import TrainConfig, Trainer
 
-DRAFT = dict(vocab_size=256, dim=384, n_layers=1, n_heads=6, n_kv_heads=2, max_seq_len=1024)
+DRAFT = dict(vocab_size=256, dim=128, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=1024)
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -730,8 +730,8 @@ def big_section(
         vocab_size=256, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=1024
     )
     draft_train = dict(
-        prompts=8 if quick else 64, prompt_len=96, new=16 if quick else 128, gen_batch=32,
-        steps=10 if quick else 400, batch_size=16, seq_len=128, lr=3e-3,
+        prompts=8 if quick else 256, prompt_len=96, new=16 if quick else 128, gen_batch=64,
+        steps=10 if quick else 1200, batch_size=16, seq_len=128, lr=3e-3,
     )  # fmt: skip
     draft, draft_meta = distilled_draft(
         target, draft_arch, draft_train, text, cache_dir, fingerprint
