@@ -751,6 +751,8 @@ def big_section(
         hf_draft.generation_config.assistant_confidence_threshold = 0.0
     # ar's CPU decode layouts (ar.prepack): the baseline greedy gets them too
     unpacked = copy.deepcopy(target)
+    # counted before prepack (its layouts are buffers, not parameters)
+    sizes = {"target": target.num_parameters(), "draft": draft.num_parameters()}
     prepack(target)
     prepack(draft)
     runs: dict[str, Callable[[torch.Tensor], Any]] = {
@@ -818,11 +820,11 @@ def big_section(
         "big_completion": completion,
         "big_edit_workload": edit,
         "big_profile_one_prompt": profile,
-        "big_target": {**target.cfg.model_dump(), "parameters": target.num_parameters()},
+        "big_target": {**target.cfg.model_dump(), "parameters": sizes["target"]},
         "big_target_training": target_meta
         | {"settings": {"base": base_train, "grow": grow, "grown": grown_train}},
         "big_target_quality": quality,
-        "big_draft": {**draft_arch, "parameters": draft.num_parameters()},
+        "big_draft": {**draft_arch, "parameters": sizes["draft"]},
         "big_draft_training": {k: v for k, v in draft_meta.items() if k != "key"}
         | {"settings": draft_train},
         "big_prompts": len(xs),
