@@ -117,6 +117,20 @@ class Int8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, kernel={self.kernel}"
 
 
+def _linears(model: nn.Module, caller: str, why: str) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """Every plain ``nn.Linear`` of ``model`` as (parent, attribute name, linear); a
+    ``ConfigError`` naming ``caller`` when there is none."""
+    found = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear
+    ]
+    if not found:
+        raise ConfigError(f"{caller}: {type(model).__name__} has no nn.Linear {why}")
+    return found
+
+
 def quantize(
     model: nn.Module,
     mode: str = "int8",
@@ -139,16 +153,7 @@ def quantize(
         raise ConfigError(
             f"quantize: kernel must be 'auto', 'int8pack' or 'dequant', got {kernel!r}"
         )
-    linears = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if type(child) is nn.Linear
-    ]
-    if not linears:
-        raise ConfigError(
-            f"quantize: {type(model).__name__} has no nn.Linear to quantise (already quantised?)"
-        )
+    linears = _linears(model, "quantize", "to quantise (already quantised?)")
     device = linears[0][2].weight.device
     chosen: Literal["int8pack", "dequant"]
     if kernel == "auto":
@@ -247,17 +252,7 @@ def prepack(model: nn.Module) -> nn.Module:
     up to rounding. Inference only; apply after loading and after ``.to(dtype)``. Float32
     or bfloat16 weights on the CPU (elsewhere: a ``ConfigError``; on a GPU the default
     kernels need no repacking)."""
-    linears = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if type(child) is nn.Linear
-    ]
-    if not linears:
-        raise ConfigError(
-            f"prepack: {type(model).__name__} has no nn.Linear to lay out (already "
-            f"prepacked or quantised?)"
-        )
+    linears = _linears(model, "prepack", "to lay out (already prepacked or quantised?)")
     for _, name, child in linears:
         w = child.weight
         if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.bfloat16):

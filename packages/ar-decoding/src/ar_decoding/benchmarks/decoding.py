@@ -342,6 +342,20 @@ def _train_bf16(
     }
 
 
+def _cached_model(
+    name: str, key: dict[str, Any], cache_dir: Path
+) -> tuple[Path, tuple[Transformer, dict[str, Any]] | None]:
+    """The folder for ``key`` under ``cache_dir`` and, when it holds weights whose
+    ``bench.json`` validates against ``key``, (the loaded model, that record)."""
+    blob = json.dumps(key, sort_keys=True).encode()
+    folder = cache_dir / f"{name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+    meta = _meta_matches(folder, key) if (folder / "config.json").exists() else None
+    if meta is None:
+        return folder, None
+    print(f"[{name}] cached weights (validated): {folder}", flush=True)
+    return folder, (Transformer.from_pretrained(folder).eval(), meta)
+
+
 def cached_lm(
     name: str,
     arch: dict[str, Any],
@@ -359,14 +373,9 @@ def cached_lm(
     if start is not None:
         model, origin = start()
         key["start"] = origin
-    folder = (
-        cache_dir
-        / f"{name}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
-    )
-    meta = _meta_matches(folder, key) if (folder / "config.json").exists() else None
-    if meta is not None:
-        print(f"[{name}] cached weights (validated): {folder}", flush=True)
-        return Transformer.from_pretrained(folder).eval(), meta
+    folder, cached = _cached_model(name, key, cache_dir)
+    if cached is not None:
+        return cached
     if start is None:
         torch.manual_seed(0)
         model = Transformer(TransformerConfig(**arch))
@@ -502,14 +511,9 @@ def distilled_draft(
     continued by ``train['new']`` greedy target tokens (batched), then next-token training
     on ``[prompt, continuation]`` windows. Cached with the target's checksum in its key."""
     key = {"arch": arch, "train": train, "target_sha256": fingerprint}
-    folder = (
-        cache_dir
-        / f"distilled-draft-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
-    )
-    meta = _meta_matches(folder, key) if (folder / "config.json").exists() else None
-    if meta is not None:
-        print(f"[distilled-draft] cached weights (validated): {folder}", flush=True)
-        return Transformer.from_pretrained(folder).eval(), meta
+    folder, cached = _cached_model("distilled-draft", key, cache_dir)
+    if cached is not None:
+        return cached
     gen = torch.Generator().manual_seed(1)
     data = torch.tensor(list(text), dtype=torch.long)
     P, N, rows = train["prompt_len"], train["new"], []
