@@ -1,8 +1,12 @@
 """Medusa heads: exactly greedy (untrained and trained heads, ragged batches), trained heads
 accept more than one token per base forward on a periodic text, the sampled distribution
-equals the base's (chi-square at 0.001), bad input is a clear error."""
+equals the base's (chi-square at 0.001), training on stored features takes the steps of
+training with the base running, heads work on a prepacked base, bad input is a clear
+error."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -11,7 +15,13 @@ from ramp_models import ramp_base, ramps
 
 from ar_core.errors import ConfigError
 from ar_core.generation import GenerationConfig, generate
-from ar_decoding.medusa import MedusaHeads, train_medusa_heads
+from ar_core.quant import prepack
+from ar_decoding.medusa import (
+    MedusaHeads,
+    base_features,
+    train_medusa_heads,
+    train_medusa_heads_on_features,
+)
 
 GREEDY = GenerationConfig(max_new_tokens=15, temperature=0)
 
@@ -83,3 +93,53 @@ def test_bad_input() -> None:
             model, x, GREEDY, strategy="medusa", heads=MedusaHeads.for_model(model, 2),
             expansion=(1, 1, 1),
         )  # fmt: skip
+
+
+def test_training_on_stored_features_gives_the_model_running_loss() -> None:
+    """The features path (the base run once, :func:`base_features`) takes the same steps
+    as the path that runs the base on every batch, on the same rows."""
+    model = tiny(std=0.3)
+    batch = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(3))
+    ran, ran_losses = train_medusa_heads(
+        model, lambda gen, b: batch, heads=MedusaHeads.for_model(model, 3), steps=4,
+        batch_size=4, lr=1e-2,
+    )  # fmt: skip
+    stored = MedusaHeads.for_model(model, 3)
+    feats = base_features(model, batch, batch_size=3)  # two chunks: the same states
+    assert torch.allclose(feats, model(batch).hidden, atol=1e-6)
+    stored_losses = train_medusa_heads_on_features(
+        stored, feats, batch, steps=4, batch_size=4, lr=1e-2
+    )
+    assert ran_losses[0] > ran_losses[-1]  # it learned, so later steps compare updates too
+    assert stored_losses == pytest.approx(ran_losses, rel=1e-5)
+    for a, b in zip(ran.parameters(), stored.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_heads_for_a_prepacked_model_and_prepacked_heads_equal_greedy() -> None:
+    model = tiny(std=0.3)
+    packed = prepack(copy.deepcopy(model))
+    plain, from_packed = MedusaHeads.for_model(model, 2), MedusaHeads.for_model(packed, 2)
+    for a, b in zip(plain.projections(), from_packed.projections(), strict=True):
+        assert torch.equal(a.weight, b.weight)
+    tokens = torch.randint(0, 64, (6, 10), generator=torch.Generator().manual_seed(4))
+    feats = base_features(packed, tokens)  # the prepacked base's states (no grad needed)
+    train_medusa_heads_on_features(from_packed, feats, tokens, steps=5, batch_size=2, window=6)
+    x = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(2))
+    ref = generate(packed, x, GREEDY)
+    out = generate(packed, x, GREEDY, strategy="medusa", heads=prepack(from_packed))
+    assert torch.equal(out.sequences, ref.sequences)
+
+
+def test_bad_features() -> None:
+    heads = MedusaHeads(64, 64, 2)
+    with pytest.raises(ConfigError, match="hidden must be"):
+        train_medusa_heads_on_features(heads, torch.zeros(2, 5, 64), torch.zeros(2, 4).long())
+    with pytest.raises(ConfigError, match="width 32"):
+        train_medusa_heads_on_features(heads, torch.zeros(2, 5, 32), torch.zeros(2, 5).long())
+    with pytest.raises(ConfigError, match="window must be"):
+        train_medusa_heads_on_features(
+            heads, torch.zeros(2, 5, 64), torch.zeros(2, 5).long(), window=6
+        )
+    with pytest.raises(ConfigError, match="T >= 3"):
+        base_features(tiny(), torch.zeros(2, 2).long())

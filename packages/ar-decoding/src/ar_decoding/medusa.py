@@ -10,7 +10,11 @@ hidden state ``h_t`` (the one whose LM-head output predicts ``x_{t+1}``) to logi
 ``x_{t+2+i}``: a residual SiLU block ``h + SiLU(W h)`` (W zero-initialised) followed by
 a vocabulary projection initialised from the base's output head (Medusa-1's design).
 :func:`train_medusa_heads` trains them on a frozen base's hidden states (Medusa-1: the
-base is never updated), with the loss ``sum_i 0.8^i CE_i``.
+base is never updated), with the loss ``sum_i 0.8^i CE_i``. For a base too slow to run on
+every training batch, :func:`base_features` runs it once over a set of sequences (ideally
+its own greedy continuations: what the heads will be asked to predict, Medusa-2's
+self-distillation) and :func:`train_medusa_heads_on_features` trains the heads on those
+stored hidden states only (the same loss; many cheap steps).
 
 Decoding. The base's last hidden state gives the next token (the base's own pick) and
 the heads give candidates for the ``D <= k`` tokens after it: the tree has static shape
@@ -51,6 +55,7 @@ from ar_core.generation import (
     cache_budget,
 )
 from ar_core.protocols import CausalLM
+from ar_core.quant import PackedLinear
 from ar_core.sampling import logits_to_probs
 from ar_decoding.draft import accepted_tokens, park_finished
 from ar_decoding.tree_speculative import (
@@ -62,7 +67,15 @@ from ar_decoding.tree_speculative import (
     move_path,
 )
 
-__all__ = ["MedusaHeads", "default_expansion", "medusa", "medusa_loss", "train_medusa_heads"]
+__all__ = [
+    "MedusaHeads",
+    "base_features",
+    "default_expansion",
+    "medusa",
+    "medusa_loss",
+    "train_medusa_heads",
+    "train_medusa_heads_on_features",
+]
 
 
 class MedusaHeads(nn.Module):
@@ -89,24 +102,30 @@ class MedusaHeads(nn.Module):
 
     @classmethod
     def for_model(cls, model: Any, num_heads: int) -> MedusaHeads:
-        """Heads sized for ``model`` (an ar-core ``Transformer``), the projections copied
-        from its output head."""
+        """Heads sized for ``model`` (an ar-core ``Transformer``, plain or prepacked by
+        ``ar_core.quant.prepack``), the projections copied from its output head."""
         out = getattr(model, "output", None)
-        if not isinstance(out, nn.Linear):
+        if isinstance(out, nn.Linear):
+            weight = out.weight.detach()
+        elif isinstance(out, PackedLinear):
+            weight = out.weight_t.t()  # (V, C): the float weight, transposed back
+        else:
             raise ConfigError(
                 f"MedusaHeads.for_model needs a model with an `output` nn.Linear head "
-                f"(ar_core.Transformer), got {type(model).__name__}; build MedusaHeads(dim, "
-                f"vocab_size, num_heads) yourself"
+                f"(ar_core.Transformer, or one prepacked by ar_core.quant.prepack), got "
+                f"{type(model).__name__} with output {type(out).__name__}; build "
+                f"MedusaHeads(dim, vocab_size, num_heads) yourself"
             )
-        heads = cls(out.in_features, out.out_features, num_heads)
+        vocab_size, dim = weight.shape
+        heads = cls(int(dim), int(vocab_size), num_heads)
         with torch.no_grad():
             for lin in heads.projections():
-                lin.weight.copy_(out.weight)
-        return heads.to(device=out.weight.device, dtype=out.weight.dtype)
+                lin.weight.copy_(weight)
+        return heads.to(device=weight.device, dtype=weight.dtype)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        pairs = zip(self.residuals(), self.projections(), strict=True)
-        outs = [o(hidden + F.silu(r(hidden))) for r, o in pairs]
+        # the ModuleLists themselves: the heads may be prepacked for decoding
+        outs = [o(hidden + F.silu(r(hidden))) for r, o in zip(self.res, self.out, strict=True)]
         return torch.stack(outs, dim=-2)  # (..., k, V)
 
 
@@ -178,6 +197,78 @@ def train_medusa_heads(
     heads.eval()
     model.train(was_training)
     return heads, losses
+
+
+@torch.no_grad()
+def base_features(model: Any, tokens: Tensor, batch_size: int = 16) -> Tensor:
+    """The frozen base's final hidden states (N, T, C) of ``tokens`` (N, T), computed
+    ``batch_size`` rows at a time (the features :func:`train_medusa_heads_on_features`
+    trains on; ``model`` may be prepacked)."""
+    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 3:
+        raise ConfigError(
+            f"base_features: tokens must be (N, T) with N >= 1 and T >= 3 (a head predicts "
+            f"2 or more tokens ahead), got {tuple(tokens.shape)}"
+        )
+    was_training = model.training
+    model.eval()
+    parts = [
+        model(tokens[i : i + batch_size]).hidden for i in range(0, tokens.shape[0], batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(parts)
+
+
+def train_medusa_heads_on_features(
+    heads: MedusaHeads,
+    hidden: Tensor,
+    tokens: Tensor,
+    *,
+    steps: int = 200,
+    batch_size: int = 8,
+    window: int | None = None,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Medusa-1 training on stored features: ``hidden`` (N, T, C) the frozen base's final
+    hidden states of ``tokens`` (N, T) (:func:`base_features`). Each step draws
+    ``batch_size`` rows and, with ``window``, one random span of ``window`` positions of
+    them, and takes a step on :func:`medusa_loss` - the loss
+    :func:`train_medusa_heads` computes when the base runs on those rows (tested), without
+    running the base. Returns the loss of every step; ``progress(step, loss)`` after each."""
+    if hidden.ndim != 3 or tokens.shape != hidden.shape[:2]:
+        raise ConfigError(
+            f"train_medusa_heads_on_features: hidden must be (N, T, C) and tokens (N, T) for "
+            f"the same N, T; got hidden {tuple(hidden.shape)}, tokens {tuple(tokens.shape)}"
+        )
+    if hidden.shape[-1] != heads.dim:
+        raise ConfigError(
+            f"the features have width {hidden.shape[-1]} but the heads take {heads.dim}; "
+            f"compute them with the base the heads were built for"
+        )
+    N, T = tokens.shape
+    span = T if window is None else window
+    if not 3 <= span <= T:
+        raise ConfigError(f"window must be in [3, {T}] (the features' length), got {window}")
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=0.0)
+    losses: list[float] = []
+    heads.train()
+    hidden = hidden.detach()
+    for step in range(steps):
+        rows = torch.randperm(N, generator=gen)[: min(batch_size, N)]
+        start = int(torch.randint(0, T - span + 1, (), generator=gen))
+        loss = medusa_loss(
+            heads, hidden[rows, start : start + span], tokens[rows, start : start + span]
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step, losses[-1])
+    heads.eval()
+    return losses
 
 
 def default_expansion(num_heads: int) -> tuple[int, ...]:
