@@ -780,6 +780,22 @@ def big_section(
     if hf_target is not None:
         runs["HF greedy"] = hf_run(hf_target, n_new, {})
         runs[f"HF assisted k={k}"] = hf_run(hf_target, n_new, dict(assistant_model=hf_draft))
+    only = {f for f in args.only.split(",") if f}
+    families: dict[str, Any] = {}
+    if not only or only & {"medusa", "first"}:
+        torch.set_num_threads(max(args.threads, args.train_threads))
+        family_runs, families = big_families(
+            target, text, cache_dir, fingerprint, n_new, k, only, quick, grow["depth"], unpacked, xs
+        )
+        torch.set_num_threads(args.threads)
+        runs.update(family_runs)
+    if only:  # greedy (the baseline), the prefill-only run and the families asked for
+        keep = {"greedy", PREFILL}
+        runs = {
+            label: fn
+            for label, fn in runs.items()
+            if label in keep or any(label.lower().startswith(f) for f in only)
+        }
     timed = interleaved(runs, xs, args.repeats)
     completion = table_rows(timed, "greedy", n_new)
     greedy_new = [
@@ -797,10 +813,17 @@ def big_section(
     print_rows("code completion, ~114M grown target", completion)
     parts: dict[str, torch.nn.Module] = {"target": target, "draft": draft}
     profile = {
-        label: time_split(runs[label], xs[0], parts) for label in (f"speculative k={k}", LOOKAHEAD)
+        label: time_split(runs[label], xs[0], {**parts, **families.get("parts", {})})
+        for label in (f"speculative k={k}", LOOKAHEAD, *families.get("profile", []))
+        if label in runs
     }
     print(f"profile (one prompt, CPU s): {json.dumps(profile, indent=1)}", flush=True)
     print(f"target quality: {quality}", flush=True)
+    report: dict[str, Any] = {
+        "big_families": {k: v for k, v in families.items() if k not in ("parts", "profile")}
+    }
+    if only and "prompt-lookup" not in only:
+        return {"big_completion": completion, "big_profile_one_prompt": profile, **report}
 
     # the edit workload: prompt lookup (ours, HF's) against greedy
     es = edit_prompts(held, n_prompts, 200)
@@ -836,7 +859,238 @@ def big_section(
         "big_new_tokens": n_new,
         "big_edit_prompt_bytes": [int(x.shape[1]) for x in es],
         "big_edit_greedy_sample": bytes(edit_new[0][:96]).decode("ascii", errors="replace"),
+        **report,
     }
+
+
+# the Medusa heads of the big target: trained on stored features of the target's own
+# greedy continuations (the target runs once over them; the heads take many cheap steps)
+BIG_MEDUSA: dict[str, Any] = dict(
+    heads=4, prompts=64, prompt_len=96, new=128, gen_batch=32, steps=500, batch_size=8,
+    window=64, lr=2e-3,
+)  # fmt: skip
+
+
+def big_medusa_heads(
+    target: Transformer,
+    settings: dict[str, Any],
+    text: bytes,
+    cache_dir: Path,
+    fingerprint: str,
+) -> tuple[Any, dict[str, Any]]:
+    """Medusa heads for the (prepacked) big target, cached under a key of its checksum and
+    ``settings``: ``settings['prompts']`` training-text windows continued by
+    ``settings['new']`` greedy target tokens (what the heads will be asked to predict), the
+    target's final hidden states of them computed once (:func:`ar_decoding.medusa.
+    base_features`; the second half of each prompt and the continuation are kept), then
+    ``settings['steps']`` steps on those features only
+    (:func:`ar_decoding.medusa.train_medusa_heads_on_features`)."""
+    from ar_decoding.medusa import MedusaHeads, base_features, train_medusa_heads_on_features
+
+    key = {"target_sha256": fingerprint, **settings, "bytes": len(text)}
+    path, hit = _cached_state("big-medusa", key, cache_dir)
+    heads = MedusaHeads.for_model(target, settings["heads"])
+    meta_path = path.with_suffix(".json")
+    if hit and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        state = torch.load(path)
+        from ar_core.checkpoint import tensors_digest
+
+        if meta.get("key") == key and tensors_digest(state) == meta.get("sha256"):
+            heads.load_state_dict(state)
+            print(f"[big-medusa] cached heads (validated): {path}", flush=True)
+            return heads.eval(), {k: v for k, v in meta.items() if k != "key"}
+        print(f"[big-medusa] {path} does not validate: retraining", flush=True)
+    gen = torch.Generator().manual_seed(2)
+    data = torch.tensor(list(text), dtype=torch.long)
+    P, N = settings["prompt_len"], settings["new"]
+    starts = torch.randint(0, data.numel() - P, (settings["prompts"],), generator=gen).tolist()
+    t0 = time.perf_counter()
+    seqs = []
+    for i in range(0, len(starts), settings["gen_batch"]):
+        x = torch.stack([data[s : s + P] for s in starts[i : i + settings["gen_batch"]]])
+        res = generate(target, x, GenerationConfig(max_new_tokens=N, temperature=0))
+        seqs.append(res.sequences)  # (b, P + N)
+        print(f"[big-medusa] target outputs {i + x.shape[0]}/{len(starts)} "
+              f"({time.perf_counter() - t0:.0f}s)", flush=True)  # fmt: skip
+    tokens = torch.cat(seqs)
+    hidden = base_features(target, tokens)[:, P // 2 :]  # (prompts, P/2 + N, C)
+    tokens = tokens[:, P // 2 :]
+    feats_s = time.perf_counter() - t0
+    losses = train_medusa_heads_on_features(
+        heads,
+        hidden,
+        tokens,
+        steps=settings["steps"],
+        batch_size=settings["batch_size"],
+        window=min(settings["window"], tokens.shape[1]),
+        lr=settings["lr"],
+        progress=_progress("big-medusa", settings["steps"]),
+    )
+    meta = {
+        "key": key,
+        "target_outputs_and_features_s": feats_s,
+        "train_wall_s": time.perf_counter() - t0 - feats_s,
+        "loss_first10": sum(losses[:10]) / len(losses[:10]),
+        "loss_last10": sum(losses[-10:]) / len(losses[-10:]),
+    }
+    from ar_core.checkpoint import tensors_digest
+
+    state = heads.state_dict()
+    torch.save(state, path)
+    meta_path.write_text(json.dumps({**meta, "sha256": tensors_digest(state)}, indent=2))
+    print(f"[big-medusa] {meta}", flush=True)
+    return heads, {k: v for k, v in meta.items() if k != "key"}
+
+
+# FiRST's routers on the big target: bernoulli gates (each layer seen skipped), a start
+# near 50/50 and a high rate so that a few backward passes through 114M parameters move
+# the decisions (each step: forward + backward of batch_size x (prompt + scored) bytes)
+BIG_ROUTERS: dict[str, Any] = dict(
+    prompt=64, scored=32, steps=30, batch_size=4, lr=5e-2, keep_bias=1.0, skip_weight=0.5,
+    gate="bernoulli",
+)  # fmt: skip
+
+
+def big_routers(
+    unpacked: Transformer,
+    settings: dict[str, Any],
+    text: bytes,
+    cache_dir: Path,
+    fingerprint: str,
+) -> tuple[Any, dict[str, Any]]:
+    """FiRST routers for the big target (:func:`ar_decoding.first.train_routers` on its
+    float copy ``unpacked``), cached under a key of the target's checksum and
+    ``settings``; the record has the keep probabilities at the end of training."""
+    from ar_core.checkpoint import tensors_digest
+    from ar_decoding.first import FiRSTRouters, train_routers
+
+    key = {"target_sha256": fingerprint, **settings, "bytes": len(text)}
+    path, hit = _cached_state("big-routers", key, cache_dir)
+    routers = FiRSTRouters.for_model(unpacked, keep_bias=settings["keep_bias"])
+    meta_path = path.with_suffix(".json")
+    if hit and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        state = torch.load(path)
+        if meta.get("key") == key and tensors_digest(state) == meta.get("sha256"):
+            routers.load_state_dict(state)
+            print(f"[big-routers] cached routers (validated): {path}", flush=True)
+            return routers.eval(), {k: v for k, v in meta.items() if k not in ("key", "sha256")}
+        print(f"[big-routers] {path} does not validate: retraining", flush=True)
+    data = torch.tensor(list(text), dtype=torch.long)
+    t0 = time.perf_counter()
+    history = train_routers(
+        unpacked,
+        routers,
+        batches(data, settings["prompt"] + settings["scored"]),
+        prompt_len=settings["prompt"],
+        steps=settings["steps"],
+        batch_size=settings["batch_size"],
+        lr=settings["lr"],
+        skip_weight=settings["skip_weight"],
+        gate=settings["gate"],
+        seed=3,
+    )
+    for p in unpacked.parameters():
+        p.requires_grad_(True)
+    meta = {
+        "train_wall_s": time.perf_counter() - t0,
+        "first": history[0],
+        "last": history[-1],
+        "bias_keep_probability": [
+            round(float(torch.sigmoid(lin.bias.detach())[0]), 3) for lin in routers.linears()
+        ],
+    }
+    state = routers.state_dict()
+    torch.save(state, path)
+    meta_path.write_text(
+        json.dumps({"key": key, "sha256": tensors_digest(state), **meta}, indent=2)
+    )
+    print(f"[big-routers] {meta}", flush=True)
+    return routers.eval(), meta
+
+
+def big_families(
+    target: Transformer,
+    text: bytes,
+    cache_dir: Path,
+    fingerprint: str,
+    n_new: int,
+    k: int,
+    only: set[str],
+    quick: bool,
+    depth: int,
+    unpacked: Transformer | None = None,
+    xs: list[torch.Tensor] | None = None,
+) -> tuple[dict[str, Callable[[torch.Tensor], Any]], dict[str, Any]]:
+    """Medusa and FiRST self-speculative decoding on the prepacked big ``target``: their
+    runs (to be interleaved with greedy) and a record of what was built. Medusa: heads from
+    :func:`big_medusa_heads` (prepacked for decoding), a tree and a chain. FiRST: the
+    skipping target as its own draft, with the blocks that growth added (each started as
+    an identity block, :func:`grow_transformer`: a property of how this target was built,
+    not of trained models in general) or every other block skipped. ``depth``: the
+    growth's depth factor (base block i became blocks ``i * depth .. i * depth + depth - 1``,
+    the first of them the base block itself). With ``unpacked`` (the target's float copy:
+    router training backpropagates through it), FiRST's routers are trained
+    (:func:`big_routers`) and choose each prompt's set."""
+    import copy
+
+    runs: dict[str, Callable[[torch.Tensor], Any]] = {}
+    record: dict[str, Any] = {"parts": {}, "profile": []}
+    if not only or "medusa" in only:
+        settings = BIG_MEDUSA
+        if quick:
+            settings = {**BIG_MEDUSA, "prompts": 4, "new": 16, "gen_batch": 4, "steps": 5}
+        heads, meta = big_medusa_heads(target, settings, text, cache_dir, fingerprint)
+        packed_heads = prepack(copy.deepcopy(heads))
+        n_heads = settings["heads"]
+        for name, expansion in (("tree", (3, 2, 1, 1)), ("chain", (1, 1, 1, 1))):
+            label = f"medusa {n_heads} heads {name} {','.join(map(str, expansion))}"
+            runs[label] = ours(
+                target, n_new, "medusa", dict(heads=packed_heads, expansion=expansion)
+            )
+        record["medusa"] = {"settings": settings, **meta}
+        record["parts"]["medusa_heads"] = packed_heads
+        record["profile"].append(f"medusa {n_heads} heads tree 3,2,1,1")
+    if not only or "first" in only:
+        L = target.cfg.n_layers
+        grown = tuple(i for i in range(L) if i % depth != 0)  # the copies growth added
+        alternate = tuple(range(1, L, 2))
+        sets = {"grown": grown, "odd": alternate}
+        for name, skip in sets.items():
+            label = f"first self-spec skip {len(skip)} {name} k={k}"
+            runs[label] = ours(
+                target, n_new, "first",
+                dict(skip_layers=skip, speculative_draft=True, num_draft_tokens=k),
+            )  # fmt: skip
+        record["first"] = {
+            "skip_sets": {n: list(v) for n, v in sets.items()},
+            # the draft is the target with blocks skipped: its passes run inside the
+            # target's forward, so the profile's target time holds both
+            "profile_note": "target_forward_s includes the draft's (skipping) passes",
+        }
+        record["profile"].append(f"first self-spec skip {len(grown)} grown k={k}")
+        if unpacked is not None and xs:  # FiRST's routers choose the set per prompt
+            settings = BIG_ROUTERS if not quick else {**BIG_ROUTERS, "steps": 2}
+            routers, meta = big_routers(unpacked, settings, text, cache_dir, fingerprint)
+            runs[f"first self-spec routers k={k}"] = ours(
+                target, n_new, "first",
+                dict(routers=routers, speculative_draft=True, num_draft_tokens=k),
+            )  # fmt: skip
+            from ar_decoding.first import choose_skip
+
+            chosen = [  # each timed prompt's skip set (what the strategy decides at prefill)
+                [
+                    int(i)
+                    for i in torch.nonzero(
+                        choose_skip(target, routers, x, torch.tensor([x.shape[1]]))[0]
+                    )
+                ]
+                for x in xs
+            ]
+            record["first"]["routers"] = {"settings": settings, **meta, "chosen_skip": chosen}
+            print(f"[big-routers] skip sets chosen on the timed prompts: {chosen}", flush=True)
+    return runs, record
 
 
 # -- the parallel-generation families: extra parts trained on the frozen target -------------
