@@ -7,6 +7,12 @@ lookup has nothing to accept. :func:`edit_example` builds the same request from 
 *training* text (a snippet, the rename request, the renamed copy) and
 :func:`mixed_batches` mixes rows of packed edit examples with plain windows, with the
 ``(generator, batch_size) -> (B, T+1)`` contract of ``decoding.batches``.
+
+Measured (2-core CPU, the benchmark's 2 x 256 base, 400 Trainer steps of 2048 bytes, half
+the rows edit examples, as 4 x 512 with 80-220-byte snippets or 8 x 256 with 40-110): the
+model does not learn to copy at that budget. On held-out edit examples its bits per byte
+on the renamed copy (3.58, 3.33) stay above those on the snippet itself (3.32, 3.15), and
+its greedy code completions fall into runs of spaces.
 """
 
 from __future__ import annotations
