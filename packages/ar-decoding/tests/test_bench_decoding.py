@@ -1,5 +1,6 @@
 """The decoding benchmark's own pieces: its cache is reused only when validated, its edit
-workload repeats the input, its degeneracy measure tells a loop from varied text."""
+workload repeats the input, its degeneracy measure tells a loop from varied text, the big
+section's Medusa heads are reused only when validated."""
 
 from __future__ import annotations
 
@@ -93,3 +94,31 @@ def test_grown_model_computes_the_base_function_until_noise_is_added() -> None:
     w = noisy.layers[0].ffn.w2.weight
     assert not torch.equal(w[:128], w[128:256])
     assert float(noisy.layers[1].attn.wo.weight.detach().abs().max()) > 0  # identity block too
+
+
+def test_big_medusa_heads_are_reused_only_when_validated(tmp_path: Path, capsys) -> None:
+    """The big section's Medusa heads: trained on the target's own continuations, reloaded
+    (same weights) for the same target and settings, retrained when the stored checksum
+    does not match the saved heads."""
+    torch.manual_seed(0)
+    target = Transformer(TransformerConfig(**TINY)).eval()
+    settings = dict(
+        heads=2, prompts=2, prompt_len=8, new=6, gen_batch=2, steps=3, batch_size=2, window=6,
+        lr=1e-3,
+    )  # fmt: skip
+    text = bytes(range(32, 127)) * 4
+    heads, meta = bench.big_medusa_heads(target, settings, text, tmp_path, "target-a")
+    assert meta["loss_first10"] > 0 and "cached heads" not in capsys.readouterr().out
+    again, _ = bench.big_medusa_heads(target, settings, text, tmp_path, "target-a")
+    assert "cached heads (validated)" in capsys.readouterr().out
+    for a, b in zip(heads.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # another target's checksum: another cache entry (trained anew, not loaded)
+    bench.big_medusa_heads(target, settings, text, tmp_path, "target-b")
+    assert "cached heads" not in capsys.readouterr().out
+    # a stored checksum that is not the saved heads': not reused
+    (meta_path,) = [p for p in tmp_path.glob("big-medusa-*.json") if "target-a" in p.read_text()]
+    stored = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**stored, "sha256": "0" * 64}))
+    bench.big_medusa_heads(target, settings, text, tmp_path, "target-a")
+    assert "does not validate: retraining" in capsys.readouterr().out
