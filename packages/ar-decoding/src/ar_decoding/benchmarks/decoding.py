@@ -22,6 +22,12 @@ prefill-only run (1 new token) gives decode-only speed-ups too. Cached weights c
 ``bench.json`` (settings + the weights' checksum) and are reused only when both match;
 the target's greedy continuations are checked for degeneracy (distinct 8-gram fraction):
 speed-ups on a target that loops measure the mechanics, not a realistic acceptance rate.
+Two parallel-generation families join the completion table (:func:`big_families`, same
+interleaved run, same baseline): Medusa with heads trained on stored hidden states of the
+target's own greedy continuations (the target runs once over them), and FiRST
+self-speculative decoding (the target with blocks skipped as its own draft: the blocks
+growth added, every other block, or the sets FiRST's routers choose per prompt). MTP is
+not run here: its LoRA training backpropagates through the 114M target on every step.
 
 ``small`` - the overhead-bound setting: the big target's 2 x 256 base itself (its cached
 weights validated) and a 1 x 128 draft trained with ``ar_core.Trainer`` on the Python
@@ -47,7 +53,7 @@ one is trained on the same corpus (random orders) and ASSD (k = 4, 8) is compare
 same model decoding one position per call (its own greedy), in a table of its own.
 
     uv run ar bench decoding -- [--quick] [--sections big,small] [--out PATH]
-                                [--only medusa,mtp,first,assd]
+                                [--only speculative,lookahead,medusa,mtp,first,assd]
 """
 
 from __future__ import annotations
@@ -1322,7 +1328,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         "--only",
         default="",
         help="comma-separated families to run besides greedy (speculative, lookahead, medusa, "
-        "mtp, first, assd); default all",
+        "mtp, first, assd; in the big section also prompt-lookup = the edit workload, hf); "
+        "default all",
     )
     parser.add_argument(
         "--threads",
