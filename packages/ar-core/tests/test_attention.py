@@ -297,3 +297,65 @@ def test_math_and_sdpa_match_naive_attention_on_cuda(setting):
             got = backend.attend(*cuda[:3], mask=spec, q_offset=cuda[3], kv_len=cuda[4], scale=None)
             assert got.device.type == "cuda"
             torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4, msg=backend.name)
+
+
+def planned(q, k, v, spec, q_offset, kv_len, backend, k_len=None):
+    """attend through plan_attention + attend_planned (the prepared path models use)."""
+    plan = attention.plan_attention(
+        backend=backend, mask=spec, q_offset=q_offset, kv_len=kv_len, q_len=q.shape[2],
+        k_len=k.shape[2] if k_len is None else k_len, device=q.device, dtype=q.dtype,
+    )  # fmt: skip
+    return attention.attend_planned(q, k, v, plan)
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+@pytest.mark.parametrize(("name", "spec", "see", "n"), CASES, ids=IDS)
+def test_prepared_paths_match_naive_attention(name, spec, see, n, setting):
+    # CPU queries up to FEW_QUERIES take sdpa's grouped-matmul path, more take the kernel
+    q, k, v, q_offset, kv_len = setting_inputs(setting, n)
+    visible = reference_visibility(see, q.shape[2], k.shape[2], q_offset.tolist(), kv_len.tolist())
+    want = naive_attention(q, k, v, visible).float()
+    for backend in ("math", "sdpa"):
+        got = planned(q, k, v, spec, q_offset, kv_len, backend)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=backend)
+
+
+def test_sdpa_few_queries_path_is_taken_and_matches_the_kernel(monkeypatch):
+    # 5 queries of 2 rows against a 40-slot buffer, ragged kv_len, GQA 4:2 - the grouped path
+    q, k, v = make_qkv(2, 4, 2, 5, 40, seed=3)
+    q_offset, kv_len = torch.tensor([10, 30]), torch.tensor([15, 35])
+    spec = masks.causal()
+    calls = []
+    real = attention._few_queries
+    monkeypatch.setattr(attention, "_few_queries", lambda *a: calls.append(1) or real(*a))
+    got = planned(q, k, v, spec, q_offset, kv_len, "sdpa")
+    assert calls, "5 CPU queries must take the grouped-matmul path"
+    visible = attention.visible_keys(spec, q_offset, kv_len, 5, 40)
+    kernel = F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None], enable_gqa=True)
+    torch.testing.assert_close(got, kernel, atol=1e-6, rtol=1e-5)
+    # bf16: softmax in float32, close to the float32 result at bf16's resolution
+    got16 = planned(q.bfloat16(), k.bfloat16(), v.bfloat16(), spec, q_offset, kv_len, "sdpa")
+    assert got16.dtype == torch.bfloat16
+    torch.testing.assert_close(got16.float(), kernel, atol=3e-2, rtol=3e-2)
+    # float64 stays float64 all the way (no float32 softmax)
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    got64 = planned(q64, k64, v64, spec, q_offset, kv_len, "sdpa")
+    kernel64 = F.scaled_dot_product_attention(
+        q64, k64, v64, attn_mask=visible[:, None], enable_gqa=True
+    )
+    torch.testing.assert_close(got64, kernel64, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_plan_k_len_drops_the_buffer_keys_past_it(backend):
+    # a plan for the first 12 keys of a 30-slot buffer: the rest (junk) are never read
+    q, k, v = make_qkv(2, 4, 2, 3, 30, seed=4)
+    q_offset, kv_len = torch.tensor([5, 9]), torch.tensor([8, 12])
+    spec = masks.causal()
+    junk_k, junk_v = k.clone(), v.clone()
+    junk_k[:, :, 12:], junk_v[:, :, 12:] = float("nan"), float("nan")
+    got = planned(q, junk_k, junk_v, spec, q_offset, kv_len, backend, k_len=12)
+    want = planned(q, k[:, :, :12], v[:, :, :12], spec, q_offset, kv_len, backend)
+    full = planned(q, k, v, spec, q_offset, kv_len, backend)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    torch.testing.assert_close(got, full, atol=1e-6, rtol=1e-5)

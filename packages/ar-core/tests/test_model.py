@@ -154,3 +154,32 @@ def test_registered_builder() -> None:
     build = registry.models.get("transformer")
     model = build(preset="tiny", n_layers=1)
     assert isinstance(model, Transformer) and model.cfg.n_layers == 1
+
+
+@pytest.mark.parametrize("backend", _backends())
+@torch.no_grad()
+def test_eager_multi_token_passes_attend_over_the_used_cache_slots_only(backend, monkeypatch):
+    # a 256-slot cache holding 13 / 9 entries (a crop leaves the host bound stale-high at
+    # 13): a 4-token pass reads at most 13 + 4 keys per layer, and its logits equal the
+    # uncached forward's
+    from ar_core import model as model_module
+
+    model = _model(backend)
+    torch.manual_seed(1)
+    x = torch.randint(0, model.vocab_size, (2, 17))
+    cache = model.new_cache(2, max_len=256)
+    model(x[:, :13], cache=cache)
+    cache.crop(torch.tensor([13, 9]))
+    seen: list[int | None] = []
+    real = model_module.attend_planned
+
+    def spy(q, k, v, plan):
+        seen.append(plan.k_len)
+        return real(q, k, v, plan)
+
+    monkeypatch.setattr(model_module, "attend_planned", spy)
+    new = torch.stack([x[0, 13:17], x[1, 9:13]])  # (2, 4)
+    got = model(new, cache=cache).logits  # (2, 4, V)
+    assert len(seen) == model.cfg.n_layers and set(seen) == {17}
+    torch.testing.assert_close(got[0], model(x[:1]).logits[0, 13:17], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], model(x[1:, :13]).logits[0, 9:13], atol=1e-5, rtol=1e-5)

@@ -486,13 +486,19 @@ class Transformer(nn.Module):
             # causal mask adds nothing, and without it backends skip building a dense mask
             # (and compiled decode steps keep static shapes)
             mask = None
+        k_len = T if cache is None else cache.max_len
+        if cache is not None and T > 1 and not torch.compiler.is_compiling():
+            # an eager multi-token pass (a prefill, a verification) attends over the used
+            # slots only: no row holds more than the cache's host-side bound (an upper
+            # bound, no sync). One-token steps keep the static shape of compiled decoding
+            k_len = min(k_len, cache.max_length() + T)
         attn = plan_attention(  # the mask is built once here, not once per layer
             backend=self.cfg.attention_backend,
             mask=mask,
             q_offset=q_offset,
             kv_len=kv_len,
             q_len=T,
-            k_len=T if cache is None else cache.max_len,
+            k_len=k_len,
             device=x.device,
             dtype=x.dtype,
             keys_all_valid=cache is None,
