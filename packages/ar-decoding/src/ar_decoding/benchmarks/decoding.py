@@ -829,7 +829,14 @@ def big_section(
         "big_families": {k: v for k, v in families.items() if k not in ("parts", "profile")}
     }
     if only and "prompt-lookup" not in only:
-        return {"big_completion": completion, "big_profile_one_prompt": profile, **report}
+        return {
+            "big_completion": completion,
+            "big_profile_one_prompt": profile,
+            "big_target_quality": quality,
+            "big_prompt_bytes": [int(x.shape[1]) for x in xs],
+            "big_new_tokens": n_new,
+            **report,
+        }
 
     # the edit workload: prompt lookup (ours, HF's) against greedy
     es = edit_prompts(held, n_prompts, 200)
