@@ -181,3 +181,49 @@ def test_fused_compiled_greedy_equals_eager_with_eos_ragged_and_stream() -> None
     assert fused.stats.accepted_lengths == eager.stats.accepted_lengths
     assert (fused.sequences[1, 3 + 5 :] == 1).all()  # padded after its EOS
     assert list(_COMPILED[model]) == [(2, "cpu", True, 256)]  # 256 slots for 16 positions
+
+
+def test_pass_width_pads_to_a_few_widths() -> None:
+    from ar_core.generation import pass_width
+
+    assert [pass_width(n) for n in range(1, 11)] == [1, 2, 3, 5, 5, 9, 9, 9, 9, 17]
+    # a strategy's own widths: the smallest that holds n, past them the buckets
+    assert [pass_width(n, (5,)) for n in (1, 2, 5, 6)] == [5, 5, 5, 9]
+    assert [pass_width(n, (11, 4)) for n in (3, 4, 7, 11, 12)] == [4, 4, 11, 11, 17]
+
+
+def test_model_pass_compiled_equals_eager_and_leaves_entries_pending() -> None:
+    from ar_core.generation import ModelPass
+    from ar_core.quant import prepack
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2, max_seq_len=64)
+    model = prepack(Transformer(cfg).eval())  # multi-row linears: the opaque oneDNN op
+    x = torch.randint(0, 50, (2, 20))
+    lengths = torch.tensor([9, 6])
+    eager, compiled = ModelPass(model), ModelPass(model, compile=True)
+    assert compiled.compile and not ModelPass(model.layers, compile=True).compile
+    with torch.no_grad():
+        caches = [model.new_cache(2, max_len=32) for _ in range(2)]
+        for cache in caches:
+            model(x[:, :9], cache=cache)
+            cache.crop(lengths)
+        new = torch.stack([x[0, 9:13], x[1, 6:10]])  # 4 tokens: padded to 5 when compiled
+        want, got = eager(new, caches[0]), compiled(new, caches[1])
+        assert got.shape == want.shape == (2, 4, 50)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert caches[1].lengths.tolist() == [9, 6]  # pending, not committed
+        for cache in caches:
+            cache.commit(torch.tensor([4, 2]))  # row 1 keeps 2 of its 4
+        after = torch.stack([x[0, 13:14], x[1, 8:9]])
+        torch.testing.assert_close(
+            compiled(after, caches[1]), eager(after, caches[0]), atol=1e-5, rtol=1e-5
+        )
+        # no room for the padding: the pass runs eagerly, same result
+        tight = model.new_cache(1, max_len=13)
+        model(x[:1, :9], cache=tight)
+        torch.testing.assert_close(
+            compiled(x[:1, 9:13], tight), model(x[:1, :13]).logits[:, 9:13], atol=1e-5, rtol=1e-5
+        )
+        with pytest.raises(InputError, match="vocab"):
+            compiled(torch.full((2, 3), 50), caches[1])

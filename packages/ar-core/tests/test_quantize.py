@@ -141,3 +141,26 @@ def test_prepack_errors_are_clear() -> None:
     if any(getattr(m, "blocked", None) is not None for m in packed.modules()):
         with pytest.raises(ConfigError, match="prepack after"):
             packed.to(torch.float64)
+
+
+def test_prepacked_copies_get_their_own_handle_for_compiled_graphs() -> None:
+    # compiled graphs reach a blocked weight through its module's handle: a deepcopy
+    # (e.g. a draft copied from a target) must not share it, and a dropped model frees it
+    import copy
+    import gc
+
+    from ar_core import quant
+
+    torch.manual_seed(0)
+    lin = quant.PackedLinear(torch.nn.Linear(16, 8))
+    twin = copy.deepcopy(lin)
+    assert twin.handle != lin.handle
+    assert quant._PACKED[lin.handle] is lin and quant._PACKED[twin.handle] is twin
+    x = torch.randn(3, 16)
+    for module in (lin, twin):
+        got = quant.packed_linear(x, module.handle, module.out_features)
+        torch.testing.assert_close(got, module(x), atol=0, rtol=0)
+    handle = twin.handle
+    del twin, module
+    gc.collect()
+    assert handle not in quant._PACKED

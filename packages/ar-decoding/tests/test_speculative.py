@@ -164,3 +164,33 @@ def test_broken_acceptance_rule_fails(joint: torch.Tensor, monkeypatch: pytest.M
     monkeypatch.setattr(verify, "residual_distribution", lambda p, q: p)
     samples = _sample("speculative", {"num_draft_tokens": 2}, seed=0)
     assert chi2_pvalue(samples, joint, 4) < BROKEN
+
+
+def test_compiled_passes_equal_greedy_and_compile_a_few_graphs(monkeypatch) -> None:
+    # compile=True: the target's verification (padded to k + 1) and the draft's steps run
+    # as compiled graphs on prepacked models; ragged rows, a self-draft (every step accepts
+    # k + 1 tokens, so catch-up passes of 2 run too) and a random one, and prompt lookup
+    from ar_core import generation
+    from ar_core.quant import prepack
+
+    target = prepack(tiny())
+    x, lengths = _ragged()
+    ref = generate(target, x, GREEDY, prompt_lengths=lengths)
+    widths: list[int] = []
+    real = generation._model_pass
+    monkeypatch.setattr(
+        generation, "_model_pass", lambda m, t, c: widths.append(t.shape[1]) or real(m, t, c)
+    )
+    for draft in (target, prepack(tiny(layers=1, seed=5))):
+        out = generate(
+            target, x, GREEDY, strategy="speculative", prompt_lengths=lengths,
+            draft_model=draft, num_draft_tokens=3, compile=True,
+        )  # fmt: skip
+        assert torch.equal(out.sequences, ref.sequences)
+    lookup = generate(
+        target, x, GREEDY, strategy="prompt-lookup", prompt_lengths=lengths, compile=True
+    )
+    assert torch.equal(lookup.sequences, ref.sequences)
+    # eager passes would have called _model_pass with every width; compiled ones are
+    # traced once per shape, so the recorded (traced) widths are few and padded
+    assert widths and set(widths) <= {1, 2, 4, 11}

@@ -80,6 +80,11 @@ def visible_keys(
     in_len = keys[None, None, :] < kv_len[:, None, None]  # (B, 1, Tk)
     if mask is None:
         return in_len.expand(batch, q_len, k_len)
+    if mask.is_causal and torch.compiler.is_compiling():
+        # a compiled multi-token pass: the causal rule on every slot, no host read (static
+        # shapes; key j of row b is visible to query i iff j <= q_offset[b] + i < kv_len[b])
+        q_pos = q_offset[:, None, None] + torch.arange(q_len, device=device)[None, :, None]
+        return (keys[None, None, :] <= q_pos) & in_len  # (B, Tq, Tk)
     k_used = min(k_len, int(kv_len.max())) if batch > 0 else 0
     dense = mask.to_dense(q_len, k_used, q_offset=q_offset, batch_size=batch, device=device)
     if k_used < k_len:  # keys past every row's kv_len: never visible

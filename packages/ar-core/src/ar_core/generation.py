@@ -69,6 +69,7 @@ __all__ = [
     "GenerationConfig",
     "GenerationResult",
     "GenerationStats",
+    "ModelPass",
     "Rows",
     "Streamer",
     "TokenPicker",
@@ -82,6 +83,7 @@ __all__ = [
     "generate",
     "greedy",
     "make_generator",
+    "pass_width",
     "positive_int",
     "prefill",
     "reject_repetition_penalty",
@@ -680,6 +682,82 @@ def _compiled_setup(
     step, cache = per_model[key]
     cache.reset()
     return step, cache
+
+
+def _model_pass(model: Any, tokens: Tensor, cache: Any) -> Tensor:
+    """``model(tokens, cache=cache, commit=False).logits``: (B, T) -> (B, T, V)."""
+    return model(tokens, cache=cache, commit=False).logits
+
+
+# the compiled _model_pass (built on first use: importing ar_core compiles nothing)
+_COMPILED_PASS: list[Callable[..., Tensor]] = []
+
+
+def pass_width(n: int, widths: Sequence[int] = ()) -> int:
+    """The padded width of an ``n``-token compiled pass: the smallest of ``widths`` (a
+    strategy's usual widths, e.g. ``k + 1``) that holds ``n``, else ``n`` itself when it
+    is 1, else the next of 2, 3, 5, 9, 17, ... (2^i + 1): a loop whose widths vary
+    compiles a few graphs, not one per width."""
+    fits = [w for w in widths if w >= n]
+    if fits:
+        return min(fits)
+    if n <= 1:
+        return 1
+    width = 2
+    while width < n:
+        width = 2 * width - 1
+    return width
+
+
+class ModelPass:
+    """The cached forward a draft-and-verify loop runs: ``pass_(tokens, cache)`` =
+    ``model(tokens, cache=cache, commit=False).logits`` (B, T, V), entries left pending.
+
+    ``compile=True``: one compiled graph per padded width (:func:`pass_width`, ``widths``:
+    the strategy's usual widths, never padded); the tokens past T are padding whose
+    logits are dropped and whose pending entries are never committed. A cache without
+    room for the padding, or a model that is not an ar-core ``Transformer`` with a
+    :class:`~ar_core.cache.StaticKVCache` (a ``from_hf`` adapter), runs eagerly: the
+    result is the same. Compiled graphs see every cache slot (static shapes): use caches
+    of :func:`compiled_cache_len` slots so that shapes repeat across calls. On the CPU a
+    compiled multi-token pass pays with :func:`ar_core.quant.prepack` (its linears then
+    stay oneDNN calls and inductor fuses the rest).
+    """
+
+    def __init__(self, model: Any, *, compile: bool = False, widths: Sequence[int] = ()) -> None:
+        self.model = model
+        self.widths = tuple(widths)
+        from ar_core.model import Transformer  # (a module-level import would be circular)
+
+        self.compile = compile and isinstance(model, Transformer)
+        if self.compile and not _COMPILED_PASS:
+            _COMPILED_PASS.append(torch.compile(_model_pass, dynamic=False))
+
+    def __call__(self, tokens: Tensor, cache: Any) -> Tensor:
+        if not self.compile or not isinstance(cache, StaticKVCache):
+            return _model_pass(self.model, tokens, cache)
+        B, T = tokens.shape
+        width = pass_width(T, self.widths)
+        # no room for the padding (the host bound may be stale-high: then check exactly)
+        if (
+            cache.max_length() + width > cache.max_len
+            and int(cache.lengths.max()) + width > cache.max_len
+        ):
+            return _model_pass(self.model, tokens, cache)
+        if not torch.compiler.is_compiling():  # compiled graphs skip the model's checks
+            from ar_core.model import check_model_inputs
+
+            check_model_inputs(
+                tokens,
+                None,
+                cache,
+                None,
+                vocab_size=int(self.model.vocab_size),
+                max_seq_len=int(self.model.max_seq_len),
+            )
+        if width > T:
+            tokens = torch.cat([tokens, tokens.new_zeros(B, width - T)], dim=1)
+        return _COMPILED_PASS[0](self.model, tokens, cache)[:, :T]
 
 
 def _model_device(model: Any, input_ids: Tensor) -> torch.device:

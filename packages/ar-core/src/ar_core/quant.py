@@ -35,13 +35,18 @@ AMD EPYC (1 thread, a 3072 x 768 float32 weight, 40 of them so none stays in cac
 Prefill-sized inputs also run faster on the blocked weight (160 x 768: 21.4 -> 11.6 ms).
 Results equal ``F.linear``'s up to float rounding (other accumulation orders: not
 bit-identical); ``tests/test_quantize.py`` bounds the difference and checks greedy output.
-Under ``torch.compile`` every size uses ``x @ w_t`` (the blocked weight is an opaque
-oneDNN tensor that tracing cannot take).
+Under ``torch.compile`` one-row inputs use ``x @ w_t``; multi-row inputs call the blocked
+weight through the opaque custom op ``ar_core::packed_linear`` (tracing cannot take the
+oneDNN tensor itself, so the op finds it by the module's handle), and inductor fuses
+everything between the linears: a compiled 5-token verification of a 16 x 768 model
+measured 36.9 ms against 41.0 ms eager and 32.2 ms for a compiled one-token step.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import itertools
+import weakref
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -193,6 +198,24 @@ PACK_ROWS_HINT = 8
 PACK_MIN_ROWS = 4
 
 
+# handle -> PackedLinear, for the custom op a compiled graph calls (weak: a dropped model
+# leaves no weights behind)
+_PACKED: weakref.WeakValueDictionary[int, PackedLinear] = weakref.WeakValueDictionary()
+_HANDLES = itertools.count()
+
+
+@torch.library.custom_op("ar_core::packed_linear", mutates_args=())
+def packed_linear(x: Tensor, handle: int, out_features: int) -> Tensor:
+    """``x`` (rows, in) times the blocked weight of the :class:`PackedLinear` with this
+    handle: (rows, out). An opaque call for compiled graphs."""
+    return _PACKED[handle]._blocked_mm(x).clone()
+
+
+@packed_linear.register_fake
+def _packed_linear_fake(x: Tensor, handle: int, out_features: int) -> Tensor:
+    return x.new_empty(x.shape[0], out_features)
+
+
 class PackedLinear(nn.Module):
     """A linear for CPU decoding with two layouts of one float weight (``prepack``):
     ``weight_t`` (in, out) contiguous for one-row inputs and a oneDNN blocked copy for
@@ -216,15 +239,43 @@ class PackedLinear(nn.Module):
             if _onednn_ok(w)
             else None
         )
+        self._register()
+
+    def _register(self) -> None:
+        """A fresh handle for the compiled graphs' custom op (copies get their own)."""
+        self.handle = next(_HANDLES)
+        _PACKED[self.handle] = self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PackedLinear:
+        """A copy packed afresh from ``weight_t`` (the opaque oneDNN tensor cannot be
+        copied), with its own handle."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            linear.weight = nn.Parameter(self.weight_t.t().clone(), requires_grad=False)
+            if self.bias is not None:
+                linear.bias = nn.Parameter(self.bias.clone(), requires_grad=False)
+        out = PackedLinear(linear)
+        out.train(self.training)
+        memo[id(self)] = out
+        return out
+
+    def _blocked_mm(self, flat: Tensor) -> Tensor:
+        """(rows, in) @ the blocked weight (+ bias): (rows, out)."""
+        rows = flat.shape[0]
+        if rows < PACK_MIN_ROWS:  # oneDNN's 2-3 row kernel is slower than its 4-row one
+            flat = torch.cat([flat, flat.new_zeros(PACK_MIN_ROWS - rows, self.in_features)])
+        y = torch.ops.mkldnn._linear_pointwise(flat, self.blocked, self.bias, "none", [], "")
+        return y[:rows]
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
-        if rows > 1 and not torch.compiler.is_compiling() and self.blocked is not None:
+        if rows > 1 and self.blocked is not None:
             flat = x.reshape(rows, self.in_features)
-            if rows < PACK_MIN_ROWS:  # oneDNN's 2-3 row kernel is slower than its 4-row one
-                flat = torch.cat([flat, flat.new_zeros(PACK_MIN_ROWS - rows, self.in_features)])
-            y = torch.ops.mkldnn._linear_pointwise(flat, self.blocked, self.bias, "none", [], "")
-            return y[:rows].reshape(*x.shape[:-1], self.out_features)
+            if torch.compiler.is_compiling():  # the opaque op: tracing cannot take `blocked`
+                y = packed_linear(flat, self.handle, self.out_features)
+            else:
+                y = self._blocked_mm(flat)
+            return y.reshape(*x.shape[:-1], self.out_features)
         y = x @ self.weight_t
         return y if self.bias is None else y + self.bias
 

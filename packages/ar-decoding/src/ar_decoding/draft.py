@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ar_core.errors import ConfigError
-from ar_core.generation import Rows, TokenPicker, prefill
+from ar_core.generation import ModelPass, Rows, TokenPicker, compiled_cache_len, prefill
 from ar_core.protocols import CausalLM, KVCache, check_protocol
 from ar_decoding.verify import verify_draft
 
@@ -45,6 +45,7 @@ __all__ = [
     "draft_length",
     "first_step",
     "park_finished",
+    "passes",
 ]
 
 
@@ -64,6 +65,21 @@ def check_draft_model(model: CausalLM, draft_model: object, strategy: str) -> Ca
             f"{model.vocab_size}; the draft must share the target's tokenizer/vocabulary"
         )
     return draft_model
+
+
+def passes(
+    models: list[CausalLM], cache_len: int, compile: bool, widths: tuple[int, ...] = ()
+) -> tuple[list[ModelPass], int]:
+    """Each model's :class:`~ar_core.generation.ModelPass` (the target's ``widths``: its
+    usual pass widths, e.g. ``k + 1``) and the cache slots to allocate: ``cache_len``, or
+    with ``compile`` the :func:`~ar_core.generation.compiled_cache_len` bucket plus room
+    for a padded pass, so that later calls reuse the compiled graphs."""
+    if compile:
+        limit = min(int(m.max_seq_len) for m in models)
+        cache_len = min(limit, compiled_cache_len(cache_len + max(widths, default=1), limit))
+    out = [ModelPass(models[0], compile=compile, widths=widths)]
+    out += [ModelPass(m, compile=compile) for m in models[1:]]
+    return out, cache_len
 
 
 def park_finished(rows: Rows, *caches: KVCache) -> None:
@@ -99,30 +115,40 @@ def draft_length(rows: Rows, k: int, cache_len: int) -> int:
     return max(0, min(k, int(rows.remaining().max()) - 1, room))
 
 
-def catch_up(model: CausalLM, cache: KVCache, rows: Rows) -> Tensor:
+def catch_up(
+    model: CausalLM, cache: KVCache, rows: Rows, forward: ModelPass | None = None
+) -> Tensor:
     """Feed each row the tokens its cache lacks (``seq[c : length]``), right-padded to the
     widest row; commit each row's own count; return the logits after its last token (B, V).
-    Finished rows (parked at 0) feed one dummy token."""
+    Finished rows (parked at 0) feed one dummy token. ``forward``: the model's pass
+    (default: an eager one)."""
     need = torch.where(rows.finished, 1, rows.length - cache.lengths)  # (B,) >= 1
     width = int(need.max())
     steps = torch.arange(width, device=need.device)[None, :]  # (1, w)
     cols = (cache.lengths[:, None] + steps).clamp(max=rows.seq.shape[1] - 1)  # (B, w)
     tokens = rows.seq.gather(1, cols)
     tokens = torch.where((steps < need[:, None]) & (tokens >= 0), tokens, 0)  # (B, w)
-    logits = model(tokens, cache=cache, commit=False).logits  # (B, w, V)
+    logits = (forward or ModelPass(model))(tokens, cache)  # (B, w, V)
     cache.commit(need)
     return logits[rows.rows, need - 1]  # (B, V)
 
 
 def draft_chain(
-    draft_model: CausalLM, cache: KVCache, rows: Rows, k: int, picker: TokenPicker
+    draft_model: CausalLM,
+    cache: KVCache,
+    rows: Rows,
+    k: int,
+    picker: TokenPicker,
+    forward: ModelPass | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """k draft tokens per row, k draft forwards: (B, k) and their probabilities (B, k, V)
-    (None when greedy). The draft cache ends with the context and ``d_0 .. d_{k-2}``."""
+    (None when greedy). The draft cache ends with the context and ``d_0 .. d_{k-2}``.
+    ``forward``: the draft's pass (default: an eager one)."""
     B = rows.seq.shape[0]
+    forward = forward or ModelPass(draft_model)
     drafts = torch.empty(B, k, dtype=torch.long, device=rows.seq.device)
     q_all: list[Tensor] = []
-    logits = catch_up(draft_model, cache, rows)  # (B, V)
+    logits = catch_up(draft_model, cache, rows, forward)  # (B, V)
     rows.stats.draft_forward_passes += 1
     for i in range(k):
         token, q = picker.pick_with_probs(logits, rows.seq, drafts[:, :i])
@@ -130,7 +156,8 @@ def draft_chain(
         if q is not None:
             q_all.append(q)
         if i + 1 < k:
-            logits = draft_model(token[:, None], cache=cache).logits[:, -1]  # (B, V)
+            logits = forward(token[:, None], cache)[:, -1]  # (B, V)
+            cache.commit(1)
             rows.stats.draft_forward_passes += 1
     return drafts, (torch.stack(q_all, 1) if q_all else None)
 
@@ -152,13 +179,15 @@ def verify_step(
     *,
     lengths: Tensor | None = None,
     draft_cache: KVCache | None = None,
+    forward: ModelPass | None = None,
 ) -> Tensor:
     """The target's half of a step: score ``[last token, drafts]`` (B, k + 1) in one
     forward, emit each row's verified prefix and next token, commit them to the target
     ``cache`` and park both caches. ``q_probs`` and ``lengths`` as in
-    :func:`~ar_decoding.verify.verify_draft`. Returns the accepted counts (B,)."""
+    :func:`~ar_decoding.verify.verify_draft`; ``forward``: the target's pass (default: an
+    eager one). Returns the accepted counts (B,)."""
     tokens = torch.cat([rows.last()[:, None], drafts], 1)  # (B, k + 1)
-    logits = model(tokens, cache=cache, commit=False).logits  # (B, k + 1, V)
+    logits = (forward or ModelPass(model))(tokens, cache)  # (B, k + 1, V)
     rows.stats.target_forward_passes += 1
     rows.watch(logits)
     n, nxt = verify_draft(picker, drafts, q_probs, logits, rows.seq, lengths=lengths)

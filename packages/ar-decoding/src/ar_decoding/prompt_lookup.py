@@ -35,7 +35,7 @@ from ar_core.generation import (
     positive_int,
 )
 from ar_core.protocols import CausalLM
-from ar_decoding.draft import draft_length, first_step, verify_step
+from ar_decoding.draft import draft_length, first_step, passes, verify_step
 
 __all__ = ["lookup_draft", "prompt_lookup"]
 
@@ -86,10 +86,13 @@ def prompt_lookup(
     min_ngram_size: int = 1,
     do_sample: bool | None = None,
     generator: torch.Generator | None = None,
+    compile: bool = False,
 ) -> GenerationResult:
     """Strategy ``prompt-lookup`` (defaults: 10 draft tokens, n-grams of 3 down to 1, as
     Hugging Face's ``prompt_lookup_num_tokens=10``, ``max_matching_ngram_size=3``... with
-    n down to 1). ``do_sample`` None = sample iff ``config.temperature > 0``."""
+    n down to 1). ``do_sample`` None = sample iff ``config.temperature > 0``.
+    ``compile``: the verification passes run as compiled graphs
+    (:class:`~ar_core.generation.ModelPass`, one per padded width)."""
     k = positive_int(num_draft_tokens, "num_draft_tokens", "prompt-lookup")
     if not (isinstance(min_ngram_size, int) and isinstance(max_ngram_size, int)) or not (
         1 <= min_ngram_size <= max_ngram_size
@@ -105,10 +108,11 @@ def prompt_lookup(
     )
     if rows.all_finished():  # max_new_tokens = 0
         return rows.finish()
+    (forward,), slots = passes([model], cache_len, compile, (k + 1,))
     with torch.no_grad():
-        (cache,) = first_step([model], rows, picker, cache_len)
+        (cache,) = first_step([model], rows, picker, slots)
         while not rows.all_finished():
             k_step = draft_length(rows, k, cache_len)
             drafts, lengths = _drafts(rows, k_step, max_ngram_size, min_ngram_size)
-            verify_step(model, cache, rows, picker, drafts, None, lengths=lengths)
+            verify_step(model, cache, rows, picker, drafts, None, lengths=lengths, forward=forward)
     return rows.finish()

@@ -48,6 +48,7 @@ from ar_decoding.draft import (
     draft_chain,
     draft_length,
     first_step,
+    passes,
     verify_step,
 )
 
@@ -67,11 +68,14 @@ def speculative(
     max_draft_tokens: int = 16,
     do_sample: bool | None = None,
     generator: torch.Generator | None = None,
+    compile: bool = False,
 ) -> GenerationResult:
     """Strategy ``speculative``: chain speculative decoding with ``draft_model``.
 
     ``num_draft_tokens`` k >= 1 (the start value when ``adaptive``); ``max_draft_tokens``
     caps adaptive growth. ``do_sample`` None = sample iff ``config.temperature > 0``.
+    ``compile``: the target's verification and the draft's steps run as compiled graphs
+    (:class:`~ar_core.generation.ModelPass`; the first calls compile, ~20 s per width).
     """
     draft = check_draft_model(model, draft_model, "speculative")
     positive_int(num_draft_tokens, "num_draft_tokens", "speculative")
@@ -91,16 +95,21 @@ def speculative(
     if rows.all_finished():  # max_new_tokens = 0
         return rows.finish()
     k = num_draft_tokens
+    widths = () if adaptive else (k + 1,)
+    (target_pass, draft_pass), slots = passes([model, draft], cache_len, compile, widths)
     with torch.no_grad():
-        target_cache, draft_cache = first_step([model, draft], rows, picker, cache_len)
+        target_cache, draft_cache = first_step([model, draft], rows, picker, slots)
         while not rows.all_finished():
             live = ~rows.finished
             k_step = draft_length(rows, k, cache_len)
             if k_step > 0:
-                drafts, q = draft_chain(draft, draft_cache, rows, k_step, picker)
+                drafts, q = draft_chain(draft, draft_cache, rows, k_step, picker, draft_pass)
             else:
                 drafts, q = rows.seq.new_empty(B, 0), None
-            n = verify_step(model, target_cache, rows, picker, drafts, q, draft_cache=draft_cache)
+            n = verify_step(
+                model, target_cache, rows, picker, drafts, q, draft_cache=draft_cache,
+                forward=target_pass,
+            )  # fmt: skip
             if adaptive and k_step == k:
                 best = int(n[live].max())
                 k = min(k + 2, k_max) if best == k else max(1, k - 1)
