@@ -776,6 +776,11 @@ def big_section(
         "speculative adaptive": ours(
             target, n_new, "speculative", dict(draft_model=draft, num_draft_tokens=k, adaptive=True)
         ),
+        # verification and draft steps as compiled graphs (ModelPass; the prepacked linears
+        # stay oneDNN calls, inductor fuses the rest)
+        f"speculative k={k}, compiled": ours(
+            target, n_new, "speculative", dict(draft_model=draft, num_draft_tokens=k, compile=True)
+        ),
         # the strategy's CPU defaults (W=1 N=3 G=2, context n-grams, long copies)
         LOOKAHEAD: ours(target, n_new, "lookahead", {}),
         # Fu et al.'s pool alone (no context n-grams), a GPU-style window
@@ -845,6 +850,7 @@ def big_section(
         "greedy eager": ours(target, n_new, "greedy", {}),
         PREFILL: ours(target, 1, "greedy", {"compile": True}),
         "prompt-lookup k=10": ours(target, n_new, "prompt-lookup", {}),
+        "prompt-lookup k=10, compiled": ours(target, n_new, "prompt-lookup", {"compile": True}),
     }
     if hf_target is not None:
         e_runs["HF greedy"] = hf_run(hf_target, n_new, {})
