@@ -108,14 +108,14 @@ def test_big_medusa_heads_are_reused_only_when_validated(tmp_path: Path, capsys)
     )  # fmt: skip
     text = bytes(range(32, 127)) * 4
     heads, meta = bench.big_medusa_heads(target, settings, text, tmp_path, "target-a")
-    assert meta["loss_first10"] > 0 and "cached heads" not in capsys.readouterr().out
+    assert meta["loss_first10"] > 0 and "cached state" not in capsys.readouterr().out
     again, _ = bench.big_medusa_heads(target, settings, text, tmp_path, "target-a")
-    assert "cached heads (validated)" in capsys.readouterr().out
+    assert "cached state (validated)" in capsys.readouterr().out
     for a, b in zip(heads.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     # another target's checksum: another cache entry (trained anew, not loaded)
     bench.big_medusa_heads(target, settings, text, tmp_path, "target-b")
-    assert "cached heads" not in capsys.readouterr().out
+    assert "cached state" not in capsys.readouterr().out
     # a stored checksum that is not the saved heads': not reused
     (meta_path,) = [p for p in tmp_path.glob("big-medusa-*.json") if "target-a" in p.read_text()]
     stored = json.loads(meta_path.read_text())

@@ -178,16 +178,34 @@ def train_medusa_heads(
     heads = MedusaHeads.for_model(model, num_heads) if heads is None else heads
     check_heads(model, heads)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=0.0)
-    losses: list[float] = []
     was_training = model.training
     model.eval()
-    heads.train()
-    for step in range(steps):
+
+    def step_loss() -> Tensor:
         batch = batches(gen, batch_size).to(heads.projections()[0].weight.device)
         with torch.no_grad():
             hidden = model(batch).hidden  # (B, T, C)
-        loss = medusa_loss(heads, hidden, batch)
+        return medusa_loss(heads, hidden, batch)
+
+    losses = _fit_heads(heads, step_loss, steps, lr, progress)
+    model.train(was_training)
+    return heads, losses
+
+
+def _fit_heads(
+    heads: MedusaHeads,
+    step_loss: Callable[[], Tensor],
+    steps: int,
+    lr: float,
+    progress: Callable[[int, float], None] | None,
+) -> list[float]:
+    """``steps`` AdamW steps on the heads (the base is frozen) of ``step_loss()``; the loss
+    of every step; ``progress(step, loss)`` after each."""
+    opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=0.0)
+    losses: list[float] = []
+    heads.train()
+    for step in range(steps):
+        loss = step_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -195,8 +213,7 @@ def train_medusa_heads(
         if progress is not None:
             progress(step, losses[-1])
     heads.eval()
-    model.train(was_training)
-    return heads, losses
+    return losses
 
 
 @torch.no_grad()
@@ -251,24 +268,15 @@ def train_medusa_heads_on_features(
     if not 3 <= span <= T:
         raise ConfigError(f"window must be in [3, {T}] (the features' length), got {window}")
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=0.0)
-    losses: list[float] = []
-    heads.train()
     hidden = hidden.detach()
-    for step in range(steps):
+
+    def step_loss() -> Tensor:
         rows = torch.randperm(N, generator=gen)[: min(batch_size, N)]
         start = int(torch.randint(0, T - span + 1, (), generator=gen))
-        loss = medusa_loss(
-            heads, hidden[rows, start : start + span], tokens[rows, start : start + span]
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(step, losses[-1])
-    heads.eval()
-    return losses
+        window_of = slice(start, start + span)
+        return medusa_loss(heads, hidden[rows, window_of], tokens[rows, window_of])
+
+    return _fit_heads(heads, step_loss, steps, lr, progress)
 
 
 def default_expansion(num_heads: int) -> tuple[int, ...]:

@@ -890,6 +890,45 @@ BIG_MEDUSA: dict[str, Any] = dict(
 )  # fmt: skip
 
 
+def _load_state(
+    name: str, key: dict[str, Any], cache_dir: Path, module: torch.nn.Module
+) -> tuple[Path, dict[str, Any] | None]:
+    """The state file for ``key`` under ``cache_dir`` and, when its ``.json`` record names
+    ``key`` and the state's checksum, the record (``module`` loaded from the file)."""
+    from ar_core.checkpoint import tensors_digest
+
+    path, hit = _cached_state(name, key, cache_dir)
+    meta_path = path.with_suffix(".json")
+    if hit and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        state = torch.load(path)
+        if meta.get("key") == key and tensors_digest(state) == meta.get("sha256"):
+            module.load_state_dict(state)
+            print(f"[{name}] cached state (validated): {path}", flush=True)
+            return path, {k: v for k, v in meta.items() if k not in ("key", "sha256")}
+        print(f"[{name}] {path} does not validate: retraining", flush=True)
+    return path, None
+
+
+def _save_state(
+    name: str, path: Path, key: dict[str, Any], module: torch.nn.Module, meta: dict[str, Any]
+) -> None:
+    """Write ``module``'s state to ``path`` and its record (``key``, the checksum,
+    ``meta``) beside it, as :func:`_load_state` reads them."""
+    import io
+
+    from ar_core.atomic import atomic_write_bytes, atomic_write_text
+    from ar_core.checkpoint import tensors_digest
+
+    state = module.state_dict()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())  # a crash leaves the old file or none
+    record = {"key": key, "sha256": tensors_digest(state), **meta}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(record, indent=2))
+    print(f"[{name}] {meta}", flush=True)
+
+
 def big_medusa_heads(
     target: Transformer,
     settings: dict[str, Any],
@@ -907,19 +946,10 @@ def big_medusa_heads(
     from ar_decoding.medusa import MedusaHeads, base_features, train_medusa_heads_on_features
 
     key = {"target_sha256": fingerprint, **settings, "bytes": len(text)}
-    path, hit = _cached_state("big-medusa", key, cache_dir)
     heads = MedusaHeads.for_model(target, settings["heads"])
-    meta_path = path.with_suffix(".json")
-    if hit and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        state = torch.load(path)
-        from ar_core.checkpoint import tensors_digest
-
-        if meta.get("key") == key and tensors_digest(state) == meta.get("sha256"):
-            heads.load_state_dict(state)
-            print(f"[big-medusa] cached heads (validated): {path}", flush=True)
-            return heads.eval(), {k: v for k, v in meta.items() if k != "key"}
-        print(f"[big-medusa] {path} does not validate: retraining", flush=True)
+    path, cached = _load_state("big-medusa", key, cache_dir, heads)
+    if cached is not None:
+        return heads.eval(), cached
     gen = torch.Generator().manual_seed(2)
     data = torch.tensor(list(text), dtype=torch.long)
     P, N = settings["prompt_len"], settings["new"]
@@ -947,19 +977,13 @@ def big_medusa_heads(
         progress=_progress("big-medusa", settings["steps"]),
     )
     meta = {
-        "key": key,
         "target_outputs_and_features_s": feats_s,
         "train_wall_s": time.perf_counter() - t0 - feats_s,
         "loss_first10": sum(losses[:10]) / len(losses[:10]),
         "loss_last10": sum(losses[-10:]) / len(losses[-10:]),
     }
-    from ar_core.checkpoint import tensors_digest
-
-    state = heads.state_dict()
-    torch.save(state, path)
-    meta_path.write_text(json.dumps({**meta, "sha256": tensors_digest(state)}, indent=2))
-    print(f"[big-medusa] {meta}", flush=True)
-    return heads, {k: v for k, v in meta.items() if k != "key"}
+    _save_state("big-medusa", path, key, heads, meta)
+    return heads, meta
 
 
 # FiRST's routers on the big target: bernoulli gates (each layer seen skipped), a start
@@ -981,21 +1005,13 @@ def big_routers(
     """FiRST routers for the big target (:func:`ar_decoding.first.train_routers` on its
     float copy ``unpacked``), cached under a key of the target's checksum and
     ``settings``; the record has the keep probabilities at the end of training."""
-    from ar_core.checkpoint import tensors_digest
     from ar_decoding.first import FiRSTRouters, train_routers
 
     key = {"target_sha256": fingerprint, **settings, "bytes": len(text)}
-    path, hit = _cached_state("big-routers", key, cache_dir)
     routers = FiRSTRouters.for_model(unpacked, keep_bias=settings["keep_bias"])
-    meta_path = path.with_suffix(".json")
-    if hit and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        state = torch.load(path)
-        if meta.get("key") == key and tensors_digest(state) == meta.get("sha256"):
-            routers.load_state_dict(state)
-            print(f"[big-routers] cached routers (validated): {path}", flush=True)
-            return routers.eval(), {k: v for k, v in meta.items() if k not in ("key", "sha256")}
-        print(f"[big-routers] {path} does not validate: retraining", flush=True)
+    path, cached = _load_state("big-routers", key, cache_dir, routers)
+    if cached is not None:
+        return routers.eval(), cached
     data = torch.tensor(list(text), dtype=torch.long)
     t0 = time.perf_counter()
     history = train_routers(
@@ -1020,12 +1036,7 @@ def big_routers(
             round(float(torch.sigmoid(lin.bias.detach())[0]), 3) for lin in routers.linears()
         ],
     }
-    state = routers.state_dict()
-    torch.save(state, path)
-    meta_path.write_text(
-        json.dumps({"key": key, "sha256": tensors_digest(state), **meta}, indent=2)
-    )
-    print(f"[big-routers] {meta}", flush=True)
+    _save_state("big-routers", path, key, routers, meta)
     return routers.eval(), meta
 
 
