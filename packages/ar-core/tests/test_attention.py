@@ -78,7 +78,7 @@ def test_math_and_sdpa_match_naive_attention(name, spec, see, n, setting):
         got = attend(q, k, v, mask=spec, q_offset=q_offset, kv_len=kv_len, backend=backend)
         assert got.shape == q.shape and got.dtype == q.dtype
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=backend)
-        # the prepared path models use (CPU queries up to FEW_QUERIES: grouped matmuls)
+        # the prepared path models use (one CPU query: grouped matmuls)
         got = planned(q, k, v, spec, q_offset, kv_len, backend)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"{backend} prepared")
 
@@ -311,30 +311,41 @@ def planned(q, k, v, spec, q_offset, kv_len, backend, k_len=None):
     return attention.attend_planned(q, k, v, plan)
 
 
-def test_sdpa_few_queries_path_is_taken_and_matches_the_kernel(monkeypatch):
-    # 5 queries of 2 rows against a 40-slot buffer, ragged kv_len, GQA 4:2 - the grouped path
+def test_sdpa_few_queries_path_matches_the_kernel(monkeypatch):
+    # eager CPU: one query takes the grouped-matmul path, more take the fused kernel;
+    # under torch.compile up to FEW_QUERIES take it. 5 queries of 2 rows against a 40-slot
+    # buffer, ragged kv_len, GQA 4:2: the grouped path equals the kernel
     q, k, v = make_qkv(2, 4, 2, 5, 40, seed=3)
     q_offset, kv_len = torch.tensor([10, 30]), torch.tensor([15, 35])
     spec = masks.causal()
     calls = []
     real = attention._few_queries
-    monkeypatch.setattr(attention, "_few_queries", lambda *a: calls.append(1) or real(*a))
-    got = planned(q, k, v, spec, q_offset, kv_len, "sdpa")
-    assert calls, "5 CPU queries must take the grouped-matmul path"
+    monkeypatch.setattr(
+        attention, "_few_queries", lambda *a: calls.append(a[0].shape[2]) or real(*a)
+    )
+    planned(q, k, v, spec, q_offset, kv_len, "sdpa")
+    planned(q[:, :, :1], k, v, spec, q_offset + 4, kv_len, "sdpa")
+    assert calls == [1], "eager: only the one-query pass takes the grouped path"
+    plan = attention.plan_attention(
+        backend="sdpa", mask=spec, q_offset=q_offset, kv_len=kv_len, q_len=5, k_len=40,
+        device=q.device, dtype=q.dtype,
+    )  # fmt: skip
+    got = real(q, k, v, plan.state, None)
     visible = attention.visible_keys(spec, q_offset, kv_len, 5, 40)
     kernel = F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None], enable_gqa=True)
     torch.testing.assert_close(got, kernel, atol=1e-6, rtol=1e-5)
     # bf16: softmax in float32, close to the float32 result at bf16's resolution
-    got16 = planned(q.bfloat16(), k.bfloat16(), v.bfloat16(), spec, q_offset, kv_len, "sdpa")
+    got16 = real(q.bfloat16(), k.bfloat16(), v.bfloat16(), plan.state, None)
     assert got16.dtype == torch.bfloat16
     torch.testing.assert_close(got16.float(), kernel, atol=3e-2, rtol=3e-2)
     # float64 stays float64 all the way (no float32 softmax)
     q64, k64, v64 = q.double(), k.double(), v.double()
-    got64 = planned(q64, k64, v64, spec, q_offset, kv_len, "sdpa")
     kernel64 = F.scaled_dot_product_attention(
         q64, k64, v64, attn_mask=visible[:, None], enable_gqa=True
     )
-    torch.testing.assert_close(got64, kernel64, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(
+        real(q64, k64, v64, plan.state, None), kernel64, atol=1e-12, rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("backend", ["math", "sdpa"])
