@@ -144,23 +144,27 @@ def test_prepack_errors_are_clear() -> None:
 
 
 def test_prepacked_copies_get_their_own_handle_for_compiled_graphs() -> None:
-    # compiled graphs reach a blocked weight through its module's handle: a deepcopy
-    # (e.g. a draft copied from a target) must not share it, and a dropped model frees it
-    import copy
+    # compiled graphs reach a blocked weight through its module's handle: each handle
+    # must lead to its own module's weights (checked against F.linear of the source
+    # weights, two different linears and a deep copy of one), and a dropped copy frees it
     import gc
 
     from ar_core import quant
 
     torch.manual_seed(0)
-    lin = quant.PackedLinear(torch.nn.Linear(16, 8))
-    twin = copy.deepcopy(lin)
-    assert twin.handle != lin.handle
-    assert quant._PACKED[lin.handle] is lin and quant._PACKED[twin.handle] is twin
+    a, b = torch.nn.Linear(16, 8), torch.nn.Linear(16, 8)
+    packed_a, packed_b = quant.PackedLinear(a), quant.PackedLinear(b)
+    twin = copy.deepcopy(packed_a)
+    handles = {packed_a.handle, packed_b.handle, twin.handle}
+    assert len(handles) == 3
+    assert quant._PACKED[twin.handle] is twin
     x = torch.randn(3, 16)
-    for module in (lin, twin):
-        got = quant.packed_linear(x, module.handle, module.out_features)
-        torch.testing.assert_close(got, module(x), atol=0, rtol=0)
+    with torch.no_grad():
+        for module, source in ((packed_a, a), (packed_b, b), (twin, a)):
+            got = quant.packed_linear(x, module.handle, module.out_features)
+            want = F.linear(x, source.weight, source.bias)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     handle = twin.handle
-    del twin, module
+    del twin, module  # the loop variable held the copy too
     gc.collect()
     assert handle not in quant._PACKED
