@@ -22,7 +22,7 @@ Notation: r rank, d_in/d_out the layer's sizes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -183,18 +183,38 @@ def add_lora(
     alpha: float | None = None,
     targets: Sequence[str] = DEFAULT_TARGETS,
     gated: bool = True,
+    blocks: Iterable[int] | None = None,
 ) -> Gate | None:
     """Wrap the linears named ``targets`` (``wqkv wo w13 w2`` of ar-core's blocks) of
     every block of ``model.layers`` (or, for a model without ``layers``, every such module
     under ``model``: e.g. a transformers decoder with ``targets=HF_TARGETS``; ``nn.Linear``
     and transformers' ``Conv1D``) in :class:`LoRALinear` of ``rank`` (in place). Returns
     the shared :class:`Gate` (``gated=True``) or None (plain LoRA). ``alpha`` defaults to
-    ``rank`` (scale 1)."""
+    ``rank`` (scale 1). ``blocks``: the indices of ``model.layers`` to adapt (default:
+    all)."""
     layers = getattr(model, "layers", None)
-    blocks = list(layers) if isinstance(layers, nn.ModuleList) else [model]
+    chosen = list(layers) if isinstance(layers, nn.ModuleList) else [model]
+    if blocks is not None:
+        index = list(blocks)
+        if not isinstance(layers, nn.ModuleList):
+            raise ConfigError(
+                f"add_lora: blocks= picks from model.layers, and {type(model).__name__} has "
+                f"no nn.ModuleList named layers"
+            )
+        bad = [
+            i
+            for i in index
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(layers)
+        ]
+        if bad or not index:
+            raise ConfigError(
+                f"add_lora: blocks must be indices in [0, {len(layers) - 1}] of the model's "
+                f"{len(layers)} layers (at least one), got {index}"
+            )
+        chosen = [layers[i] for i in sorted(set(index))]
     gate = Gate() if gated else None
     found = 0
-    for block in blocks:
+    for block in chosen:
         for parent in list(block.modules()):
             for name, child in list(parent.named_children()):
                 if name in targets and _sizes(child) is not None:

@@ -43,13 +43,14 @@ Notation: B rows, T tokens, k masks, j drafts this step, C width, V vocabulary.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ar_core import masks
+from ar_core.attention import plan_attention
 from ar_core.errors import ConfigError
 from ar_core.generation import (
     GenerationConfig,
@@ -66,7 +67,17 @@ from ar_decoding.draft import accepted_tokens, park_finished
 from ar_decoding.lora import DEFAULT_TARGETS, HF_TARGETS, add_lora, lora_parameters
 from ar_decoding.verify import verify_draft
 
-__all__ = ["MTPModel", "block_layout", "mtp", "mtp_losses", "train_mtp"]
+__all__ = [
+    "MTPFeatures",
+    "MTPModel",
+    "block_layout",
+    "mtp",
+    "mtp_features",
+    "mtp_losses",
+    "mtp_losses_on_features",
+    "train_mtp",
+    "train_mtp_on_features",
+]
 
 
 class MTPModel(nn.Module):
@@ -79,10 +90,25 @@ class MTPModel(nn.Module):
 
     Mask embeddings enter through a forward hook on the base's input embedding module
     (active only inside :meth:`mixed`), so the base model object carries that hook (and
-    the adapters) from then on."""
+    the adapters) from then on.
+
+    ``lora_layers`` (an ar-core ``Transformer`` base only; default: every block): the
+    adapters sit on the top ``lora_layers`` blocks only, and the masks enter there - the
+    mask embeddings are learned inputs of block ``split = n_layers - lora_layers``, and
+    the blocks below run on the real tokens alone. Training then never touches the lower
+    blocks (their outputs, and the top blocks' keys/values of the real tokens, can be
+    computed once per sequence: :func:`mtp_features`, :func:`train_mtp_on_features`), and
+    a decode step runs its masks through the top blocks only. The real tokens' outputs
+    stay exactly the base's either way."""
 
     def __init__(
-        self, base: nn.Module, num_masks: int, *, rank: int = 16, gated: bool = True
+        self,
+        base: nn.Module,
+        num_masks: int,
+        *,
+        rank: int = 16,
+        gated: bool = True,
+        lora_layers: int | None = None,
     ) -> None:
         super().__init__()
         embed, head, lora_root, targets = _parts(base)
@@ -93,13 +119,15 @@ class MTPModel(nn.Module):
                 f"then ar.prepack(mtp_model)"
             )
         positive_int(num_masks, "num_masks", "mtp")
+        self.split = _split_layer(base, lora_layers)
         for p in base.parameters():
             p.requires_grad_(False)
         self.base, self.num_masks = base, num_masks
         self.vocab_size = int(base.vocab_size)  # type: ignore[arg-type]
         self.max_seq_len = int(base.max_seq_len)  # type: ignore[arg-type]
         self._io = (embed, head)  # a tuple: not registered again as submodules
-        self.gate = add_lora(lora_root, rank, gated=gated, targets=targets)
+        blocks = None if self.split == 0 else range(self.split, len(base.layers))  # type: ignore[arg-type]
+        self.gate = add_lora(lora_root, rank, gated=gated, targets=targets, blocks=blocks)
         emb = embed.weight.detach()
         if emb.shape[0] != self.vocab_size and head.weight.shape[0] != self.vocab_size:
             raise ConfigError(
@@ -167,6 +195,15 @@ class MTPModel(nn.Module):
         ``real_logits_only`` (with ``first_mask``): the logits cover the real tokens only
         (B, first_mask, V) - a decode step reads the masks' hidden states, not their
         logits. The new cache entries stay pending."""
+        if self.split:
+            if first_mask is None:
+                raise ConfigError(
+                    "MTPModel.mixed: a model with lora_layers= takes the real tokens first "
+                    "and the masks after them (first_mask=)"
+                )
+            return self._mixed_split(
+                tokens, mask_index, positions, mask, cache, first_mask, real_logits_only
+            )
         is_mask = mask_index >= 0  # (B, T)
         ids = torch.where(is_mask, 0, tokens)
         self._inject = (is_mask, mask_index.clamp(min=0))
@@ -184,12 +221,122 @@ class MTPModel(nn.Module):
             if self.gate is not None:
                 self.gate.value = self.gate.start = None
 
+    def _mixed_split(
+        self,
+        tokens: Tensor,
+        mask_index: Tensor,
+        positions: Tensor,
+        mask: masks.MaskSpec,
+        cache: KVCache | None,
+        first_mask: int,
+        real_logits_only: bool,
+    ) -> ModelOutput:
+        """:meth:`mixed` with ``lora_layers``: blocks ``< split`` on the real tokens (the
+        first ``first_mask`` slots, causal), then the masks' embeddings appended and the
+        top blocks on all slots (``mask``), the adapters on the masks."""
+        base = self.base
+        assert isinstance(base, Transformer)
+        B, T = tokens.shape
+        n = first_mask
+        if positions.ndim == 1:
+            positions = positions[None, :].expand(B, T)
+        x = base.tok_embeddings(tokens[:, :n])
+        x = _run_blocks(base, x, positions[:, :n], base.layers[: self.split], masks.causal(), cache)
+        x = torch.cat([x, self.mask_embed[mask_index[:, n:].clamp(min=0)].to(x.dtype)], 1)
+        if self.gate is not None:
+            self.gate.start = n
+        try:
+            x = _run_blocks(base, x, positions, base.layers[self.split :], mask, cache)
+        finally:
+            if self.gate is not None:
+                self.gate.start = None
+        hidden = base.norm(x)
+        return ModelOutput(
+            logits=base.output(hidden[:, :n] if real_logits_only else hidden), hidden=hidden
+        )
+
     def sample_logits(self, hidden: Tensor, prev: Tensor) -> Tensor:
         """The sampler head: ``hidden`` (..., C) of a mask, ``prev`` (...) the token before
         the one it predicts -> logits (..., V)."""
         embed, head = self._io
         z = torch.cat([hidden, F.embedding(prev, embed.weight)], -1)
         return head(hidden + self.sampler(z))  # type: ignore[no-any-return]
+
+
+def _split_layer(base: nn.Module, lora_layers: int | None) -> int:
+    """The first block with adapters (0: all of them) for ``lora_layers`` top blocks."""
+    if lora_layers is None:
+        return 0
+    if not isinstance(base, Transformer):
+        raise ConfigError(
+            f"MTPModel: lora_layers= needs an ar_core Transformer base, got "
+            f"{type(base).__name__}; leave lora_layers=None (adapters on every layer)"
+        )
+    L = base.cfg.n_layers
+    if (
+        isinstance(lora_layers, bool)
+        or not isinstance(lora_layers, int)
+        or not 1 <= lora_layers <= L
+    ):
+        raise ConfigError(
+            f"MTPModel: lora_layers must be an int in [1, {L}] (how many of the base's {L} "
+            f"top blocks carry the adapters), got {lora_layers!r}"
+        )
+    return L - lora_layers
+
+
+class _Prefix:
+    """A stand-in KV cache for training on stored features: per block, the keys/values of
+    the real tokens (no gradient); a write appends the new entries out of place (autograd
+    flows into them; a cache's in-place scatter would invalidate saved tensors)."""
+
+    def __init__(self, kv: dict[int, tuple[Tensor, Tensor]]) -> None:
+        self.kv = kv
+
+    def write(self, layer: int, k_new: Tensor, v_new: Tensor) -> tuple[Tensor, Tensor]:
+        k, v = self.kv[layer]
+        return torch.cat([k, k_new.to(k.dtype)], 2), torch.cat([v, v_new.to(v.dtype)], 2)
+
+
+def _run_blocks(
+    base: Transformer,
+    x: Tensor,
+    positions: Tensor,
+    layers: Any,
+    mask: masks.MaskSpec,
+    cache: KVCache | _Prefix | None,
+    prefix_len: int = 0,
+) -> Tensor:
+    """``layers`` (blocks of ``base``) on ``x`` (B, T, C) at RoPE ``positions`` (B, T), as
+    the base's forward runs them (one attention plan for all): after the committed entries
+    of ``cache`` (pending writes), or after ``prefix_len`` stored real tokens (``_Prefix``),
+    or alone."""
+    B, T, _ = x.shape
+    if isinstance(cache, _Prefix):
+        q_offset = torch.full((B,), prefix_len, dtype=torch.long, device=x.device)
+        k_len = prefix_len + T
+    elif cache is not None:
+        q_offset = cache.lengths
+        k_len = min(cache.max_len, cache.max_length() + T)  # type: ignore[attr-defined]
+    else:
+        q_offset = torch.zeros(B, dtype=torch.long, device=x.device)
+        k_len = T
+    cos = base.rope_cos[positions][:, None].to(x.dtype)  # (B, 1, T, D)
+    sin = base.rope_sin[positions][:, None].to(x.dtype)
+    attn = plan_attention(
+        backend=base.cfg.attention_backend,
+        mask=mask,
+        q_offset=q_offset,
+        kv_len=q_offset + T,
+        q_len=T,
+        k_len=k_len,
+        device=x.device,
+        dtype=x.dtype,
+        keys_all_valid=cache is None or isinstance(cache, _Prefix),
+    )
+    for layer in layers:
+        x = layer(x, cos, sin, attn, cache)
+    return x
 
 
 def _parts(base: nn.Module) -> tuple[nn.Embedding, nn.Linear, nn.Module, tuple[str, ...]]:
@@ -256,11 +403,26 @@ def mtp_losses(
     )
     h_mask = out.hidden[:, T:].view(B, A, k, -1)  # (B, A, k, C)
     logits_mask = out.logits[:, T:].view(B, A, k, -1)
+    return _three_losses(model, h_mask, logits_mask, batch, anchors, out.hidden[:, :T], consistency)
+
+
+def _three_losses(
+    model: MTPModel,
+    h_mask: Tensor,
+    logits_mask: Tensor,
+    batch: Tensor,
+    anchors: Tensor,
+    h_real_all: Tensor,
+    consistency: float,
+) -> dict[str, Tensor]:
+    """Mask CE, sampler CE and consistency from the masks' hidden states and logits
+    (B, A, k, .) and the real tokens' hidden states ``h_real_all`` (B, T, C)."""
+    k = model.num_masks
     ahead = anchors[:, None] + torch.arange(k, device=batch.device)[None, :]  # (A, k): t + i
     target = batch[:, ahead + 2]  # (B, A, k): x_{t+2+i}
     prev = batch[:, ahead + 1]  # x_{t+1+i}
     with torch.no_grad():
-        h_real = out.hidden[:, :T].detach()[:, ahead + 1]  # (B, A, k, C)
+        h_real = h_real_all.detach()[:, ahead + 1]  # (B, A, k, C)
     V = logits_mask.shape[-1]
     mask_ce = F.cross_entropy(logits_mask.reshape(-1, V).float(), target.reshape(-1))
     sampler_logits = model.sample_logits(h_mask, prev)
@@ -289,18 +451,36 @@ def train_mtp(
     """Train the adapters, mask embeddings and sampler (the base stays frozen) on
     ``batches(generator, batch_size) -> (B, T)``; ``anchors`` mask blocks per sequence at
     random positions each step. Returns the losses of every step."""
+    device = model.mask_embed.device
+    k = model.num_masks
+
+    def step_losses(gen: torch.Generator) -> dict[str, Tensor]:
+        batch = batches(gen, batch_size).to(device)
+        T = batch.shape[1]
+        if k + 3 > T:
+            raise ConfigError(f"train_mtp: sequences of {T} tokens are too short for k={k} masks")
+        a = torch.randperm(T - k - 1, generator=gen)[: min(anchors, T - k - 1)].sort().values
+        return mtp_losses(model, batch, a.to(device), consistency)
+
+    return _fit(model, step_losses, steps, lr, seed, progress)
+
+
+def _fit(
+    model: MTPModel,
+    step_losses: Callable[[torch.Generator], dict[str, Tensor]],
+    steps: int,
+    lr: float,
+    seed: int,
+    progress: Callable[[int, dict[str, float]], None] | None,
+) -> list[dict[str, float]]:
+    """AdamW on the trainable parameters, ``steps`` steps of ``step_losses(generator)``."""
+    positive_int(steps, "steps", "train_mtp")
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=0.0)
     history: list[dict[str, float]] = []
     model.train()
-    device = model.mask_embed.device
     for step in range(steps):
-        batch = batches(gen, batch_size).to(device)
-        T, k = batch.shape[1], model.num_masks
-        if k + 3 > T:
-            raise ConfigError(f"train_mtp: sequences of {T} tokens are too short for k={k} masks")
-        a = torch.randperm(T - k - 1, generator=gen)[: min(anchors, T - k - 1)].sort().values
-        losses = mtp_losses(model, batch, a.to(device), consistency)
+        losses = step_losses(gen)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         opt.step()
@@ -309,6 +489,128 @@ def train_mtp(
             progress(step, history[-1])
     model.eval()
     return history
+
+
+class MTPFeatures(NamedTuple):
+    """What the frozen base computes on real tokens, stored once per sequence for
+    :func:`train_mtp_on_features`: ``tokens`` (N, T), the keys and values of blocks
+    ``split ..`` (N, L - split, Hkv, T, D) and the final (normed) hidden states (N, T, C)."""
+
+    tokens: Tensor
+    keys: Tensor
+    values: Tensor
+    hidden: Tensor
+
+
+def mtp_features(model: MTPModel, tokens: Tensor, batch_size: int = 8) -> MTPFeatures:
+    """:class:`MTPFeatures` of ``tokens`` (N, T) under ``model``'s base (ar-core
+    ``Transformer``), ``batch_size`` sequences per forward, no gradients. With
+    ``lora_layers`` only the top blocks' keys and values are kept (the masks never enter
+    the blocks below)."""
+    base = model.base
+    if not isinstance(base, Transformer):
+        raise ConfigError(
+            f"mtp_features needs an ar_core Transformer base, got {type(base).__name__}"
+        )
+    if tokens.ndim != 2 or tokens.shape[1] < model.num_masks + 3:
+        raise ConfigError(
+            f"mtp_features: tokens must be (N, T) with T >= k + 3 = {model.num_masks + 3}, "
+            f"got shape {tuple(tokens.shape)}"
+        )
+    positive_int(batch_size, "batch_size", "mtp_features")
+    N, T = tokens.shape
+    keep = range(model.split, base.cfg.n_layers)
+    keys, values, hidden = [], [], []
+    with torch.no_grad():
+        for i in range(0, N, batch_size):
+            x = tokens[i : i + batch_size].to(base.device)
+            cache = base.new_cache(x.shape[0], max_len=T)
+            hidden.append(base(x, cache=cache).hidden)
+            keys.append(torch.stack([cache.k[layer][:, :, :T] for layer in keep], 1))
+            values.append(torch.stack([cache.v[layer][:, :, :T] for layer in keep], 1))
+    return MTPFeatures(tokens, torch.cat(keys), torch.cat(values), torch.cat(hidden))
+
+
+def mtp_losses_on_features(
+    model: MTPModel, features: MTPFeatures, anchors: Tensor, consistency: float = 1.0
+) -> dict[str, Tensor]:
+    """:func:`mtp_losses` from stored features (a batch of them): only the mask tokens run,
+    through the blocks from ``split`` on, attending to the stored keys and values of the
+    real tokens - the same losses as the full forward (up to rounding), without the real
+    tokens' compute."""
+    base = model.base
+    assert isinstance(base, Transformer)
+    tokens = features.tokens
+    B, T = tokens.shape
+    k, A = model.num_masks, anchors.numel()
+    mask_index, offset, visible, _ = block_layout(T, anchors[None, :].expand(B, A), k)
+    stored = {
+        layer: (features.keys[:, i], features.values[:, i])
+        for i, layer in enumerate(range(model.split, base.cfg.n_layers))
+    }
+    x = model.mask_embed[mask_index[:, T:]].to(base.dtype)  # (B, A k, C)
+    if model.gate is not None:
+        model.gate.start = 0  # every slot of this pass is a mask
+    try:
+        x = _run_blocks(
+            base,
+            x,
+            offset[:, T:],
+            base.layers[model.split :],
+            masks.table(visible),
+            _Prefix(stored),
+            prefix_len=T,
+        )
+    finally:
+        if model.gate is not None:
+            model.gate.start = None
+    h_mask = base.norm(x).view(B, A, k, -1)
+    return _three_losses(
+        model, h_mask, base.output(h_mask), tokens, anchors, features.hidden, consistency
+    )
+
+
+def train_mtp_on_features(
+    model: MTPModel,
+    features: MTPFeatures,
+    *,
+    steps: int = 200,
+    batch_size: int = 8,
+    anchors: int = 4,
+    anchor_from: int = 0,
+    lr: float = 1e-3,
+    consistency: float = 1.0,
+    seed: int = 0,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """:func:`train_mtp` on stored :class:`MTPFeatures` (:func:`mtp_features`): each step
+    draws ``batch_size`` of the stored sequences and ``anchors`` mask blocks at random
+    real indices ``>= anchor_from`` (e.g. where the base's own continuation starts: the
+    masks learn to predict what the base will say) and runs the masks alone. With
+    ``lora_layers`` a step costs the top blocks on the masks only."""
+    N, T = features.tokens.shape
+    k = model.num_masks
+    last = T - k - 2  # the last anchor with k targets inside the sequence
+    if (
+        isinstance(anchor_from, bool)
+        or not isinstance(anchor_from, int)
+        or not 0 <= anchor_from <= last
+    ):
+        raise ConfigError(
+            f"train_mtp_on_features: anchor_from must be an int in [0, {last}] for sequences "
+            f"of {T} tokens and k={k} masks, got {anchor_from!r}"
+        )
+    positive_int(anchors, "anchors", "train_mtp_on_features")
+    positive_int(batch_size, "batch_size", "train_mtp_on_features")
+    span = last - anchor_from + 1
+
+    def step_losses(gen: torch.Generator) -> dict[str, Tensor]:
+        rows = torch.randint(0, N, (batch_size,), generator=gen)
+        a = anchor_from + torch.randperm(span, generator=gen)[: min(anchors, span)].sort().values
+        batch = MTPFeatures(*(t[rows] for t in features))
+        return mtp_losses_on_features(model, batch, a.to(features.tokens.device), consistency)
+
+    return _fit(model, step_losses, steps, lr, seed, progress)
 
 
 def _greedy_chain(model: MTPModel, h: Tensor, first: Tensor, n: int) -> Tensor:
