@@ -227,3 +227,46 @@ def test_model_pass_compiled_equals_eager_and_leaves_entries_pending() -> None:
         )
         with pytest.raises(InputError, match="vocab"):
             compiled(torch.full((2, 3), 50), caches[1])
+
+
+def test_model_pass_with_a_table_and_positions_compiled_equals_the_masked_forward() -> None:
+    # a lookahead-style pass: a (T, T) visibility table for the new slots and explicit
+    # RoPE positions; compiled (padded to 7: the padding sees itself only) equals the
+    # eager forward under masks.table, on ragged rows, for two different tables through
+    # the same graph, and every slot's output depends only on what its table row allows
+    from ar_core import masks
+    from ar_core.generation import ModelPass
+    from ar_core.quant import prepack
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2, max_seq_len=64)
+    model = prepack(Transformer(cfg).eval())
+    x = torch.randint(0, 50, (2, 20))
+    T = 5
+    new = torch.randint(0, 50, (2, T))
+    rel = torch.tensor([0, 1, 2, 1, 2])  # two branches after slot 0, like lookahead's
+    tables = [
+        torch.tensor(
+            [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 0, 0, 1, 0], [1, 0, 0, 1, 1]],
+            dtype=torch.bool,
+        ),
+        torch.tril(torch.ones(T, T, dtype=torch.bool)),
+    ]
+    compiled = ModelPass(model, compile=True, widths=(7,))
+    with torch.no_grad():
+        cache = model.new_cache(2, max_len=32)
+        model(x[:, :9], cache=cache)
+        cache.crop(torch.tensor([9, 6]))
+        P = cache.lengths.clone()
+        for table in tables:
+            spec = masks.table(table, start=P)
+            want = model(new, positions=P[:, None] + rel, cache=cache, mask=spec, commit=False)
+            got = compiled(new, cache, positions=P[:, None] + rel, table=table)
+            torch.testing.assert_close(got, want.logits, atol=1e-5, rtol=1e-5)
+        # branch 2 (slots 3, 4) never sees branch 1: its outputs equal a pass without it
+        short = compiled(new[:, [0, 3, 4]], cache, positions=P[:, None] + rel[[0, 3, 4]])
+        branch = compiled(new, cache, positions=P[:, None] + rel, table=tables[0])
+        torch.testing.assert_close(branch[:, [0, 3, 4]], short, atol=1e-5, rtol=1e-5)
+        assert cache.lengths.tolist() == [9, 6]  # pending, not committed
+        with pytest.raises(InputError, match=r"\(5, 5\) bool"):
+            compiled(new, cache, table=torch.ones(4, 4, dtype=torch.bool))

@@ -166,3 +166,39 @@ def test_bad_kwargs_and_unsupported_config() -> None:
         )
     with pytest.raises(InputError, match="lower window"):
         generate(model, x, GenerationConfig(max_new_tokens=100), strategy="jacobi", window=64)
+
+
+def test_compiled_lookahead_equals_greedy_with_its_mask_table_as_input(monkeypatch) -> None:
+    """compile=True: each lookahead step is one compiled pass whose mask table is a graph
+    input (the table changes from step to step, the graph does not): ragged rows with EOS
+    on a prepacked model, and the copy model, whose steps accept whole copied candidates
+    (so the table's candidate slots, not only slot 0, carry the accepted tokens)."""
+    from ar_core import generation
+    from ar_core.quant import prepack
+
+    kw = dict(window=1, ngram=2, pool_size=2, candidate_len=3, copy_len=None, compile=True)
+    generation.ModelPass(tiny(), compile=True)  # builds the compiled pass if not yet built
+    calls: list[tuple[int, bool]] = []  # (width, a table was passed) of every compiled call
+    compiled = generation._COMPILED_PASS[0]
+
+    def record(m, t, c, positions=None, table=None):  # type: ignore[no-untyped-def]
+        calls.append((t.shape[1], table is not None))
+        return compiled(m, t, c, positions, table)
+
+    monkeypatch.setattr(generation, "_COMPILED_PASS", [record])
+    model = prepack(tiny(32, dim=32, ffn_hidden=64))
+    x = torch.randint(0, 32, (3, 6), generator=torch.Generator().manual_seed(1))
+    lengths = [6, 2, 4]
+    greedy = generate(model, x, GenerationConfig(max_new_tokens=16), prompt_lengths=lengths)
+    cfg = GenerationConfig(max_new_tokens=16, eos_token_id=int(greedy.sequences[1, 2 + 5]))
+    out = generate(model, x, cfg, strategy="lookahead", prompt_lengths=lengths, **kw)
+    assert torch.equal(out.sequences, generate(model, x, cfg, prompt_lengths=lengths).sequences)
+    # block sizes 1 + 1 + 3 (one candidate) and 1 + 1 + 6 (two): never padded further
+    assert calls and {w for w, _ in calls} <= {5, 8} and all(t for _, t in calls)
+
+    copy = copy_model(vocab=8, lag=5)
+    xc = torch.tensor([[1, 2, 3, 4, 5, 1, 2], [6, 2, 7, 3, 0, 6, 6]])
+    cfg = GenerationConfig(max_new_tokens=24)
+    out = generate(copy, xc, cfg, strategy="lookahead", **kw)
+    assert torch.equal(out.sequences, generate(copy, xc, cfg).sequences)
+    assert max(out.stats.accepted_lengths) == 4  # a whole 3-token candidate + the next token

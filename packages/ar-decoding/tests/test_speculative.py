@@ -182,7 +182,7 @@ def test_compiled_passes_equal_greedy_and_compile_a_few_graphs(monkeypatch) -> N
     monkeypatch.setattr(
         generation,
         "_COMPILED_PASS",
-        [lambda m, t, c: widths.append(t.shape[1]) or compiled(m, t, c)],
+        [lambda m, t, c, *rest: widths.append(t.shape[1]) or compiled(m, t, c, *rest)],
     )
     for draft in (target, prepack(tiny(layers=1, seed=5))):
         out = generate(

@@ -85,6 +85,9 @@ def visible_keys(
         # shapes; key j of row b is visible to query i iff j <= q_offset[b] + i < kv_len[b])
         q_pos = q_offset[:, None, None] + torch.arange(q_len, device=device)[None, :, None]
         return (keys[None, None, :] <= q_pos) & in_len  # (B, Tq, Tk)
+    if torch.compiler.is_compiling():  # any other mask: evaluated on every slot (static)
+        dense = mask.to_dense(q_len, k_len, q_offset=q_offset, batch_size=batch, device=device)
+        return dense & in_len
     k_used = min(k_len, int(kv_len.max())) if batch > 0 else 0
     dense = mask.to_dense(q_len, k_used, q_offset=q_offset, batch_size=batch, device=device)
     if k_used < k_len:  # keys past every row's kv_len: never visible

@@ -46,10 +46,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
-from ar_core import registry
+from ar_core import masks, registry
 from ar_core.cache import StaticKVCache
 from ar_core.errors import ConfigError, InputError, validation_message
 from ar_core.masks import MaskSpec
@@ -684,9 +685,18 @@ def _compiled_setup(
     return step, cache
 
 
-def _model_pass(model: Any, tokens: Tensor, cache: Any) -> Tensor:
-    """``model(tokens, cache=cache, commit=False).logits``: (B, T) -> (B, T, V)."""
-    return model(tokens, cache=cache, commit=False).logits
+def _model_pass(
+    model: Any,
+    tokens: Tensor,
+    cache: Any,
+    positions: Tensor | None = None,
+    table: Tensor | None = None,
+) -> Tensor:
+    """``model(tokens, positions=positions, cache=cache, mask=..., commit=False).logits``:
+    (B, T) -> (B, T, V); ``table`` (T, T) bool: the visibility inside the pass (after the
+    committed context, :func:`ar_core.masks.table`), None = causal."""
+    mask = None if table is None else masks.table(table, start=cache.lengths, name="pass")
+    return model(tokens, positions=positions, cache=cache, mask=mask, commit=False).logits
 
 
 # the compiled _model_pass (built on first use: importing ar_core compiles nothing)
@@ -712,6 +722,9 @@ def pass_width(n: int, widths: Sequence[int] = ()) -> int:
 class ModelPass:
     """The cached forward a draft-and-verify loop runs: ``pass_(tokens, cache)`` =
     ``model(tokens, cache=cache, commit=False).logits`` (B, T, V), entries left pending.
+    ``pass_(tokens, cache, positions=, table=)``: RoPE positions (B, T) and a (T, T) bool
+    visibility table for the T new slots (``table[i, j]``: slot i sees slot j; every slot
+    sees the committed context), as lookahead's and token trees' passes need.
 
     ``compile=True``: one compiled graph per padded width (:func:`pass_width`, ``widths``:
     the strategy's usual widths, never padded); the tokens past T are padding whose
@@ -733,31 +746,51 @@ class ModelPass:
         if self.compile and not _COMPILED_PASS:
             _COMPILED_PASS.append(torch.compile(_model_pass, dynamic=False))
 
-    def __call__(self, tokens: Tensor, cache: Any) -> Tensor:
-        if not self.compile or not isinstance(cache, StaticKVCache):
-            return _model_pass(self.model, tokens, cache)
+    def __call__(
+        self,
+        tokens: Tensor,
+        cache: Any,
+        *,
+        positions: Tensor | None = None,
+        table: Tensor | None = None,
+    ) -> Tensor:
         B, T = tokens.shape
+        if table is not None and (table.dtype != torch.bool or table.shape != (T, T)):
+            raise InputError(
+                f"ModelPass: table must be a ({T}, {T}) bool tensor for {T} tokens, got "
+                f"{tuple(table.shape)} {table.dtype}"
+            )
+        if not self.compile or not isinstance(cache, StaticKVCache):
+            return _model_pass(self.model, tokens, cache, positions, table)
         width = pass_width(T, self.widths)
         # no room for the padding (the host bound may be stale-high: then check exactly)
         if (
             cache.max_length() + width > cache.max_len
             and int(cache.lengths.max()) + width > cache.max_len
         ):
-            return _model_pass(self.model, tokens, cache)
+            return _model_pass(self.model, tokens, cache, positions, table)
+        if positions is not None and positions.ndim == 1:
+            positions = positions[None, :].expand(B, T)
         if not torch.compiler.is_compiling():  # compiled graphs skip the model's checks
             from ar_core.model import check_model_inputs
 
             check_model_inputs(
                 tokens,
-                None,
+                positions,
                 cache,
                 None,
                 vocab_size=int(self.model.vocab_size),
                 max_seq_len=int(self.model.max_seq_len),
             )
-        if width > T:
+        if width > T:  # padding: token 0 at the last real position, seeing itself only
             tokens = torch.cat([tokens, tokens.new_zeros(B, width - T)], dim=1)
-        return _COMPILED_PASS[0](self.model, tokens, cache)[:, :T]
+            if positions is not None:
+                positions = torch.cat([positions, positions[:, -1:].expand(B, width - T)], 1)
+            if table is not None:
+                table = F.pad(table, (0, width - T, 0, width - T), value=False)
+                pad = torch.arange(T, width, device=table.device)
+                table[pad, pad] = True
+        return _COMPILED_PASS[0](self.model, tokens, cache, positions, table)[:, :T]
 
 
 def _model_device(model: Any, input_ids: Tensor) -> torch.device:

@@ -138,7 +138,7 @@ class MaskSpec:
         offsets = _batch_offsets(q_offset, batch_size, device)  # (B,)
         if q_len < 0 or kv_len < 0:
             raise ConfigError(f"to_dense needs q_len, kv_len >= 0, got {q_len}, {kv_len}")
-        if q_len > 0 and kv_len > 0:
+        if q_len > 0 and kv_len > 0 and not torch.compiler.is_compiling():
             self.check_range(int(offsets.max()) + q_len, kv_len)
         b = torch.arange(offsets.shape[0], device=device)[:, None, None]  # (B, 1, 1)
         h = torch.zeros((), dtype=torch.long, device=device)
@@ -593,6 +593,8 @@ def table(
     ``start = 0`` the mask covers exactly n positions (``length = n``). The cache key is a
     hash of the table's values and the starts, never an object's identity.
     """
+    if torch.compiler.is_compiling():  # a compiled pass builds it from its inputs
+        return _traced_table(visible, start, name)
     v = torch.as_tensor(visible)
     if v.dtype != torch.bool:
         raise ConfigError(f"table needs a bool visibility table, got dtype {v.dtype}")
@@ -633,6 +635,26 @@ def table(
         length=None if per_row_start or int(starts[0]) else n,
         device=v.device,
     )
+
+
+def _traced_table(visible: Tensor, start: int | Tensor | Sequence[int], name: str) -> MaskSpec:
+    """:func:`table` inside a compiled graph: the same ``mask_mod`` without the checks,
+    the content hash or the length, which read values on the host (a compiled pass's
+    caller validated its inputs). (n, n) tables only; ``start`` an int or a (B,) tensor."""
+    if visible.dim() != 2:
+        raise ConfigError("a compiled table mask takes one (n, n) table for every row")
+    n = visible.shape[-1]
+    per_row_start = isinstance(start, Tensor)
+    starts = start if isinstance(start, Tensor) else torch.tensor([start])
+
+    def table_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        s = starts[b] if per_row_start else starts[0]
+        rq, rk = q - s, kv - s
+        inside = (rq >= 0) & (rq < n) & (rk >= 0) & (rk < n)
+        seen = visible[rq.clamp(0, n - 1), rk.clamp(0, n - 1)]
+        return (inside & seen) | ((kv < s) & (kv <= q))
+
+    return MaskSpec(mask_mod=table_mod, name=f"{name}(n={n})", cache_key=("table", name, "traced"))
 
 
 def document_inputs(ids: Tensor, is_input: Tensor) -> MaskSpec:

@@ -70,7 +70,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ar_core import masks
 from ar_core.errors import ConfigError
 from ar_core.generation import (
     GenerationConfig,
@@ -84,7 +83,7 @@ from ar_core.generation import (
     reject_repetition_penalty,
 )
 from ar_core.protocols import CausalLM
-from ar_decoding.draft import accepted_tokens, first_step
+from ar_decoding.draft import accepted_tokens, first_step, passes
 
 __all__ = [
     "ContextPool",
@@ -305,6 +304,7 @@ def lookahead(
     context: int = 3,
     candidate_len: int | None = 3,
     copy_len: int | None = 8,
+    compile: bool = False,
 ) -> GenerationResult:
     """Strategy ``lookahead``: greedy output; one forward per step holds the Jacobi
     lookahead branch (``window`` columns x ``ngram - 1`` levels; ``window=0``: none) and
@@ -314,7 +314,9 @@ def lookahead(
     copy of what followed them) has ``copy_len`` tokens (None: ``candidate_len``). Fu et
     al. use W=15, N=5, G=W on GPUs; these defaults keep a CPU step small (measured in
     docs/packages/ar-decoding.md). ``pool_size`` is also the number of n-grams kept per
-    first token."""
+    first token. ``compile``: each step's forward runs as a compiled graph
+    (:class:`~ar_core.generation.ModelPass` with the step's mask table as an input; one
+    graph per block size, each compiled on first use)."""
     reject_repetition_penalty(config, "lookahead")
     W = positive_int(window, "window", "lookahead", minimum=0)
     n = positive_int(ngram, "ngram", "lookahead", minimum=2)
@@ -344,11 +346,14 @@ def lookahead(
     if rows.all_finished():  # max_new_tokens = 0
         return rows.finish()
     blocks: dict[tuple[int, ...], tuple[Tensor, Tensor, Tensor]] = {}
+    # the block sizes a step can have: 1..G candidates, the first one a long copy or not
+    sizes = {1 + levels * W + first + (g - 1) * m for first in {m, L} for g in range(1, G + 1)}
+    (target_pass,), slots = passes([model], cache_len, compile, tuple(sorted(sizes)))
     pool = NgramPool(B, G)
     cand_base = 1 + levels * W
     batch = torch.arange(B, device=device)
     with torch.inference_mode():  # ~5% less per-op overhead than no_grad on the CPU
-        (cache,) = first_step([model], rows, TokenPicker(config, do_sample=False), cache_len)
+        (cache,) = first_step([model], rows, TokenPicker(config, do_sample=False), slots)
         last = rows.last()  # (B,) the argmax after each prompt
         ctx = None
         if K:
@@ -382,13 +387,9 @@ def lookahead(
                 [last[:, None], levels_tok.flatten(1), cands[:, slot >= 0]], dim=1
             )  # (B, S)
             P = cache.lengths.clone()  # (B,)
-            logits = model(
-                tokens,
-                positions=P[:, None] + rel_pos,
-                cache=cache,
-                mask=masks.table(local, start=P, name="lookahead"),
-                commit=False,
-            ).logits  # (B, S, V)
+            logits = target_pass(
+                tokens, cache, positions=P[:, None] + rel_pos, table=local
+            )  # (B, S, V)
             rows.stats.target_forward_passes += 1
             rows.watch(logits)
             pred = logits.argmax(-1)  # (B, S)
@@ -439,7 +440,7 @@ def _block(
         slot[g, :m] = first + torch.arange(m)
         first += m
     return (
-        lookahead_local_mask(W, n, G, lengths),
+        lookahead_local_mask(W, n, G, lengths).to(device),
         lookahead_positions(W, n, G, lengths).to(device),
         slot.to(device),
     )
