@@ -50,10 +50,11 @@ candidate slots, not right after slot 0, so ``cache.move_entries`` moves them th
 Candidates shorter than their slot count are padded with their last token (a padded
 token is verified like any other, so a wrong one only ends the accepted run).
 
-Cost on a CPU: a pass over T tokens costs about 1 + T/12 one-token passes with
-``ar.prepack``'s layouts, and any multi-token pass ~1.8 compiled greedy steps, so the
-block must stay small (the defaults give T = 9, 14 with a long copy) and the step must
-accept more tokens than it costs passes (docs/packages/ar-decoding.md).
+Cost on a CPU: with ``ar.prepack``'s layouts a linear over 1-6 rows costs about what
+one row costs and 7-9 rows ~1.4x (oneDNN's row tile), so the default block is 6 slots
+(``last``, a 1-slot lookahead branch, one 4-token candidate): a compiled 6-slot pass
+costs ~1.2 greedy steps, and the step must accept more tokens than it costs passes
+(docs/packages/ar-decoding.md).
 
 Finished rows (EOS or N tokens) keep running in the batch; their cache is cropped to 0
 (``Rows.retire_finished``) so they never overflow it, and their outputs are ignored.
@@ -299,11 +300,11 @@ def lookahead(
     prompt_lengths: Tensor,
     streamer: Streamer | None = None,
     window: int = 1,
-    ngram: int = 3,
-    pool_size: int = 2,
+    ngram: int = 2,
+    pool_size: int = 1,
     context: int = 3,
-    candidate_len: int | None = 3,
-    copy_len: int | None = 8,
+    candidate_len: int | None = 4,
+    copy_len: int | None = None,
     compile: bool = False,
 ) -> GenerationResult:
     """Strategy ``lookahead``: greedy output; one forward per step holds the Jacobi
@@ -312,8 +313,8 @@ def lookahead(
     the row's own context (``context`` = longest key, 0 = off) and the trajectory's n-gram
     pool; when a row's last ``context`` tokens occurred before, its first candidate (a
     copy of what followed them) has ``copy_len`` tokens (None: ``candidate_len``). Fu et
-    al. use W=15, N=5, G=W on GPUs; these defaults keep a CPU step small (measured in
-    docs/packages/ar-decoding.md). ``pool_size`` is also the number of n-grams kept per
+    al. use W=15, N=5, G=W on GPUs; these defaults fill one 6-row CPU tile (T = 6,
+    measured in docs/packages/ar-decoding.md). ``pool_size`` is also the number of n-grams kept per
     first token. ``compile``: each step's forward runs as a compiled graph
     (:class:`~ar_core.generation.ModelPass` with the step's mask table as an input; one
     graph per block size, each compiled on first use)."""

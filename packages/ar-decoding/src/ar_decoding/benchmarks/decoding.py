@@ -781,8 +781,27 @@ def big_section(
         f"speculative k={k}, compiled": ours(
             target, n_new, "speculative", dict(draft_model=draft, num_draft_tokens=k, compile=True)
         ),
-        # the strategy's CPU defaults (W=1 N=3 G=2, context n-grams, long copies)
+        # the strategy's CPU defaults (W=1 N=2 G=1, context n-grams, one 4-token candidate:
+        # a 6-slot block), eager and with each step's pass compiled (its mask table a graph
+        # input)
         LOOKAHEAD: ours(target, n_new, "lookahead", {}),
+        f"{LOOKAHEAD}, compiled": ours(target, n_new, "lookahead", {"compile": True}),
+        # the earlier defaults: 9 slots, 14 with a long copy
+        "lookahead W=1 N=3 G=2 m=3 copy 8": ours(
+            target,
+            n_new,
+            "lookahead",
+            dict(window=1, ngram=3, pool_size=2, candidate_len=3, copy_len=8),
+        ),
+        # compiled, in one oneDNN row tile: the prepacked linears cost about the same for 1-6
+        # rows and ~1.4x for 7-9 (docs/packages/ar-decoding.md), so a 6-slot pass (k = 5, a
+        # 6-slot lookahead block) verifies more for the price of k = 4
+        f"speculative k={k + 1}, compiled": ours(
+            target,
+            n_new,
+            "speculative",
+            dict(draft_model=draft, num_draft_tokens=k + 1, compile=True),
+        ),
         # Fu et al.'s pool alone (no context n-grams), a GPU-style window
         "lookahead W=4 N=4 G=2 no context": ours(
             target, n_new, "lookahead", dict(window=4, ngram=4, pool_size=2, context=0)
@@ -851,6 +870,9 @@ def big_section(
         PREFILL: ours(target, 1, "greedy", {"compile": True}),
         "prompt-lookup k=10": ours(target, n_new, "prompt-lookup", {}),
         "prompt-lookup k=10, compiled": ours(target, n_new, "prompt-lookup", {"compile": True}),
+        "prompt-lookup k=5, compiled": ours(
+            target, n_new, "prompt-lookup", {"compile": True, "num_draft_tokens": 5}
+        ),
     }
     if hf_target is not None:
         e_runs["HF greedy"] = hf_run(hf_target, n_new, {})
