@@ -812,7 +812,7 @@ def big_section(
         runs[f"HF assisted k={k}"] = hf_run(hf_target, n_new, dict(assistant_model=hf_draft))
     only = {f for f in args.only.split(",") if f}
     families: dict[str, Any] = {}
-    if not only or only & {"medusa", "first"}:
+    if not only or only & {"medusa", "first", "mtp"}:
         torch.set_num_threads(max(args.threads, args.train_threads))
         family_runs, families = big_families(
             target, text, cache_dir, fingerprint, n_new, k, only, quick, grow["depth"], unpacked, xs
@@ -951,6 +951,27 @@ def _save_state(
     print(f"[{name}] {meta}", flush=True)
 
 
+def _target_continuations(
+    name: str, target: Transformer, settings: dict[str, Any], text: bytes
+) -> torch.Tensor:
+    """``settings['prompts']`` windows of ``settings['prompt_len']`` training bytes (seed 2),
+    each continued by ``settings['new']`` greedy tokens of ``target``: (prompts, P + N), the
+    self-distillation data of the big target's Medusa heads and MTP model."""
+    gen = torch.Generator().manual_seed(2)
+    data = torch.tensor(list(text), dtype=torch.long)
+    P, N = settings["prompt_len"], settings["new"]
+    starts = torch.randint(0, data.numel() - P, (settings["prompts"],), generator=gen).tolist()
+    t0 = time.perf_counter()
+    seqs = []
+    for i in range(0, len(starts), settings["gen_batch"]):
+        x = torch.stack([data[s : s + P] for s in starts[i : i + settings["gen_batch"]]])
+        res = generate(target, x, GenerationConfig(max_new_tokens=N, temperature=0))
+        seqs.append(res.sequences)  # (b, P + N)
+        print(f"[{name}] target outputs {i + x.shape[0]}/{len(starts)} "
+              f"({time.perf_counter() - t0:.0f}s)", flush=True)  # fmt: skip
+    return torch.cat(seqs)
+
+
 def big_medusa_heads(
     target: Transformer,
     settings: dict[str, Any],
@@ -972,19 +993,9 @@ def big_medusa_heads(
     path, cached = _load_state("big-medusa", key, cache_dir, heads)
     if cached is not None:
         return heads.eval(), cached
-    gen = torch.Generator().manual_seed(2)
-    data = torch.tensor(list(text), dtype=torch.long)
-    P, N = settings["prompt_len"], settings["new"]
-    starts = torch.randint(0, data.numel() - P, (settings["prompts"],), generator=gen).tolist()
+    P = settings["prompt_len"]
     t0 = time.perf_counter()
-    seqs = []
-    for i in range(0, len(starts), settings["gen_batch"]):
-        x = torch.stack([data[s : s + P] for s in starts[i : i + settings["gen_batch"]]])
-        res = generate(target, x, GenerationConfig(max_new_tokens=N, temperature=0))
-        seqs.append(res.sequences)  # (b, P + N)
-        print(f"[big-medusa] target outputs {i + x.shape[0]}/{len(starts)} "
-              f"({time.perf_counter() - t0:.0f}s)", flush=True)  # fmt: skip
-    tokens = torch.cat(seqs)
+    tokens = _target_continuations("big-medusa", target, settings, text)
     hidden = base_features(target, tokens)[:, P // 2 :]  # (prompts, P/2 + N, C)
     tokens = tokens[:, P // 2 :]
     feats_s = time.perf_counter() - t0
@@ -1006,6 +1017,80 @@ def big_medusa_heads(
     }
     _save_state("big-medusa", path, key, heads, meta)
     return heads, meta
+
+
+# the MTP model of the big target: gated LoRA on the top blocks only, the masks entering
+# there (lora_layers); trained on stored keys/values of the target's own greedy
+# continuations (the Medusa heads' data: the target runs once over them, then each step
+# runs the masks alone through the top blocks), anchors in the continuations
+BIG_MTP: dict[str, Any] = dict(
+    masks=4, rank=16, lora_layers=4, prompts=64, prompt_len=96, new=128, gen_batch=32,
+    steps=1500, batch_size=8, anchors=8, lr=2e-3, consistency=1.0,
+)  # fmt: skip
+
+
+def big_mtp(
+    target: Transformer,
+    unpacked: Transformer,
+    settings: dict[str, Any],
+    text: bytes,
+    cache_dir: Path,
+    fingerprint: str,
+) -> tuple[Any, dict[str, Any]]:
+    """An MTP model (:class:`ar_decoding.mtp.MTPModel` with ``lora_layers``) on the big
+    target's float copy ``unpacked``, cached under a key of the target's checksum and
+    ``settings`` (the trained parameters only: adapters, mask embeddings, sampler): the
+    (prepacked) ``target`` continues the training windows (:func:`_target_continuations`),
+    :func:`ar_decoding.mtp.mtp_features` stores what the frozen base computes on them
+    (the second half of each prompt and the continuation), then
+    :func:`ar_decoding.mtp.train_mtp_on_features` with anchors in the continuation. Returns
+    the model (unpacked: prepack a copy to decode) and its record."""
+    from ar_decoding.mtp import MTPModel, mtp_features, train_mtp_on_features
+
+    key = {"target_sha256": fingerprint, **settings, "bytes": len(text)}
+    torch.manual_seed(4)  # the adapters' and mask embeddings' initialisation
+    model = MTPModel(
+        copy.deepcopy(unpacked),
+        settings["masks"],
+        rank=settings["rank"],
+        lora_layers=settings["lora_layers"],
+    )
+    trained = torch.nn.ParameterDict(
+        {n.replace(".", "__"): p for n, p in model.named_parameters() if p.requires_grad}
+    )  # the same Parameter objects: loading the cache fills the model
+    path, cached = _load_state("big-mtp", key, cache_dir, trained)
+    if cached is not None:
+        return model.eval(), cached
+    P = settings["prompt_len"]
+    t0 = time.perf_counter()
+    tokens = _target_continuations("big-mtp", target, settings, text)[:, P // 2 :]
+    feats = mtp_features(model, tokens, batch_size=settings["gen_batch"])
+    feats_s = time.perf_counter() - t0
+    print(f"[big-mtp] target outputs and features in {feats_s:.0f}s", flush=True)
+    history = train_mtp_on_features(
+        model,
+        feats,
+        steps=settings["steps"],
+        batch_size=settings["batch_size"],
+        anchors=settings["anchors"],
+        anchor_from=P - P // 2 - 2,  # the first mask predicts the first continuation token
+        lr=settings["lr"],
+        consistency=settings["consistency"],
+        seed=5,
+        progress=_progress("big-mtp", settings["steps"]),
+    )
+
+    def mean(part: list[dict[str, float]]) -> dict[str, float]:
+        return {k: round(sum(h[k] for h in part) / len(part), 4) for k in part[0]}
+
+    meta = {
+        "target_outputs_and_features_s": feats_s,
+        "train_wall_s": time.perf_counter() - t0 - feats_s,
+        "losses_first10": mean(history[:10]),
+        "losses_last10": mean(history[-10:]),
+    }
+    _save_state("big-mtp", path, key, trained, meta)
+    return model.eval(), meta
 
 
 # FiRST's routers on the big target: bernoulli gates (each layer seen skipped), a start
@@ -1075,7 +1160,7 @@ def big_families(
     unpacked: Transformer | None = None,
     xs: list[torch.Tensor] | None = None,
 ) -> tuple[dict[str, Callable[[torch.Tensor], Any]], dict[str, Any]]:
-    """Medusa and FiRST self-speculative decoding on the prepacked big ``target``: their
+    """Medusa, MTP and FiRST self-speculative decoding on the prepacked big ``target``: their
     runs (to be interleaved with greedy) and a record of what was built. Medusa: heads from
     :func:`big_medusa_heads` (prepacked for decoding), a tree and a chain. FiRST: the
     skipping target as its own draft, with the blocks that growth added (each started as
@@ -1084,7 +1169,9 @@ def big_families(
     growth's depth factor (base block i became blocks ``i * depth .. i * depth + depth - 1``,
     the first of them the base block itself). With ``unpacked`` (the target's float copy:
     router training backpropagates through it), FiRST's routers are trained
-    (:func:`big_routers`) and choose each prompt's set."""
+    (:func:`big_routers`) and choose each prompt's set. MTP (with ``unpacked``: its
+    adapters wrap the float linears): :func:`big_mtp`'s model, prepacked, linear and
+    quadratic decoding with all its masks as drafts."""
     import copy
 
     runs: dict[str, Callable[[torch.Tensor], Any]] = {}
@@ -1106,6 +1193,17 @@ def big_families(
         record["medusa"] = {"settings": settings, **meta}
         record["parts"]["medusa_heads"] = packed_heads
         record["profile"].append(f"medusa {n_heads} heads tree 3,2,1,1")
+    if (not only or "mtp" in only) and unpacked is not None:
+        settings = BIG_MTP
+        if quick:
+            settings = {**BIG_MTP, "prompts": 4, "new": 16, "gen_batch": 4, "steps": 5}
+            settings["lora_layers"] = min(settings["lora_layers"], target.cfg.n_layers)
+        model, meta = big_mtp(target, unpacked, settings, text, cache_dir, fingerprint)
+        packed_mtp = prepack(copy.deepcopy(model))  # the target's decode layouts
+        for quadratic in (False, True):
+            label = f"mtp k={settings['masks']} {'quadratic' if quadratic else 'linear'}"
+            runs[label] = ours(packed_mtp, n_new, "mtp", dict(quadratic=quadratic))
+        record["mtp"] = {"settings": settings, **meta}
     if not only or "first" in only:
         L = target.cfg.n_layers
         grown = tuple(i for i in range(L) if i % depth != 0)  # the copies growth added
