@@ -701,6 +701,8 @@ def _model_pass(
 
 # the compiled _model_pass (built on first use: importing ar_core compiles nothing)
 _COMPILED_PASS: list[Callable[..., Tensor]] = []
+# the graphs of it a process may hold (dynamo's recompile limit is raised to this)
+COMPILED_PASS_GRAPHS = 64
 
 
 def pass_width(n: int, widths: Sequence[int] = ()) -> int:
@@ -746,6 +748,12 @@ class ModelPass:
         self.compile = compile and isinstance(model, Transformer)
         if self.compile and not _COMPILED_PASS:
             _COMPILED_PASS.append(torch.compile(_model_pass, dynamic=False))
+        if self.compile:
+            # every (model, width, table or not, batch, cache size) is one graph of the one
+            # function: dynamo's default limit (8 per function) would send a process that
+            # runs a few strategies back to eager passes
+            limit = torch._dynamo.config.recompile_limit
+            torch._dynamo.config.recompile_limit = max(limit, COMPILED_PASS_GRAPHS)
 
     def __call__(
         self,
