@@ -2,7 +2,9 @@
 
 ``uv run python docs/gen_benchmarks.py record NAME [ARGS...]`` runs
 ``ar bench NAME -- ARGS --out FILE`` and stores what the benchmark wrote in
-``docs/benchmarks/NAME.json``, together with the command, the machine and the date;
+``docs/benchmarks/NAME.json``, together with the command, the machine and the date
+(``record NAME:PART [ARGS...]``: one part of a benchmark run on its own, e.g. one family,
+stored in ``docs/benchmarks/NAME-PART.json`` beside the full run's file);
 then (and with no arguments) it rewrites the part of docs/benchmarks.md below the
 ``RESULTS`` marker from every ``docs/benchmarks/*.json``. A test fails while the committed
 page differs from what this script writes, so no number on the page is typed by hand.
@@ -40,7 +42,9 @@ def machine() -> str:
 
 
 def record(name: str, args: list[str]) -> Path:
-    """Run one benchmark and store its JSON with the command, machine and date."""
+    """Run one benchmark and store its JSON with the command, machine and date (``name``
+    ``NAME:PART``: a part of benchmark NAME, stored as NAME-PART.json)."""
+    name, _, part = name.partition(":")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"{name}.json"
         command = ["ar", "bench", name, "--", *args, "--out", str(out)]
@@ -50,13 +54,14 @@ def record(name: str, args: list[str]) -> Path:
     shown = shlex.join(["uv", "run", *command[:-2]])
     stored = {
         "benchmark": name,
+        **({"part": part} if part else {}),
         "command": shown,
         "machine": machine(),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "result": result,
     }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / (f"{name}-{part}.json" if part else f"{name}.json")
     path.write_text(json.dumps(stored, indent=2) + "\n")
     return path
 
@@ -95,8 +100,9 @@ def _table(rows: list[dict[str, Any]], labels: list[str] | None = None) -> list[
 def render_one(stored: dict[str, Any]) -> list[str]:
     """A benchmark's section: where it was measured, then its tables (lists of records
     and mappings of records) and its other values (settings) as a key/value table."""
+    part = f" ({stored['part']})" if stored.get("part") else ""
     lines = [
-        f"### `{stored['benchmark']}`",
+        f"### `{stored['benchmark']}`{part}",
         "",
         f"`{stored['command']}` on {stored['machine']}, {stored['date']}.",
         "",
