@@ -702,6 +702,12 @@ def table_rows(
 
 
 PREFILL = "prefill only (greedy, 1 new token)"
+# what --only and --skip name (a run's label starts with its family; "greedy": the
+# eager and unpacked greedy rows besides the compiled baseline)
+FAMILIES = frozenset(
+    {"greedy", "speculative", "tree-speculative", "prompt-lookup", "jacobi", "lookahead"}
+    | {"medusa", "mtp", "first", "assd", "hf"}
+)
 LOOKAHEAD = "lookahead (defaults)"
 BASE_DRAFT = "draft = the model the target was grown from"
 
@@ -1496,6 +1502,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         "default all",
     )
     parser.add_argument(
+        "--skip", default="", help="comma-separated families to leave out (instead of --only)"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -1512,6 +1521,14 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds (median)")
     parser.add_argument("--train-threads", type=int, default=2, help="torch threads to train")
     args = parser.parse_args(argv)
+    skip = {f for f in args.skip.split(",") if f}
+    if skip:  # --skip: every family but these
+        if args.only or not skip <= FAMILIES:
+            raise SystemExit(
+                f"--skip: give families of {sorted(FAMILIES)} (unknown: "
+                f"{sorted(skip - FAMILIES)}), and not together with --only"
+            )
+        args.only = ",".join(sorted(FAMILIES - skip))
     sections = {x for x in args.sections.split(",") if x}
     if not sections <= {"big", "small"}:
         raise SystemExit(
