@@ -616,17 +616,7 @@ def table(
         )
 
     def factory(device: torch.device) -> MaskMod:
-        v_d, s_d = v.to(device), starts.to(device)
-
-        def table_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-            s = s_d[b] if per_row_start else s_d[0]
-            rq, rk = q - s, kv - s
-            inside = (rq >= 0) & (rq < n) & (rk >= 0) & (rk < n)
-            rq_c, rk_c = rq.clamp(0, n - 1), rk.clamp(0, n - 1)
-            seen = v_d[b, rq_c, rk_c] if per_row else v_d[rq_c, rk_c]
-            return (inside & seen) | ((kv < s) & (kv <= q))
-
-        return table_mod
+        return _table_mod(v.to(device), starts.to(device), per_row, per_row_start)
 
     return _spec(
         factory,
@@ -637,24 +627,35 @@ def table(
     )
 
 
+def _table_mod(visible: Tensor, starts: Tensor, per_row: bool, per_row_start: bool) -> MaskMod:
+    """The ``mask_mod`` of :func:`table`: ``visible`` (n, n) or (B, n, n), ``starts`` (B,)
+    per row or (1,) for all."""
+    n = visible.shape[-1]
+
+    def table_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        s = starts[b] if per_row_start else starts[0]
+        rq, rk = q - s, kv - s
+        inside = (rq >= 0) & (rq < n) & (rk >= 0) & (rk < n)
+        rq_c, rk_c = rq.clamp(0, n - 1), rk.clamp(0, n - 1)
+        seen = visible[b, rq_c, rk_c] if per_row else visible[rq_c, rk_c]
+        return (inside & seen) | ((kv < s) & (kv <= q))
+
+    return table_mod
+
+
 def _traced_table(visible: Tensor, start: int | Tensor | Sequence[int], name: str) -> MaskSpec:
     """:func:`table` inside a compiled graph: the same ``mask_mod`` without the checks,
     the content hash or the length, which read values on the host (a compiled pass's
     caller validated its inputs). (n, n) tables only; ``start`` an int or a (B,) tensor."""
     if visible.dim() != 2:
         raise ConfigError("a compiled table mask takes one (n, n) table for every row")
-    n = visible.shape[-1]
     per_row_start = isinstance(start, Tensor)
     starts = start if isinstance(start, Tensor) else torch.tensor([start])
-
-    def table_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-        s = starts[b] if per_row_start else starts[0]
-        rq, rk = q - s, kv - s
-        inside = (rq >= 0) & (rq < n) & (rk >= 0) & (rk < n)
-        seen = visible[rq.clamp(0, n - 1), rk.clamp(0, n - 1)]
-        return (inside & seen) | ((kv < s) & (kv <= q))
-
-    return MaskSpec(mask_mod=table_mod, name=f"{name}(n={n})", cache_key=("table", name, "traced"))
+    return MaskSpec(
+        mask_mod=_table_mod(visible, starts, False, per_row_start),
+        name=f"{name}(n={visible.shape[-1]})",
+        cache_key=("table", name, "traced"),
+    )
 
 
 def document_inputs(ids: Tensor, is_input: Tensor) -> MaskSpec:
