@@ -1053,6 +1053,8 @@ BIG_MTP: dict[str, Any] = dict(
     masks=4, rank=16, lora_layers=4, prompts=64, prompt_len=96, new=128, gen_batch=32,
     steps=1500, batch_size=8, anchors=8, lr=2e-3, consistency=1.0,
 )  # fmt: skip
+# the rows of the table: BIG_MTP with these changes (twice the blocks and the data)
+BIG_MTP_VARIANTS: list[dict[str, Any]] = [{}, dict(lora_layers=8, prompts=128, steps=1200)]
 
 
 def big_mtp(
@@ -1197,7 +1199,7 @@ def big_families(
     router training backpropagates through it), FiRST's routers are trained
     (:func:`big_routers`) and choose each prompt's set. MTP (with ``unpacked``: its
     adapters wrap the float linears): :func:`big_mtp`'s model, prepacked, linear and
-    quadratic decoding with all its masks as drafts."""
+    quadratic decoding with all its masks as drafts, for each of ``BIG_MTP_VARIANTS``."""
     import copy
 
     runs: dict[str, Callable[[torch.Tensor], Any]] = {}
@@ -1220,16 +1222,19 @@ def big_families(
         record["parts"]["medusa_heads"] = packed_heads
         record["profile"].append(f"medusa {n_heads} heads tree 3,2,1,1")
     if (not only or "mtp" in only) and unpacked is not None:
-        settings = BIG_MTP
-        if quick:
-            settings = {**BIG_MTP, "prompts": 4, "new": 16, "gen_batch": 4, "steps": 5}
-            settings["lora_layers"] = min(settings["lora_layers"], target.cfg.n_layers)
-        model, meta = big_mtp(target, unpacked, settings, text, cache_dir, fingerprint)
-        packed_mtp = prepack(copy.deepcopy(model))  # the target's decode layouts
-        for quadratic in (False, True):
-            label = f"mtp k={settings['masks']} {'quadratic' if quadratic else 'linear'}"
-            runs[label] = ours(packed_mtp, n_new, "mtp", dict(quadratic=quadratic))
-        record["mtp"] = {"settings": settings, **meta}
+        record["mtp"] = {}
+        for variant in BIG_MTP_VARIANTS:
+            settings = {**BIG_MTP, **variant}
+            if quick:
+                settings = {**settings, "prompts": 4, "new": 16, "gen_batch": 4, "steps": 5}
+                settings["lora_layers"] = min(settings["lora_layers"], target.cfg.n_layers)
+            model, meta = big_mtp(target, unpacked, settings, text, cache_dir, fingerprint)
+            packed_mtp = prepack(copy.deepcopy(model))  # the target's decode layouts
+            name = f"mtp top {settings['lora_layers']} blocks k={settings['masks']}"
+            for quadratic in (False, True):
+                label = f"{name} {'quadratic' if quadratic else 'linear'}"
+                runs[label] = ours(packed_mtp, n_new, "mtp", dict(quadratic=quadratic))
+            record["mtp"][name] = {"settings": settings, **meta}
     if not only or "first" in only:
         L = target.cfg.n_layers
         grown = tuple(i for i in range(L) if i % depth != 0)  # the copies growth added
