@@ -1228,9 +1228,11 @@ def big_families(
             if quick:
                 settings = {**settings, "prompts": 4, "new": 16, "gen_batch": 4, "steps": 5}
                 settings["lora_layers"] = min(settings["lora_layers"], target.cfg.n_layers)
+            name = f"mtp top {settings['lora_layers']} blocks k={settings['masks']}"
+            if name in record["mtp"]:  # --quick: the stand-in's 2 blocks for both
+                continue
             model, meta = big_mtp(target, unpacked, settings, text, cache_dir, fingerprint)
             packed_mtp = prepack(copy.deepcopy(model))  # the target's decode layouts
-            name = f"mtp top {settings['lora_layers']} blocks k={settings['masks']}"
             for quadratic in (False, True):
                 label = f"{name} {'quadratic' if quadratic else 'linear'}"
                 runs[label] = ours(packed_mtp, n_new, "mtp", dict(quadratic=quadratic))
