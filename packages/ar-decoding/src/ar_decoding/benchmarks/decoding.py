@@ -1199,7 +1199,8 @@ def big_families(
     router training backpropagates through it), FiRST's routers are trained
     (:func:`big_routers`) and choose each prompt's set. MTP (with ``unpacked``: its
     adapters wrap the float linears): :func:`big_mtp`'s model, prepacked, linear and
-    quadratic decoding with all its masks as drafts, for each of ``BIG_MTP_VARIANTS``."""
+    quadratic decoding with all its masks and with 2 of them as drafts, for each of
+    ``BIG_MTP_VARIANTS``."""
     import copy
 
     runs: dict[str, Callable[[torch.Tensor], Any]] = {}
@@ -1228,14 +1229,21 @@ def big_families(
             if quick:
                 settings = {**settings, "prompts": 4, "new": 16, "gen_batch": 4, "steps": 5}
                 settings["lora_layers"] = min(settings["lora_layers"], target.cfg.n_layers)
-            name = f"mtp top {settings['lora_layers']} blocks k={settings['masks']}"
+            name = f"mtp top {settings['lora_layers']} blocks"
             if name in record["mtp"]:  # --quick: the stand-in's 2 blocks for both
                 continue
             model, meta = big_mtp(target, unpacked, settings, text, cache_dir, fingerprint)
             packed_mtp = prepack(copy.deepcopy(model))  # the target's decode layouts
-            for quadratic in (False, True):
-                label = f"{name} {'quadratic' if quadratic else 'linear'}"
-                runs[label] = ours(packed_mtp, n_new, "mtp", dict(quadratic=quadratic))
+            # all the masks as drafts, and 2 of them (a step of fewer slots)
+            for drafts in sorted({settings["masks"], 2}, reverse=True):
+                for quadratic in (False, True):
+                    label = f"{name} k={drafts} {'quadratic' if quadratic else 'linear'}"
+                    runs[label] = ours(
+                        packed_mtp,
+                        n_new,
+                        "mtp",
+                        dict(quadratic=quadratic, num_draft_tokens=drafts),
+                    )
             record["mtp"][name] = {"settings": settings, **meta}
     if not only or "first" in only:
         L = target.cfg.n_layers
