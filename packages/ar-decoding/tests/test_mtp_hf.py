@@ -88,3 +88,16 @@ def test_mtp_on_from_hf(name: str) -> None:
     train_mtp(plain, DATA, steps=3, batch_size=4, anchors=2, lr=1e-2)
     with torch.no_grad():
         assert not torch.equal(plain(x).logits, reference(x).logits)
+
+
+def test_lora_layers_on_from_hf_is_a_clear_error() -> None:
+    """The masks entering at a block (``lora_layers``) need ar-core's block loop."""
+    from ar_core.errors import ConfigError
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    base = hf_adapter.from_hf(transformers.LlamaForCausalLM(cfg).eval())
+    with pytest.raises(ConfigError, match="lora_layers= needs an ar_core Transformer base"):
+        MTPModel(base, 2, lora_layers=1)
