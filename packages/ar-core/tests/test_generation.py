@@ -188,7 +188,8 @@ def test_pass_width_pads_to_a_few_widths() -> None:
 
     assert [pass_width(n) for n in range(1, 11)] == [1, 2, 3, 5, 5, 9, 9, 9, 9, 17]
     # a strategy's own widths: the smallest that holds n, past them the buckets
-    assert [pass_width(n, (5,)) for n in (1, 2, 5, 6)] == [1, 5, 5, 9]  # one token: never padded
+    assert [pass_width(n, (5,)) for n in (1, 2, 5, 6)] == [5, 5, 5, 9]
+    assert [pass_width(n, (1, 11)) for n in (1, 2, 11)] == [1, 11, 11]  # prompt lookup's
     assert [pass_width(n, (11, 4)) for n in (3, 4, 7, 11, 12)] == [4, 4, 11, 11, 17]
 
 

@@ -706,16 +706,15 @@ COMPILED_PASS_GRAPHS = 64
 
 
 def pass_width(n: int, widths: Sequence[int] = ()) -> int:
-    """The padded width of an ``n``-token compiled pass: 1 for one token (a step with
-    nothing to verify costs a decode step, not a padded verification), else the smallest
-    of ``widths`` (a strategy's usual widths, e.g. ``k + 1``) that holds ``n``, else the
-    next of 2, 3, 5, 9, 17, ... (2^i + 1): a loop whose widths vary compiles a few
-    graphs, not one per width."""
-    if n <= 1:
-        return 1
+    """The padded width of an ``n``-token compiled pass: the smallest of ``widths`` (a
+    strategy's usual widths, e.g. ``k + 1``, and 1 where one-token passes are common) that
+    holds ``n``, else ``n`` itself when it is 1, else the next of 2, 3, 5, 9, 17, ...
+    (2^i + 1): a loop whose widths vary compiles a few graphs, not one per width."""
     fits = [w for w in widths if w >= n]
     if fits:
         return min(fits)
+    if n <= 1:
+        return 1
     width = 2
     while width < n:
         width = 2 * width - 1

@@ -108,7 +108,8 @@ def prompt_lookup(
     )
     if rows.all_finished():  # max_new_tokens = 0
         return rows.finish()
-    (forward,), slots = passes([model], cache_len, compile, (k + 1,))
+    # a step whose rows found no match is a one-token step: its own graph, not padded
+    (forward,), slots = passes([model], cache_len, compile, (1, k + 1))
     with torch.no_grad():
         (cache,) = first_step([model], rows, picker, slots)
         while not rows.all_finished():
