@@ -49,12 +49,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache/ar/bench"))
     args = parser.parse_args()
     torch.set_num_threads(2)  # building the target (when not cached) trains on both cores
-    text, held = bench.stdlib_corpus(max_bytes=2_000_000)
-    data = torch.tensor(list(text), dtype=torch.long)
-    target, _ = bench.grown_target(
-        bench.BASE, bench.BASE_TRAIN, bench.GROW, bench.GROWN_TRAIN, data, held,
-        Path(args.cache_dir).expanduser(),
-    )  # fmt: skip
+    target, held = bench.default_grown_target(Path(args.cache_dir).expanduser())
     torch.set_num_threads(1)
     prepack(target.eval())
     xs = bench.prompts(held, 6, 160)

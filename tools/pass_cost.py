@@ -71,12 +71,7 @@ def main() -> None:
     if not widths or min(widths) < 1:
         raise SystemExit(f"--widths: give positive widths, e.g. 1,5,6,7; got {args.widths!r}")
     torch.set_num_threads(2)  # building the target (when not cached) trains on both cores
-    text, held = bench.stdlib_corpus(max_bytes=2_000_000)
-    data = torch.tensor(list(text), dtype=torch.long)
-    target, _ = bench.grown_target(
-        bench.BASE, bench.BASE_TRAIN, bench.GROW, bench.GROWN_TRAIN, data, held,
-        Path(args.cache_dir).expanduser(),
-    )  # fmt: skip
+    target, _ = bench.default_grown_target(Path(args.cache_dir).expanduser())
     torch.set_num_threads(1)
     prepack(target.eval())
     lin = linears_ms(target.cfg.dim, target.cfg.hidden_dim, range(1, 17))

@@ -26,9 +26,10 @@ def ramps(seq_len: int = SEQ) -> Callable[[torch.Generator, int], torch.Tensor]:
 
 
 @functools.cache
-def _trained() -> Transformer:
+def _trained(layers: int = 1) -> Transformer:
+    """A ``layers``-block base: 60 AdamW steps on ramps (seeded)."""
     torch.manual_seed(0)
-    base = tiny(VOCAB, dim=32, layers=1)
+    base = tiny(VOCAB, dim=32, layers=layers)
     opt = torch.optim.AdamW(base.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     data = ramps()
@@ -44,6 +45,7 @@ def _trained() -> Transformer:
     return base.eval()
 
 
-def ramp_base() -> Transformer:
-    """A fresh copy of the trained base (callers may wrap it in place)."""
-    return copy.deepcopy(_trained())
+def ramp_base(layers: int = 1) -> Transformer:
+    """A fresh copy of the trained base of ``layers`` blocks (callers may wrap it in
+    place)."""
+    return copy.deepcopy(_trained(layers))

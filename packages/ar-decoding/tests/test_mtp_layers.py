@@ -7,12 +7,11 @@ greedy output and accept several tokens per forward; bad values are clear errors
 from __future__ import annotations
 
 import copy
-import functools
 
 import pytest
 import torch
 from helpers import tiny
-from ramp_models import VOCAB, ramps
+from ramp_models import VOCAB, ramp_base, ramps
 
 from ar_core import masks
 from ar_core.errors import ConfigError
@@ -30,28 +29,9 @@ from ar_decoding.mtp import (
 DATA = ramps()
 
 
-@functools.cache
-def _two_block_base() -> Transformer:
-    """A 2-block base trained on the ramps (the shared ramp base has one block)."""
-    torch.manual_seed(0)
-    base = tiny(VOCAB, dim=32, layers=2)
-    opt = torch.optim.AdamW(base.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    base.train()
-    for _ in range(60):
-        x = DATA(gen, 16)
-        loss = torch.nn.functional.cross_entropy(
-            base(x[:, :-1]).logits.flatten(0, 1), x[:, 1:].flatten()
-        )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return base.eval()
-
-
 @pytest.fixture(scope="module")
 def trained() -> tuple[Transformer, MTPModel, list[dict[str, float]]]:
-    reference = _two_block_base()
+    reference = ramp_base(layers=2)
     torch.manual_seed(0)
     model = MTPModel(copy.deepcopy(reference), 3, rank=4, lora_layers=1)
     feats = mtp_features(model, DATA(torch.Generator().manual_seed(1), 32), batch_size=16)

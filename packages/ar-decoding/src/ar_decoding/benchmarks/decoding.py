@@ -446,6 +446,16 @@ def grown_target(
     }
 
 
+def default_grown_target(cache_dir: Path) -> tuple[Transformer, list[bytes]]:
+    """The ``big`` section's target at the benchmark's settings (cached under
+    ``cache_dir``, trained and grown there when missing) and the held-out files, for
+    scripts that study it (``tools/pass_cost.py``, ``tools/lookahead_sweep.py``)."""
+    text, held = stdlib_corpus(max_bytes=2_000_000)
+    data = torch.tensor(list(text), dtype=torch.long)
+    target, _ = grown_target(BASE, BASE_TRAIN, GROW, GROWN_TRAIN, data, held, cache_dir)
+    return target, held
+
+
 def _grown_arch(base_arch: dict[str, Any], grow: dict[str, Any]) -> dict[str, Any]:
     r, d = grow["width"], grow["depth"]
     cfg = TransformerConfig(**base_arch)
@@ -523,20 +533,12 @@ def distilled_draft(
     folder, cached = _cached_model("distilled-draft", key, cache_dir)
     if cached is not None:
         return cached
-    gen = torch.Generator().manual_seed(1)
-    data = torch.tensor(list(text), dtype=torch.long)
-    P, N, rows = train["prompt_len"], train["new"], []
+    gen = torch.Generator().manual_seed(1)  # the windows, then the training batches
+    P = train["prompt_len"]
     t0 = time.perf_counter()
-    starts = torch.randint(0, data.numel() - P, (train["prompts"],), generator=gen).tolist()
     # the target's outputs come from a prepacked copy (batched rows: oneDNN's blocked layout)
     teacher = prepack(copy.deepcopy(target))
-    for i in range(0, len(starts), train["gen_batch"]):
-        x = torch.stack([data[s : s + P] for s in starts[i : i + train["gen_batch"]]])
-        res = generate(teacher, x, GenerationConfig(max_new_tokens=N, temperature=0))
-        rows.append(res.sequences)  # (b, P + N)
-        print(f"[distilled-draft] target outputs {i + x.shape[0]}/{len(starts)} "
-              f"({time.perf_counter() - t0:.0f}s)", flush=True)  # fmt: skip
-    seqs = torch.cat(rows)  # (prompts, P + N)
+    seqs = _target_continuations("distilled-draft", teacher, train, text, gen)  # (prompts, P + N)
     del teacher
     gen_s = time.perf_counter() - t0
     torch.manual_seed(0)
@@ -978,12 +980,17 @@ def _save_state(
 
 
 def _target_continuations(
-    name: str, target: Transformer, settings: dict[str, Any], text: bytes
+    name: str,
+    target: torch.nn.Module,
+    settings: dict[str, Any],
+    text: bytes,
+    gen: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``settings['prompts']`` windows of ``settings['prompt_len']`` training bytes (seed 2),
-    each continued by ``settings['new']`` greedy tokens of ``target``: (prompts, P + N), the
-    self-distillation data of the big target's Medusa heads and MTP model."""
-    gen = torch.Generator().manual_seed(2)
+    """``settings['prompts']`` windows of ``settings['prompt_len']`` training bytes (drawn
+    with ``gen``, default seed 2), each continued by ``settings['new']`` greedy tokens of
+    ``target`` (batches of ``settings['gen_batch']``): (prompts, P + N), the
+    self-distillation data of the distilled draft, the Medusa heads and the MTP model."""
+    gen = torch.Generator().manual_seed(2) if gen is None else gen
     data = torch.tensor(list(text), dtype=torch.long)
     P, N = settings["prompt_len"], settings["new"]
     starts = torch.randint(0, data.numel() - P, (settings["prompts"],), generator=gen).tolist()
